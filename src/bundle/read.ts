@@ -1,0 +1,283 @@
+/**
+ * Reads a bundle as a stream: the manifest, configs and tar-splits first, then each layer's
+ * files in order. Every name and link is checked against the layer it belongs to.
+ */
+import { createReadStream } from 'node:fs';
+import { createGunzip } from 'node:zlib';
+import type { Readable } from 'node:stream';
+import type { LayerEntry, LayerItem } from '../layer/entry.js';
+import { assertDigest, sha256Digest } from '../engine/digest.js';
+import { TarParser, type TarEntry } from '../tar/parse.js';
+import type { ImageSource, SourceImage, SourceLayer } from '../sources/source.js';
+import { ByteReader } from '../stream/byte-reader.js';
+import {
+  FORMAT,
+  FORMAT_VERSION,
+  MANIFEST_NAME,
+  TRAILER_NAME,
+  imageEntryName,
+  layerPrefix,
+  tarSplitEntryName,
+  type BundleManifest,
+  type BundleTrailer,
+} from './format.js';
+
+async function readAll(content: AsyncIterable<Buffer>, limit: number, what: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let total = 0;
+  for await (const c of content) {
+    total += c.length;
+    if (total > limit) throw new Error(`${what} is larger than ${limit} bytes`);
+    parts.push(c);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Checks a layer-relative path: no absolute, no '..', no empty or NUL components. */
+export function checkRelativePath(p: string, what: string): string {
+  if (p === '.') return p;
+  if (p.startsWith('/') || p.includes('\0')) throw new Error(`${what}: unsafe path ${JSON.stringify(p)}`);
+  const parts = p.split('/');
+  if (parts.some((c) => c === '' || c === '.' || c === '..' || Buffer.byteLength(c) > 255)) {
+    throw new Error(`${what}: unsafe path ${JSON.stringify(p)}`);
+  }
+  return p;
+}
+
+function validateManifest(json: unknown, where: string): BundleManifest {
+  const m = json as Partial<BundleManifest> | null;
+  if (!m || m.format !== FORMAT) throw new Error(`${where} is not a transplant bundle (no ${MANIFEST_NAME} first)`);
+  if (m.version !== FORMAT_VERSION) throw new Error(`${where} is bundle format version ${String(m.version)}; this transplant reads version ${FORMAT_VERSION}: upgrade transplant`);
+  if (!Array.isArray(m.images) || !Array.isArray(m.layers)) throw new Error(`${where}: malformed bundle manifest`);
+  const known = new Set<string>();
+  for (const l of m.layers) {
+    assertDigest(l.chainId, `${where}: layer chainId`);
+    assertDigest(l.diffId, `${where}: layer diffId`);
+    if (l.parent !== undefined && !known.has(l.parent)) throw new Error(`${where}: layer ${l.chainId} comes before its parent`);
+    if (!Number.isSafeInteger(l.entries) || !Number.isSafeInteger(l.bytes) || !Number.isSafeInteger(l.size)) throw new Error(`${where}: malformed layer record ${l.chainId}`);
+    if (l.cacheId !== undefined && !/^[0-9a-f]{64}$/.test(l.cacheId)) delete l.cacheId;
+    if (l.link !== undefined && !/^[A-Z2-7]{26}$/.test(l.link)) delete l.link;
+    known.add(l.chainId);
+  }
+  for (const img of m.images) {
+    assertDigest(img.id, `${where}: image id`);
+    if (!Array.isArray(img.chainIds) || !img.chainIds.every((c) => known.has(c))) throw new Error(`${where}: image ${img.id} needs a layer the bundle lacks`);
+    if (!Array.isArray(img.references) || !img.references.every((r) => typeof r === 'string')) throw new Error(`${where}: malformed references of ${img.id}`);
+  }
+  return m as BundleManifest;
+}
+
+export class BundleSource implements ImageSource {
+  private manifest!: BundleManifest;
+  private readonly configs = new Map<string, Buffer>();
+  private readonly tarSplits = new Map<string, Buffer>();
+  private pending?: TarEntry;
+  private nextLayer = 0;
+  private entriesRead = 0;
+
+  private constructor(
+    readonly description: string,
+    private readonly parser: TarParser,
+  ) {}
+
+  /** Opens a bundle file ('-' for standard input); gzip-compressed bundles are accepted too. */
+  static async open(file: string): Promise<BundleSource> {
+    const raw: Readable = file === '-' ? process.stdin : createReadStream(file, { highWaterMark: 1 << 20 });
+    const probe = new ByteReader(raw);
+    const head = await probe.readAtMost(2).catch((e: NodeJS.ErrnoException) => {
+      throw new Error(e.code === 'ENOENT' ? `${file}: no such file` : `${file}: ${e.message}`);
+    });
+    let stream: AsyncIterable<Buffer> = (async function* () {
+      yield head;
+      for (;;) {
+        const chunk = await probe.readAtMost(1 << 20);
+        if (chunk.length === 0) return;
+        yield chunk;
+      }
+    })();
+    if (head[0] === 0x1f && head[1] === 0x8b) {
+      const gunzip = createGunzip();
+      const src = stream;
+      void (async () => {
+        try {
+          for await (const c of src) if (!gunzip.write(c)) await new Promise((r) => gunzip.once('drain', r));
+          gunzip.end();
+        } catch (e) {
+          gunzip.destroy(e as Error);
+        }
+      })();
+      stream = gunzip;
+    }
+    const bundle = new BundleSource(file, new TarParser(stream));
+    await bundle.readHead();
+    return bundle;
+  }
+
+  private fail(message: string): never {
+    throw new Error(`${this.description}: ${message}`);
+  }
+
+  private async nextEntry(): Promise<TarEntry | undefined> {
+    if (this.pending) {
+      const e = this.pending;
+      this.pending = undefined;
+      return e;
+    }
+    try {
+      return await this.parser.next();
+    } catch (e) {
+      this.fail(`corrupt or truncated bundle (${(e as Error).message})`);
+    }
+  }
+
+  private async readHead(): Promise<void> {
+    const first = await this.nextEntry();
+    if (!first || first.header.name !== MANIFEST_NAME) this.fail(`not a transplant bundle (no ${MANIFEST_NAME} first)`);
+    let json: unknown;
+    try {
+      json = JSON.parse((await readAll(first.content, 64 << 20, 'manifest')).toString('utf8'));
+    } catch {
+      this.fail('the bundle manifest is not valid JSON');
+    }
+    this.manifest = validateManifest(json, this.description);
+    for (const img of this.manifest.images) {
+      const e = await this.nextEntry();
+      if (!e || e.header.name !== imageEntryName(img.id)) this.fail(`expected the config of ${img.id}`);
+      const config = await readAll(e.content, 64 << 20, 'image config');
+      if (sha256Digest(config) !== img.id) this.fail(`the config of image ${img.id} does not match its ID`);
+      this.configs.set(img.id, config);
+    }
+    for (const layer of this.manifest.layers) {
+      if (!layer.hasTarSplit) continue;
+      const e = await this.nextEntry();
+      if (!e || e.header.name !== tarSplitEntryName(layer.chainId)) this.fail(`expected the tar-split of layer ${layer.chainId}`);
+      this.tarSplits.set(layer.chainId, await readAll(e.content, 1 << 30, 'tar-split'));
+    }
+  }
+
+  getManifest(): BundleManifest {
+    return this.manifest;
+  }
+
+  async images(): Promise<SourceImage[]> {
+    return this.manifest.images.map((img) => ({
+      id: img.id,
+      config: this.configs.get(img.id) as Buffer,
+      references: img.references,
+      chainIds: img.chainIds,
+      architecture: img.architecture,
+      os: img.os,
+      lastUpdated: img.lastUpdated,
+    }));
+  }
+
+  async layer(chainId: string): Promise<SourceLayer> {
+    const l = this.manifest.layers.find((x) => x.chainId === chainId);
+    if (!l) this.fail(`layer ${chainId} is not in the bundle`);
+    return {
+      chainId: l.chainId,
+      diffId: l.diffId,
+      parent: l.parent,
+      size: l.size,
+      cacheId: l.cacheId,
+      link: l.link,
+      tarSplit: this.tarSplits.get(chainId),
+      entries: l.entries,
+      bytes: l.bytes,
+    };
+  }
+
+  async *layerItems(chainId: string): AsyncIterable<LayerItem> {
+    const index = this.manifest.layers.findIndex((x) => x.chainId === chainId);
+    if (index < this.nextLayer) this.fail(`layer ${chainId} was asked for out of the bundle's order`);
+    // Skip layers not asked for (they are already in the target).
+    while (this.nextLayer < index) {
+      for await (const _ of this.readLayer(this.manifest.layers[this.nextLayer].chainId)) {
+        /* drain */
+      }
+    }
+    yield* this.readLayer(chainId);
+  }
+
+  private async *readLayer(chainId: string): AsyncGenerator<LayerItem> {
+    const layer = this.manifest.layers[this.nextLayer];
+    const prefix = `${layerPrefix(chainId)}/diff`;
+    const seen = new Set<string>();
+    let count = 0;
+    for (;;) {
+      const e = await this.nextEntry();
+      if (!e) this.fail(`truncated bundle: layer ${chainId} is incomplete`);
+      const name = e.header.name.replace(/\/+$/, '');
+      if (name !== prefix && !name.startsWith(prefix + '/')) {
+        this.pending = e;
+        break;
+      }
+      const rel = name === prefix ? '.' : checkRelativePath(name.slice(prefix.length + 1), this.description);
+      if (count === 0 && rel !== '.') this.fail(`layer ${chainId} does not start with its root directory`);
+      if (seen.has(rel)) this.fail(`duplicate entry ${rel} in layer ${chainId}`);
+      seen.add(rel);
+      const h = e.header;
+      const entry: LayerEntry = {
+        path: rel,
+        kind: h.type === 'file' || h.type === 'contiguous' ? 'file' : (h.type as LayerEntry['kind']),
+        mode: h.mode,
+        uid: h.uid,
+        gid: h.gid,
+        mtime: h.mtime,
+        atime: h.atime ?? h.mtime,
+        size: h.type === 'file' ? h.size : 0,
+        xattrs: h.xattrs,
+      };
+      if (!['file', 'directory', 'symlink', 'hardlink', 'char-device', 'block-device', 'fifo'].includes(entry.kind)) {
+        this.fail(`unexpected entry type ${h.type} for ${rel}`);
+      }
+      if (entry.kind === 'symlink') entry.linkTarget = h.linkname;
+      if (entry.kind === 'hardlink') {
+        if (!h.linkname.startsWith(prefix + '/')) this.fail(`hard link ${rel} points outside its layer`);
+        const target = checkRelativePath(h.linkname.slice(prefix.length + 1), this.description);
+        if (!seen.has(target)) this.fail(`hard link ${rel} points to ${target}, which is not earlier in the layer`);
+        entry.linkTarget = target;
+      }
+      if (entry.kind === 'char-device' || entry.kind === 'block-device') {
+        entry.devMajor = h.devmajor;
+        entry.devMinor = h.devminor;
+      }
+      count++;
+      yield { entry, content: entry.kind === 'file' ? e.content : undefined };
+    }
+    if (count !== layer.entries) this.fail(`layer ${chainId} holds ${count} entries, the manifest says ${layer.entries} (corrupt bundle)`);
+    this.entriesRead += count;
+    this.nextLayer++;
+    if (this.nextLayer === this.manifest.layers.length) await this.readTrailer();
+  }
+
+  private async readTrailer(): Promise<void> {
+    const e = await this.nextEntry();
+    if (!e || e.header.name !== TRAILER_NAME) this.fail('truncated bundle (no trailer)');
+    let t: BundleTrailer;
+    try {
+      t = JSON.parse((await readAll(e.content, 1 << 16, 'trailer')).toString('utf8')) as BundleTrailer;
+    } catch {
+      this.fail('corrupt bundle trailer');
+    }
+    if (t.layers !== this.manifest.layers.length || t.entries !== this.entriesRead) this.fail('bundle trailer does not match its contents');
+  }
+
+  /** Reads everything left, so that truncation is noticed even when no layer is needed. */
+  async drain(): Promise<void> {
+    while (this.nextLayer < this.manifest.layers.length) {
+      for await (const _ of this.readLayer(this.manifest.layers[this.nextLayer].chainId)) {
+        /* drain */
+      }
+    }
+    if (this.manifest.layers.length === 0 && !this.trailerSeen) {
+      this.trailerSeen = true;
+      await this.readTrailer();
+    }
+  }
+  private trailerSeen = false;
+
+  async close(): Promise<void> {
+    await this.parser.close();
+  }
+}

@@ -1,0 +1,132 @@
+/** Writes a bundle (see format.ts) from any ImageSource, as a stream. */
+import type { Writable } from 'node:stream';
+import type { LayerEntry } from '../layer/entry.js';
+import { emptyHeader, type TarHeader } from '../tar/header.js';
+import { TarPacker } from '../tar/pack.js';
+import type { ImageSource, SourceImage, SourceLayer } from '../sources/source.js';
+import { VERSION } from '../version.js';
+import {
+  FORMAT,
+  FORMAT_VERSION,
+  MANIFEST_NAME,
+  TRAILER_NAME,
+  diffEntryName,
+  imageEntryName,
+  tarSplitEntryName,
+  type BundleLayer,
+  type BundleManifest,
+  type BundleTrailer,
+} from './format.js';
+
+export interface LayerProgress {
+  layerStarted(layer: SourceLayer, index: number, total: number): void;
+  entryWritten(entry: LayerEntry): void;
+  layerDone(layer: SourceLayer): void;
+}
+
+/** The layers the images need, each once, parents before children. */
+export function layersOf(images: readonly SourceImage[]): string[] {
+  const seen = new Set<string>();
+  const out: string[] = [];
+  for (const img of images) {
+    for (const chainId of img.chainIds) {
+      if (!seen.has(chainId)) {
+        seen.add(chainId);
+        out.push(chainId);
+      }
+    }
+  }
+  return out;
+}
+
+export async function planBundle(source: ImageSource, images: readonly SourceImage[]): Promise<{ manifest: BundleManifest; layers: SourceLayer[] }> {
+  const layers: SourceLayer[] = [];
+  for (const chainId of layersOf(images)) layers.push(await source.layer(chainId));
+  const manifestLayers: BundleLayer[] = layers.map((l) => ({
+    chainId: l.chainId,
+    diffId: l.diffId,
+    parent: l.parent,
+    size: l.size,
+    cacheId: l.cacheId,
+    link: l.link,
+    hasTarSplit: l.tarSplit !== undefined,
+    entries: l.entries ?? 0,
+    bytes: l.bytes ?? l.size,
+  }));
+  const manifest: BundleManifest = {
+    format: FORMAT,
+    version: FORMAT_VERSION,
+    createdBy: `transplant ${VERSION}`,
+    createdAt: new Date().toISOString(),
+    images: images.map((img) => ({
+      id: img.id,
+      references: img.references,
+      chainIds: img.chainIds,
+      architecture: img.architecture,
+      os: img.os,
+      lastUpdated: img.lastUpdated,
+    })),
+    layers: manifestLayers,
+  };
+  return { manifest, layers };
+}
+
+function metaHeader(name: string, size: number): TarHeader {
+  return { ...emptyHeader(), name, size, mode: 0o644, mtime: BigInt(Date.now()) * 1_000_000n };
+}
+
+export function entryHeader(chainId: string, entry: LayerEntry): TarHeader {
+  return {
+    ...emptyHeader(),
+    name: diffEntryName(chainId, entry.path),
+    type: entry.kind,
+    mode: entry.mode,
+    uid: entry.uid,
+    gid: entry.gid,
+    size: entry.kind === 'file' ? entry.size : 0,
+    mtime: entry.mtime,
+    atime: entry.atime,
+    linkname: entry.kind === 'hardlink' ? diffEntryName(chainId, entry.linkTarget ?? '') : (entry.linkTarget ?? ''),
+    devmajor: entry.devMajor ?? 0,
+    devminor: entry.devMinor ?? 0,
+    xattrs: entry.xattrs,
+  };
+}
+
+export async function writeBundle(
+  source: ImageSource,
+  images: readonly SourceImage[],
+  out: Writable,
+  progress?: LayerProgress,
+): Promise<BundleManifest> {
+  const { manifest, layers } = await planBundle(source, images);
+  const tar = new TarPacker(out);
+  const manifestBytes = Buffer.from(JSON.stringify(manifest, null, 2));
+  await tar.add(metaHeader(MANIFEST_NAME, manifestBytes.length), manifestBytes);
+  for (const img of images) await tar.add(metaHeader(imageEntryName(img.id), img.config.length), img.config);
+  for (const layer of layers) {
+    if (layer.tarSplit) await tar.add(metaHeader(tarSplitEntryName(layer.chainId), layer.tarSplit.length), layer.tarSplit);
+  }
+  let totalEntries = 0;
+  for (const [index, layer] of layers.entries()) {
+    progress?.layerStarted(layer, index, layers.length);
+    let count = 0;
+    for await (const { entry, content } of source.layerItems(layer.chainId)) {
+      await tar.add(entryHeader(layer.chainId, entry), content);
+      count++;
+      progress?.entryWritten(entry);
+    }
+    const planned = manifest.layers[index];
+    if (planned.entries !== count) {
+      // The manifest is already written; a source that changed under us cannot give a consistent bundle.
+      throw new Error(`${source.description}: layer ${layer.chainId} changed while it was read (${planned.entries} entries counted, ${count} read)`);
+    }
+    totalEntries += count;
+    progress?.layerDone(layer);
+  }
+  const trailer: BundleTrailer = { layers: layers.length, entries: totalEntries };
+  const trailerBytes = Buffer.from(JSON.stringify(trailer));
+  await tar.add(metaHeader(TRAILER_NAME, trailerBytes.length), trailerBytes);
+  await tar.finish();
+  return manifest;
+}

@@ -1,0 +1,70 @@
+/**
+ * What every place images come from yields: image configs with their references, and each
+ * layer's metadata and files. Engine roots, data-root tarballs, devices, `docker save`
+ * archives and bundles all implement ImageSource; the rest of the pipeline knows no other.
+ */
+import type { LayerItem } from '../layer/entry.js';
+
+export interface SourceImage {
+  /** sha256:… of the config bytes. */
+  id: string;
+  /** The config JSON, byte for byte. */
+  config: Buffer;
+  /** repositories.json keys naming this image in the source (familiar form). */
+  references: string[];
+  /** ChainIDs of rootfs.diff_ids, base first. */
+  chainIds: string[];
+  architecture: string;
+  os: string;
+  /** imagedb/metadata lastUpdated, when the source has one. */
+  lastUpdated?: string;
+}
+
+export interface SourceLayer {
+  chainId: string;
+  diffId: string;
+  parent?: string;
+  /** layerdb `size`: bytes of file content as the engine counted them. */
+  size: number;
+  /** The source's overlay2 directory name and link ID, kept in the target when free. */
+  cacheId?: string;
+  link?: string;
+  /** tar-split.json.gz bytes, verbatim. */
+  tarSplit?: Buffer;
+  /** Entries (inodes) and content bytes of diff/, when known before streaming. */
+  entries?: number;
+  bytes?: number;
+}
+
+export interface ImageSource {
+  /** For messages: the path or URL the user gave. */
+  readonly description: string;
+  images(): Promise<SourceImage[]>;
+  /** Metadata of one layer (by ChainID). */
+  layer(chainId: string): Promise<SourceLayer>;
+  /**
+   * The files of a layer's diff/, with every attribute. Sources that are streams (bundles,
+   * tarballs) require layers to be asked for in their stored order.
+   */
+  layerItems(chainId: string): AsyncIterable<LayerItem>;
+  close(): Promise<void>;
+}
+
+/** Parses the architecture/os of an image config (image/image.go V1Image). */
+export function configPlatform(config: Buffer): { architecture: string; os: string; diffIds: string[] } {
+  let json: { architecture?: unknown; os?: unknown; rootfs?: { type?: unknown; diff_ids?: unknown } };
+  try {
+    json = JSON.parse(config.toString('utf8')) as typeof json;
+  } catch {
+    throw new Error('image config is not valid JSON');
+  }
+  const diffIds = json.rootfs?.diff_ids;
+  if (!Array.isArray(diffIds) || !diffIds.every((d): d is string => typeof d === 'string')) {
+    throw new Error('image config has no rootfs.diff_ids');
+  }
+  return {
+    architecture: typeof json.architecture === 'string' ? json.architecture : 'unknown',
+    os: typeof json.os === 'string' ? json.os : 'linux',
+    diffIds,
+  };
+}
