@@ -41,7 +41,7 @@ export function layersOf(images: readonly SourceImage[]): string[] {
 
 export async function planBundle(source: ImageSource, images: readonly SourceImage[]): Promise<{ manifest: BundleManifest; layers: SourceLayer[] }> {
   const layers: SourceLayer[] = [];
-  for (const chainId of layersOf(images)) layers.push(await source.layer(chainId));
+  for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
   const manifestLayers: BundleLayer[] = layers.map((l) => ({
     chainId: l.chainId,
     diffId: l.diffId,

@@ -101,7 +101,7 @@ export class EngineRootSource implements ImageSource {
     return out;
   }
 
-  async layer(chainId: string): Promise<SourceLayer> {
+  async layer(chainId: string, options: { counts?: boolean } = {}): Promise<SourceLayer> {
     const dir = path.join(this.root, layerDir(chainId));
     if (!(await isDir(dir))) throw new Error(`${this.description}: layer ${chainId} is missing from the layer store`);
     const read = (name: string): Promise<Buffer | undefined> => readOptional(path.join(dir, name));
@@ -113,8 +113,8 @@ export class EngineRootSource implements ImageSource {
     const link = (await readOptional(path.join(this.root, cacheDir(record.cacheId), 'link')))?.toString('utf8');
     const diff = path.join(this.root, diffDir(record.cacheId));
     if (!(await isDir(diff))) throw new Error(`${this.description}: layer ${chainId} has no data (overlay2/${record.cacheId}/diff is missing)`);
-    const { entries, bytes } = await countTree(diff);
-    return { ...record, link, tarSplit: await read('tar-split.json.gz'), entries, bytes };
+    const counts = options.counts ? await countTree(diff) : {};
+    return { ...record, link, tarSplit: await read('tar-split.json.gz'), ...counts };
   }
 
   async *layerItems(chainId: string): AsyncIterable<LayerItem> {

@@ -40,8 +40,11 @@ export interface ImageSource {
   /** For messages: the path or URL the user gave. */
   readonly description: string;
   images(): Promise<SourceImage[]>;
-  /** Metadata of one layer (by ChainID). */
-  layer(chainId: string): Promise<SourceLayer>;
+  /**
+   * Metadata of one layer (by ChainID). `counts` asks for `entries`/`bytes` too, which some
+   * sources can only learn by walking the layer.
+   */
+  layer(chainId: string, options?: { counts?: boolean }): Promise<SourceLayer>;
   /**
    * The files of a layer's diff/, with every attribute. Sources that are streams (bundles,
    * tarballs) require layers to be asked for in their stored order.

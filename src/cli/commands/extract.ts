@@ -1,0 +1,68 @@
+/** transplant extract: images from a source into a bundle file. */
+import { createWriteStream, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { planBundle, writeBundle } from '../../bundle/write.js';
+import { formatBytes } from '../../inject/inject.js';
+import { describeImages, selectImages } from '../../selection/select.js';
+import { openSource } from '../open-source.js';
+import { LayerProgressLine } from '../progress.js';
+import { UsageError } from '../errors.js';
+import type { Output } from '../output.js';
+
+export interface ExtractOptions {
+  from: string;
+  image: string[];
+  output?: string;
+  dryRun?: boolean;
+  json?: boolean;
+}
+
+export async function extractCommand(opts: ExtractOptions, out: Output): Promise<void> {
+  if (!opts.output && !opts.dryRun) throw new UsageError('extract needs --output <bundle> (or --dry-run)');
+  const source = await openSource(opts.from);
+  try {
+    const all = await source.images();
+    if (opts.image.length === 0) {
+      throw new Error(`no --image given; ${opts.from} holds:\n${describeImages(all)}\nname the images to take with --image <name:tag | name@sha256:… | ID>`);
+    }
+    const images = selectImages(opts.image, all, opts.from);
+    if (opts.dryRun) {
+      const { manifest } = await planBundle(source, images);
+      out.data(manifest, () =>
+        [
+          ...manifest.images.map((i) => `image ${i.id.slice(7, 19)} ${i.references.join(', ') || '<none>'} (${i.chainIds.length} layers)`),
+          ...manifest.layers.map((l) => `layer ${l.chainId.slice(7, 19)}: ${l.entries} files, ${formatBytes(l.bytes)}`),
+          `total: ${manifest.layers.length} layers, ${manifest.layers.reduce((n, l) => n + l.entries, 0)} files, ${formatBytes(manifest.layers.reduce((n, l) => n + l.bytes, 0))}`,
+        ].join('\n'),
+      );
+      return;
+    }
+    const target = opts.output as string;
+    if (target === '-') {
+      await writeBundle(source, images, process.stdout, new LayerProgressLine('extract'));
+      return;
+    }
+    // Written beside the target and renamed into place: never a partial bundle under its name.
+    const partial = path.join(path.dirname(target), `.${path.basename(target)}.partial-${randomBytes(4).toString('hex')}`);
+    const file = createWriteStream(partial, { flags: 'wx', highWaterMark: 1 << 20 });
+    try {
+      await once(file, 'open');
+      const manifest = await writeBundle(source, images, file, new LayerProgressLine('extract'));
+      file.end();
+      await once(file, 'finish');
+      await fs.rename(partial, target);
+      const bytes = (await fs.stat(target)).size;
+      out.data({ output: target, images: manifest.images, layers: manifest.layers.length, bytes }, () =>
+        `wrote ${target}: ${manifest.images.length} images, ${manifest.layers.length} layers, ${formatBytes(bytes)}`,
+      );
+    } catch (e) {
+      file.destroy();
+      await fs.rm(partial, { force: true });
+      throw e;
+    }
+  } finally {
+    await source.close();
+  }
+}

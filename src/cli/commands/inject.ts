@@ -1,0 +1,148 @@
+/** transplant inject: images from a bundle (or any source) into a target engine data root. */
+import * as path from 'node:path';
+import { promises as fs } from 'node:fs';
+import { formatBytes, injectImages } from '../../inject/inject.js';
+import type { InjectPlan } from '../../inject/plan.js';
+import { selectImages } from '../../selection/select.js';
+import type { ImageSource, SourceImage } from '../../sources/source.js';
+import { findLiveEngine } from '../../targets/live-engine.js';
+import { HostTreeWriter } from '../../targets/host-fs.js';
+import type { TreeWriter } from '../../targets/tree-writer.js';
+import { openSource } from '../open-source.js';
+import { LayerProgressLine } from '../progress.js';
+import { UsageError } from '../errors.js';
+import type { Output } from '../output.js';
+
+export interface TargetOptions {
+  resinData?: string;
+  engineRoot?: string;
+  disk?: string;
+  output?: string;
+  force?: boolean;
+}
+
+export interface InjectCommandOptions extends TargetOptions {
+  image: string[];
+  dryRun?: boolean;
+  json?: boolean;
+}
+
+/** A target opened for writing: commit() makes the result final, abort() leaves the target as it was. */
+export interface OpenTarget {
+  writer: TreeWriter;
+  /** The engine data root inside the writer's root. */
+  prefix: string;
+  beforeWrite?: (plan: InjectPlan) => Promise<void>;
+  commit(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+async function assertDirectory(dir: string, option: string): Promise<void> {
+  let st;
+  try {
+    st = await fs.stat(dir);
+  } catch {
+    throw new Error(`${option} ${dir}: no such directory`);
+  }
+  if (!st.isDirectory()) throw new Error(`${option} ${dir} is not a directory`);
+}
+
+export async function openTarget(opts: TargetOptions): Promise<OpenTarget> {
+  const given = [opts.resinData, opts.engineRoot, opts.disk].filter((x) => x !== undefined);
+  if (given.length !== 1) throw new UsageError('give exactly one target: --resin-data <dir>, --engine-root <dir> or --disk <image>');
+  if (opts.output && !opts.disk) throw new UsageError('--output goes with --disk');
+  if (opts.disk) {
+    const { openDiskTarget } = await import('../../disk/disk-target.js');
+    const disk = await openDiskTarget(opts.disk, { output: opts.output });
+    return {
+      writer: disk.writer,
+      prefix: 'docker',
+      beforeWrite: async (plan) => {
+        await disk.ensureRoom(plan.bytes, plan.inodes);
+      },
+      commit: () => disk.commit(),
+      abort: () => disk.abort(),
+    };
+  }
+  const dir = (opts.resinData ?? opts.engineRoot) as string;
+  const option = opts.resinData ? '--resin-data' : '--engine-root';
+  await assertDirectory(dir, option);
+  const prefix = opts.resinData ? 'docker' : '';
+  const engineRoot = path.join(dir, prefix);
+  const pid = await findLiveEngine(engineRoot);
+  if (pid !== undefined && !opts.force) {
+    throw new Error(`an engine (pid ${pid}) is running on ${engineRoot}; stop it first (writing under a live engine corrupts it), or pass --force`);
+  }
+  const writer = new HostTreeWriter(dir);
+  return { writer, prefix, commit: () => writer.close(), abort: () => writer.close() };
+}
+
+export function describePlan(plan: InjectPlan): string {
+  const lines: string[] = [];
+  for (const { image, present } of plan.images) {
+    lines.push(`image ${image.id.slice(7, 19)} ${image.references.join(', ') || '<none>'}${present ? ' (already present)' : ''}`);
+  }
+  for (const l of plan.layers) {
+    const files = l.source.entries ?? 0;
+    lines.push(
+      l.action === 'reuse'
+        ? `layer ${l.chainId.slice(7, 19)}: reuse (target already has it)`
+        : `layer ${l.chainId.slice(7, 19)}: copy ${files} files, ${formatBytes(l.source.bytes ?? l.source.size)} into overlay2/${l.cacheId.slice(0, 12)}…`,
+    );
+  }
+  for (const key of plan.references.added) lines.push(`reference ${key}: add`);
+  for (const m of plan.references.moved) lines.push(`reference ${m.key}: move from ${m.from.slice(7, 19)}`);
+  const copies = plan.layers.filter((l) => l.action === 'copy').length;
+  lines.push(`total: ${copies} layers to copy, ${plan.layers.length - copies} to reuse, ${plan.filesToCopy} files, about ${formatBytes(plan.bytes)} and ${plan.inodes} inodes`);
+  return lines.join('\n');
+}
+
+export function planJson(plan: InjectPlan): unknown {
+  return {
+    images: plan.images.map(({ image, present }) => ({ id: image.id, references: image.references, present })),
+    layers: plan.layers.map((l) => ({ chainId: l.chainId, action: l.action, cacheId: l.cacheId, link: l.link, entries: l.source.entries, bytes: l.source.bytes })),
+    references: { added: plan.references.added, moved: plan.references.moved },
+    bytes: plan.bytes,
+    inodes: plan.inodes,
+  };
+}
+
+export async function injectFrom(source: ImageSource, images: SourceImage[], opts: InjectCommandOptions, out: Output): Promise<void> {
+  const target = await openTarget(opts);
+  let done = false;
+  try {
+    const result = await injectImages(source, images, target.writer, target.prefix, {
+      dryRun: opts.dryRun,
+      progress: new LayerProgressLine('inject'),
+      warn: (m) => out.warn(m),
+      beforeWrite: target.beforeWrite,
+    });
+    if (opts.dryRun) {
+      await target.abort();
+      done = true;
+      out.data(planJson(result.plan), () => describePlan(result.plan));
+      return;
+    }
+    await target.commit();
+    done = true;
+    const copied = result.plan.layers.filter((l) => l.action === 'copy').length;
+    out.data({ ...(planJson(result.plan) as object), changed: result.changed }, () =>
+      result.changed
+        ? `injected ${images.length} images into ${target.writer.description}: ${copied} layers copied, ${result.plan.layers.length - copied} reused, ${result.plan.references.added.length} references added`
+        : `nothing to do: ${target.writer.description} already holds every image and reference`,
+    );
+  } finally {
+    if (!done) await target.abort();
+  }
+}
+
+export async function injectCommand(bundle: string, opts: InjectCommandOptions, out: Output): Promise<void> {
+  const source = await openSource(bundle);
+  try {
+    const all = await source.images();
+    const images = opts.image.length > 0 ? selectImages(opts.image, all, bundle) : all;
+    await injectFrom(source, images, opts, out);
+  } finally {
+    await source.close();
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * The command line: argument parsing, output and exit codes only (0 ok, 1 failure with one
+ * `error: …` line, 2 bad usage). The work is done by the modules it calls.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { VERSION } from '../version.js';
+import { UsageError } from './errors.js';
+import { Output } from './output.js';
+import { extractCommand } from './commands/extract.js';
+import { injectCommand } from './commands/inject.js';
+import { lsCommand } from './commands/ls.js';
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Promise<void>): Command {
+  const program = new Command('transplant')
+    .description('Move container images between engine data roots, bundles and balenaOS disk images at the file level.')
+    .version(VERSION)
+    .option('--debug', 'print stack traces on errors')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('extract')
+    .description('Copy images from an engine data root (or a bundle) into a bundle file.')
+    .requiredOption('--from <source>', 'an engine data root, a directory holding one as docker/ or var/lib/docker/, or a bundle')
+    .option('--image <ref-or-id>', 'an image to take: name[:tag], name@sha256:<digest>, an image ID or a unique ID prefix (12+ hex); repeatable', collect, [])
+    .option('-o, --output <bundle>', "the bundle file to write ('-' for standard output)")
+    .option('--dry-run', 'print what would go into the bundle and write nothing')
+    .option('--json', 'print results as JSON')
+    .action(async (opts: { from: string; image: string[]; output?: string; dryRun?: boolean; json?: boolean }) => {
+      await run((out) => extractCommand(opts, out), opts.json);
+    });
+
+  program
+    .command('inject')
+    .description('Write the images of a bundle into a target: a mounted resin-data, an engine data root, or a balenaOS disk image.')
+    .argument('<bundle>', "the bundle file ('-' for standard input), or an engine data root to copy from")
+    .option('--resin-data <dir>', "a mounted balenaOS data partition (its engine root is docker/)")
+    .option('--engine-root <dir>', 'an engine data root (e.g. /var/lib/docker) whose engine is stopped')
+    .option('--disk <image>', "a balenaOS disk image: written without mounting, grown when too small")
+    .option('--output <image>', 'with --disk: write the result here and leave the input image untouched')
+    .option('--image <ref-or-id>', 'inject only these images of the bundle; repeatable', collect, [])
+    .option('--force', 'write even though an engine seems to be running on the target')
+    .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing')
+    .option('--json', 'print results as JSON')
+    .action(async (bundle: string, opts: { resinData?: string; engineRoot?: string; disk?: string; output?: string; image: string[]; force?: boolean; dryRun?: boolean; json?: boolean }) => {
+      await run((out) => injectCommand(bundle, opts, out), opts.json);
+    });
+
+  program
+    .command('ls')
+    .description('List the images of an engine data root, a bundle or a balenaOS disk image.')
+    .argument('<target>', 'a directory, a bundle file or a disk image')
+    .option('--json', 'print the listing as JSON')
+    .action(async (target: string, opts: { json?: boolean }) => {
+      await run((out) => lsCommand(target, opts, out), opts.json);
+    });
+
+  program.addOption(new Option('--no-color').hideHelp());
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const debug = argv.includes('--debug');
+  let failure: unknown;
+  const run = async (work: (out: Output) => Promise<void>, json?: boolean): Promise<void> => {
+    try {
+      await work(new Output(json === true));
+    } catch (e) {
+      failure = e;
+    }
+  };
+  const program = build(run);
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      return 2;
+    }
+    failure = e;
+  }
+  if (failure === undefined) return 0;
+  if (failure instanceof UsageError) {
+    process.stderr.write(`error: ${failure.message}\n(run with --help for usage)\n`);
+    return 2;
+  }
+  const err = failure instanceof Error ? failure : new Error(String(failure));
+  if (debug) process.stderr.write(`${err.stack ?? err.message}\n`);
+  else {
+    const [first, ...rest] = err.message.split('\n');
+    process.stderr.write(`error: ${first}\n${rest.length > 0 ? rest.join('\n') + '\n' : ''}`);
+  }
+  return 1;
+}
+
+if (require.main === module) {
+  void main(process.argv).then((code) => process.exit(code));
+}

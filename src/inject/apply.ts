@@ -1,0 +1,150 @@
+/**
+ * Carries out an injection plan through a TreeWriter, in the order that makes an
+ * interruption harmless (engine-on-disk.md):
+ *   1. each copied layer's overlay2 directory (diff/ with every attribute, link, lower, work/)
+ *      and its l/ link; then its layerdb entry, written in layerdb/tmp and renamed into place
+ *      as layer/filestore.go does — a layer exists for the engine only once complete;
+ *   2. image configs (atomic rename), so an image appears only when all its layers exist;
+ *   3. repositories.json last, by atomic rename: no reference ever names an incomplete image.
+ * A run killed midway leaves at most overlay2 directories no layer uses, which the engine
+ * prunes and which the next run removes and rewrites.
+ */
+import { randomBytes } from 'node:crypto';
+import type { TreeWriter } from '../targets/tree-writer.js';
+import type { LayerEntry } from '../layer/entry.js';
+import type { ImageSource } from '../sources/source.js';
+import { hexOf } from '../engine/digest.js';
+import {
+  IMAGEDB_CONTENT,
+  IMAGEDB_METADATA,
+  IMAGE_ROOT,
+  LAYERDB_SHA,
+  LAYERDB_TMP,
+  LINKS,
+  MODE,
+  OVERLAY,
+  REPOSITORIES,
+  cacheDir,
+  diffDir,
+  imageConfigPath,
+  imageMetadataDir,
+  layerDir,
+  linkPath,
+  linkTarget,
+} from '../engine/layout.js';
+import { layerFiles } from '../engine/layerdb.js';
+import { serializeRepositories } from '../engine/repositories.js';
+import type { InjectPlan, PlannedLayer } from './plan.js';
+import type { TargetStore } from './target-store.js';
+
+export interface InjectProgress {
+  layerStarted(layer: PlannedLayer, index: number, total: number): void;
+  entryWritten(entry: LayerEntry): void;
+  layerDone(layer: PlannedLayer): void;
+}
+
+function tmpName(): string {
+  return randomBytes(8).toString('hex');
+}
+
+/**
+ * Writes the plan. On failure, whatever this run created is removed again (in reverse
+ * order) before the error is passed on, so the target is left as it was.
+ */
+export async function applyPlan(plan: InjectPlan, source: ImageSource, target: TargetStore, progress?: InjectProgress): Promise<void> {
+  const created: string[] = [];
+  try {
+    await write(plan, source, target, created, progress);
+  } catch (error) {
+    for (const p of created.reverse()) {
+      try {
+        await target.writer.remove(p);
+      } catch {
+        /* best effort: the engine prunes what no layer uses */
+      }
+    }
+    throw error;
+  }
+}
+
+async function write(plan: InjectPlan, source: ImageSource, target: TargetStore, created: string[], progress?: InjectProgress): Promise<void> {
+  const w: TreeWriter = target.writer;
+  const at = (p: string): string => target.path(p);
+
+  // The store's directories, as a fresh engine creates them.
+  await w.mkdirp(at(IMAGE_ROOT), MODE.imageDirs);
+  await w.mkdirp(at(LAYERDB_SHA), MODE.layerdbSha);
+  await w.mkdirp(at(LAYERDB_TMP), MODE.layerdbSha);
+  await w.mkdirp(at(IMAGEDB_CONTENT), MODE.imageDirs);
+  await w.mkdirp(at(IMAGEDB_METADATA), MODE.imageDirs);
+  await w.mkdirp(at(OVERLAY), MODE.overlayRoot);
+  await w.mkdirp(at(LINKS), MODE.linksDir);
+
+  const copies = plan.layers.filter((l) => l.action === 'copy');
+  for (const [index, layer] of copies.entries()) {
+    progress?.layerStarted(layer, index, copies.length);
+    // Left over by an interrupted run: no layer uses it, so it is ours to replace.
+    if (target.isOrphanDir(layer.cacheId)) await w.remove(at(cacheDir(layer.cacheId)));
+
+    const dir = at(cacheDir(layer.cacheId));
+    created.push(dir);
+    await w.mkdirp(dir, MODE.cacheDir);
+    const diff = at(diffDir(layer.cacheId));
+    let first = true;
+    for await (const { entry, content } of source.layerItems(layer.chainId)) {
+      if (first && entry.path !== '.') await w.mkdirp(diff, MODE.diffDir);
+      first = false;
+      await w.writeEntry(diff, entry, content);
+      progress?.entryWritten(entry);
+    }
+    if (first) await w.mkdirp(diff, MODE.diffDir);
+    await w.finishTree(diff);
+
+    await w.writeFile(`${dir}/link`, Buffer.from(layer.link), MODE.linkFile);
+    if (layer.parent) {
+      await w.mkdirp(`${dir}/work`, MODE.workDir);
+      if (layer.lower) await w.writeFile(`${dir}/lower`, Buffer.from(layer.lower), MODE.lowerFile);
+    }
+    const l = at(linkPath(layer.link));
+    if ((await w.kindOf(l)) !== undefined) await w.remove(l);
+    created.push(l);
+    await w.symlink(linkTarget(layer.cacheId), l);
+
+    // layerdb entry: complete in tmp/, then one rename makes it visible.
+    const tmp = at(`${LAYERDB_TMP}/write-set-${tmpName()}`);
+    created.push(tmp);
+    await w.mkdirp(tmp, MODE.layerDir);
+    const record = { chainId: layer.chainId, diffId: layer.source.diffId, parent: layer.parent, size: layer.source.size, cacheId: layer.cacheId };
+    for (const f of layerFiles(record)) await w.writeFile(`${tmp}/${f.name}`, f.data, MODE.layerFile);
+    if (layer.source.tarSplit) await w.writeFile(`${tmp}/tar-split.json.gz`, layer.source.tarSplit, MODE.layerFile);
+    await w.rename(tmp, at(layerDir(layer.chainId)));
+    created.push(at(layerDir(layer.chainId)));
+    progress?.layerDone(layer);
+  }
+
+  // overlay.go create(): a parent is marked committed when a child is made on it.
+  for (const layer of copies) {
+    if (!layer.parentCacheId) continue;
+    const committed = at(`${cacheDir(layer.parentCacheId)}/committed`);
+    if ((await w.kindOf(committed)) === undefined) await w.writeFile(committed, Buffer.alloc(0), MODE.committed);
+  }
+
+  for (const { image, present } of plan.images) {
+    if (present) continue;
+    const tmp = at(`${IMAGEDB_CONTENT}/.tmp-${hexOf(image.id)}-${tmpName()}`);
+    created.push(tmp);
+    await w.writeFile(tmp, image.config, MODE.imageConfig);
+    await w.rename(tmp, at(imageConfigPath(image.id)));
+    created.push(at(imageConfigPath(image.id)));
+    if (image.lastUpdated) {
+      await w.mkdirp(at(imageMetadataDir(image.id)), MODE.imageDirs);
+      await w.writeFile(at(`${imageMetadataDir(image.id)}/lastUpdated`), Buffer.from(image.lastUpdated), MODE.imageMetadata);
+    }
+  }
+
+  if (plan.references.added.length > 0 || plan.references.moved.length > 0) {
+    const tmp = at(`${IMAGE_ROOT}/.tmp-repositories.json${tmpName()}`);
+    await w.writeFile(tmp, serializeRepositories(plan.references.repositories), MODE.repositories);
+    await w.rename(tmp, at(REPOSITORIES));
+  }
+}

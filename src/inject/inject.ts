@@ -1,0 +1,63 @@
+/** Injection of images from any source into an engine data root behind a TreeWriter. */
+import type { ImageSource, SourceImage } from '../sources/source.js';
+import type { TreeWriter } from '../targets/tree-writer.js';
+import { layersOf } from '../bundle/write.js';
+import { applyPlan, type InjectProgress } from './apply.js';
+import { planChangesNothing, planInjection, type InjectPlan } from './plan.js';
+import { TargetStore } from './target-store.js';
+
+export interface InjectOptions {
+  dryRun?: boolean;
+  progress?: InjectProgress;
+  warn?: (message: string) => void;
+  /** Called with the plan before anything is written (disk targets grow here). */
+  beforeWrite?: (plan: InjectPlan) => Promise<void>;
+}
+
+export interface InjectResult {
+  plan: InjectPlan;
+  changed: boolean;
+}
+
+export async function planFor(source: ImageSource, images: readonly SourceImage[], writer: TreeWriter, prefix: string): Promise<{ plan: InjectPlan; store: TargetStore }> {
+  const store = await TargetStore.read(writer, prefix);
+  const layers = [];
+  for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
+  return { plan: planInjection(images, layers, store), store };
+}
+
+export async function injectImages(
+  source: ImageSource,
+  images: readonly SourceImage[],
+  writer: TreeWriter,
+  prefix: string,
+  options: InjectOptions = {},
+): Promise<InjectResult> {
+  const { plan, store } = await planFor(source, images, writer, prefix);
+  for (const m of plan.references.moved) options.warn?.(`tag ${m.key} moved from ${m.from.slice(7, 19)} to ${m.to.slice(7, 19)} (as docker tag would)`);
+  if (options.dryRun) return { plan, changed: false };
+  if (planChangesNothing(plan)) return { plan, changed: false };
+  if (options.beforeWrite) await options.beforeWrite(plan);
+  else {
+    const free = await writer.freeSpace();
+    if (free && (free.bytes < plan.bytes || free.inodes < plan.inodes)) {
+      throw new Error(
+        `not enough room in ${writer.description}: the images need about ${formatBytes(plan.bytes)} and ${plan.inodes} inodes, ` +
+          `it has ${formatBytes(free.bytes)} and ${free.inodes} free`,
+      );
+    }
+  }
+  await applyPlan(plan, source, store, options.progress);
+  return { plan, changed: true };
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
+}

@@ -1,0 +1,85 @@
+/**
+ * The injection plan: which layers the target already has (same ChainID: reused, never
+ * copied), which are copied and under which cache and link IDs, which references change,
+ * and how many bytes and inodes it needs. Pure decisions; apply.ts does the writing.
+ */
+import { newCacheId, newLinkId } from '../engine/digest.js';
+import { mergeReferences, type MergeOutcome } from '../engine/repositories.js';
+import type { SourceImage, SourceLayer } from '../sources/source.js';
+import type { TargetStore } from './target-store.js';
+
+export interface PlannedLayer {
+  chainId: string;
+  action: 'reuse' | 'copy';
+  cacheId: string;
+  link: string;
+  /** The lower file's content for a copied layer (immediate parent first), '' for a base layer. */
+  lower: string;
+  parent?: string;
+  /** Parent's cache ID (to mark it `committed`). */
+  parentCacheId?: string;
+  source: SourceLayer;
+}
+
+export interface InjectPlan {
+  images: { image: SourceImage; present: boolean }[];
+  layers: PlannedLayer[];
+  references: MergeOutcome;
+  /** Space the copied layers need on the target, estimated before writing. */
+  bytes: number;
+  inodes: number;
+  filesToCopy: number;
+}
+
+// Per copied layer: its overlay2 dir, diff, work, link, lower, committed, l/ link, layerdb dir and files.
+const INODES_PER_LAYER = 12;
+const BYTES_PER_LAYER = 64 * 1024;
+
+export function planInjection(images: readonly SourceImage[], layers: readonly SourceLayer[], target: TargetStore): InjectPlan {
+  const planned = new Map<string, PlannedLayer>();
+  const takenCache = new Set<string>();
+  const takenLinks = new Set<string>();
+  const out: PlannedLayer[] = [];
+  for (const layer of layers) {
+    const existing = target.layers.get(layer.chainId);
+    const parentPlan = layer.parent ? planned.get(layer.parent) : undefined;
+    if (layer.parent && !parentPlan) throw new Error(`layer ${layer.chainId} comes before its parent ${layer.parent}`);
+    let p: PlannedLayer;
+    if (existing) {
+      p = { chainId: layer.chainId, action: 'reuse', cacheId: existing.cacheId, link: existing.link, lower: existing.lower, parent: layer.parent, source: layer };
+    } else {
+      let cacheId = layer.cacheId && target.cacheIdFree(layer.cacheId) && !takenCache.has(layer.cacheId) ? layer.cacheId : newCacheId();
+      while (!target.cacheIdFree(cacheId) || takenCache.has(cacheId)) cacheId = newCacheId();
+      let link = layer.link && target.linkIdFree(layer.link) && !takenLinks.has(layer.link) ? layer.link : newLinkId();
+      while (!target.linkIdFree(link) || takenLinks.has(link)) link = newLinkId();
+      // overlay.go getLower: "l/<parent link>" then the parent's own lower chain.
+      const lower = parentPlan ? [`l/${parentPlan.link}`, ...(parentPlan.lower ? [parentPlan.lower] : [])].join(':') : '';
+      p = { chainId: layer.chainId, action: 'copy', cacheId, link, lower, parent: layer.parent, parentCacheId: parentPlan?.cacheId, source: layer };
+    }
+    takenCache.add(p.cacheId);
+    takenLinks.add(p.link);
+    planned.set(layer.chainId, p);
+    out.push(p);
+  }
+  const additions = images.flatMap((image) => image.references.map((key) => ({ key, imageId: image.id })));
+  const references = mergeReferences(target.repositories, additions);
+  const copies = out.filter((l) => l.action === 'copy');
+  const configBytes = images.filter((i) => !target.imageIds.has(i.id)).reduce((n, i) => n + i.config.length + 4096, 0);
+  return {
+    images: images.map((image) => ({ image, present: target.imageIds.has(image.id) })),
+    layers: out,
+    references,
+    bytes: copies.reduce((n, l) => n + (l.source.bytes ?? l.source.size) + (l.source.tarSplit?.length ?? 0) + BYTES_PER_LAYER, 0) + configBytes,
+    inodes: copies.reduce((n, l) => n + (l.source.entries ?? 0) + INODES_PER_LAYER, 0) + images.length * 3,
+    filesToCopy: copies.reduce((n, l) => n + (l.source.entries ?? 0), 0),
+  };
+}
+
+export function planChangesNothing(plan: InjectPlan): boolean {
+  return (
+    plan.layers.every((l) => l.action === 'reuse') &&
+    plan.images.every((i) => i.present) &&
+    plan.references.added.length === 0 &&
+    plan.references.moved.length === 0
+  );
+}
