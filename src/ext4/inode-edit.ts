@@ -1,0 +1,95 @@
+import type { Ext4Records } from './fs-records.js';
+import {
+  EXT4_EXTENTS_FL, EXT4_INDEX_FL, EXT4_INLINE_DATA_FL, GOOD_OLD_INODE_SIZE,
+  I_ATIME, I_ATIME_EXTRA, I_BLOCKS_HI, I_BLOCKS_LO, I_CTIME, I_CTIME_EXTRA, I_EXTRA_ISIZE,
+  I_FILE_ACL_HI, I_FILE_ACL_LO, I_FLAGS, I_MODE, I_MTIME, I_MTIME_EXTRA, I_SIZE_HIGH, I_SIZE_LO,
+  S_IFBLK, S_IFCHR, S_IFIFO, S_IFMT, fileTypeOfMode, writeDeviceNumbers, writeOwner, writeTime,
+} from './inode.js';
+import { inodeXattrBytes, writeInodeXattrs, type EncodedXattr } from './xattr.js';
+
+/** What the ext2fs binding cannot set, recorded per inode and written after a clean unmount. */
+export interface InodeEdit {
+  /** Full i_mode: file type and permission bits. */
+  mode: number;
+  uid: number;
+  gid: number;
+  atime: bigint;
+  mtime: bigint;
+  ctime: bigint;
+  /** Replaces the whole in-inode xattr region (empty: no attributes). */
+  xattrs: EncodedXattr[];
+  /** char/block devices. */
+  devMajor?: number;
+  devMinor?: number;
+  /** Directory entries naming this inode whose file_type byte must follow a type change. */
+  dirents: Array<{ dirIno: number; name: Buffer }>;
+}
+
+/** i_extra_isize the binding (and mke2fs' default s_want_extra_isize) uses; covers every *_extra time field. */
+const WANT_EXTRA_ISIZE = 32;
+
+/** Room for in-inode xattrs in a freshly written inode of this size. */
+export function inodeXattrRoom(inodeSize: number): number {
+  return inodeSize - GOOD_OLD_INODE_SIZE - WANT_EXTRA_ISIZE;
+}
+
+export function xattrsFit(inodeSize: number, xattrs: EncodedXattr[]): boolean {
+  return inodeXattrBytes(xattrs) <= inodeXattrRoom(inodeSize);
+}
+
+/** Applies one edit to inode `ino` (and its directory entries). Idempotent. */
+export function applyInodeEdit(fs: Ext4Records, ino: number, edit: InodeEdit): void {
+  const inode = fs.readInode(ino);
+  const type = edit.mode & S_IFMT;
+  const oldType = inode.readUInt16LE(I_MODE) & S_IFMT;
+
+  let extra = inode.readUInt16LE(I_EXTRA_ISIZE);
+  if (extra < WANT_EXTRA_ISIZE) {
+    // Too small to hold the *_extra times: widen it (only safe with no in-inode xattrs yet,
+    // and the region is rewritten below anyway).
+    extra = WANT_EXTRA_ISIZE;
+    inode.writeUInt16LE(extra, I_EXTRA_ISIZE);
+    inode.fill(0, GOOD_OLD_INODE_SIZE + 2, GOOD_OLD_INODE_SIZE + extra);
+  }
+  const region = inode.subarray(GOOD_OLD_INODE_SIZE + extra);
+  if (inodeXattrBytes(edit.xattrs) > region.length) {
+    throw new Error(`inode ${ino}: extended attributes need ${inodeXattrBytes(edit.xattrs)} bytes, the inode holds ${region.length}`);
+  }
+
+  inode.writeUInt16LE(edit.mode & 0xffff, I_MODE);
+  writeOwner(inode, edit.uid, edit.gid);
+  writeTime(inode, I_ATIME, I_ATIME_EXTRA, edit.atime);
+  writeTime(inode, I_MTIME, I_MTIME_EXTRA, edit.mtime);
+  writeTime(inode, I_CTIME, I_CTIME_EXTRA, edit.ctime);
+
+  if (type === S_IFCHR || type === S_IFBLK || type === S_IFIFO) {
+    // Special files carry no data: no extent tree (an extents flag makes e2fsck call it
+    // an illegal device), i_block zero except the device numbers, size and blocks 0
+    // (e2fsck pass1 e2fsck_pass1_check_device_inode; fs/ext4/inode.c ext4_iget).
+    const fileAcl = inode.readUInt32LE(I_FILE_ACL_LO) + inode.readUInt16LE(I_FILE_ACL_HI);
+    if (inode.readUInt32LE(I_BLOCKS_LO) !== 0 && fileAcl === 0) {
+      throw new Error(`inode ${ino}: a device node or FIFO must be created as an empty file`);
+    }
+    inode.writeUInt32LE(inode.readUInt32LE(I_FLAGS) & ~(EXT4_EXTENTS_FL | EXT4_INDEX_FL | EXT4_INLINE_DATA_FL), I_FLAGS);
+    inode.fill(0, 0x28, 0x28 + 60);
+    if (type !== S_IFIFO) writeDeviceNumbers(inode, edit.devMajor ?? 0, edit.devMinor ?? 0);
+    inode.writeUInt32LE(0, I_SIZE_LO);
+    inode.writeUInt32LE(0, I_SIZE_HIGH);
+    if (fileAcl === 0) {
+      inode.writeUInt32LE(0, I_BLOCKS_LO);
+      inode.writeUInt16LE(0, I_BLOCKS_HI);
+    }
+  }
+
+  writeInodeXattrs(region, edit.xattrs);
+  fs.writeInode(ino, inode);
+
+  if (type !== oldType || edit.dirents.length > 0) {
+    const ft = fileTypeOfMode(edit.mode);
+    for (const d of edit.dirents) {
+      if (!fs.setDirentType(d.dirIno, d.name, ft)) {
+        throw new Error(`directory inode ${d.dirIno} has no entry "${d.name.toString()}" for inode ${ino}`);
+      }
+    }
+  }
+}

@@ -1,0 +1,570 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { LayerEntry } from '../layer/entry.js';
+import type { FreeSpace, TreeWriter } from './tree-writer.js';
+import {
+  errnoCode, inodeNumberOf, mountExt2, openExt2, syncFileDisk, umountExt2,
+  O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_TRUNC, O_WRONLY,
+  type Ext2Fs, type Ext2Promises,
+} from '../ext4/ext2fs-binding.js';
+import { ImageFile } from '../ext4/image-file.js';
+import { Ext4Records } from '../ext4/fs-records.js';
+import { applyInodeEdit, inodeXattrRoom, type InodeEdit } from '../ext4/inode-edit.js';
+import { checkWritable, parseSuperblock, type Superblock } from '../ext4/superblock.js';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG } from '../ext4/inode.js';
+import { encodeXattr, inodeXattrBytes } from '../ext4/xattr.js';
+
+export interface Ext4TreeWriterOptions {
+  /** For messages, e.g. `balena.img:resin-data`. */
+  description?: string;
+}
+
+/** The WASM heap of the binding is 16 MiB: a single larger write aborts it (see the ext4 doc). */
+const CHUNK = 1024 * 1024;
+
+const KIND_MODE: Record<string, number> = {
+  file: S_IFREG,
+  directory: S_IFDIR,
+  symlink: S_IFLNK,
+  'char-device': S_IFCHR,
+  'block-device': S_IFBLK,
+  fifo: S_IFIFO,
+};
+
+interface Session {
+  fd: number;
+  fs: Ext2Fs;
+  p: Ext2Promises;
+}
+
+/**
+ * A TreeWriter over the ext4 file system at byte `fsOffset` of an image file,
+ * written in-process through the `ext2fs` binding (allocation, directories, file data,
+ * symlinks, hard links). What the binding cannot set — exact ns times, 32-bit owners,
+ * device nodes and FIFOs, xattrs, directory-entry types — is recorded per inode and
+ * written into the on-disk records after each clean unmount (src/ext4/).
+ *
+ * The file system is mounted lazily on first use; `suspend()` unmounts and applies
+ * the records (used before growing the partition or reading free space), and the
+ * next call mounts again. Records persist across sessions and are re-applied each time,
+ * because the binding may rewrite an inode it touches (e.g. its chown).
+ */
+export class Ext4TreeWriter implements TreeWriter {
+  readonly description: string;
+  private session: Session | undefined;
+  private closed = false;
+  private readonly edits = new Map<number, InodeEdit>();
+  /** Full paths ('/a/b') known to be real directories (not symlinks), with their inode numbers. */
+  private readonly dirs = new Map<string, number>();
+  /** Special files written this session, by full path, for hard links to them. */
+  private readonly specials = new Map<string, number>();
+  private readonly chunk = Buffer.allocUnsafe(CHUNK);
+  private readonly now = BigInt(Date.now()) * 1_000_000n;
+  private inodeSize = 256;
+
+  constructor(readonly imagePath: string, readonly fsOffset: number, options: Ext4TreeWriterOptions = {}) {
+    this.description = options.description ?? `${imagePath}@${fsOffset}`;
+  }
+
+  // ---- lifecycle -------------------------------------------------------------
+
+  private async mount(): Promise<Session> {
+    if (this.closed) throw new Error(`${this.description}: writer already closed`);
+    if (this.session) return this.session;
+    const fd = fs.openSync(this.imagePath, 'r+');
+    try {
+      const sb = this.readSb(fd);
+      checkWritable(sb, this.description);
+      this.inodeSize = sb.inodeSize;
+      const fsys = await mountExt2(syncFileDisk(fd), this.fsOffset);
+      this.session = { fd, fs: fsys, p: fsys.promises };
+      return this.session;
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  private readSb(fd: number): Superblock {
+    const raw = Buffer.alloc(1024);
+    fs.readSync(fd, raw, 0, 1024, this.fsOffset + 1024);
+    const sb = parseSuperblock(raw);
+    if (!sb) throw new Error(`${this.description}: no ext4 file system there`);
+    return sb;
+  }
+
+  /** Unmounts cleanly and writes the recorded inode edits. The next call mounts again. */
+  async suspend(): Promise<void> {
+    const s = this.session;
+    if (!s) return;
+    this.session = undefined;
+    try {
+      await umountExt2(s.fs);
+      this.applyEdits(s.fd);
+      fs.fsyncSync(s.fd);
+    } finally {
+      fs.closeSync(s.fd);
+    }
+  }
+
+  private applyEdits(fd: number): void {
+    if (this.edits.size === 0) return;
+    const image = ImageFile.open(this.imagePath, true);
+    try {
+      const rec = new Ext4Records(image, this.fsOffset);
+      for (const ino of [...this.edits.keys()].sort((a, b) => a - b)) {
+        applyInodeEdit(rec, ino, this.edits.get(ino)!);
+      }
+    } finally {
+      image.close();
+    }
+    void fd;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.suspend();
+    this.closed = true;
+  }
+
+  /**
+   * Drops the mounted session without writing anything more (for abandoning a work
+   * copy after a failure). The file system on disk is then not consistent.
+   */
+  async discard(): Promise<void> {
+    const s = this.session;
+    this.session = undefined;
+    this.closed = true;
+    if (!s) return;
+    try {
+      await umountExt2(s.fs);
+    } catch {
+      // the work copy is being thrown away
+    } finally {
+      fs.closeSync(s.fd);
+    }
+  }
+
+  // ---- paths -----------------------------------------------------------------
+
+  private full(rel: string): string {
+    if (rel === '' || rel === '.') return '/';
+    if (rel.startsWith('/') || rel.split('/').some((c) => c === '..' || c === '' || c === '.')) {
+      throw new Error(`${this.description}: refusing path "${rel}"`);
+    }
+    return '/' + rel;
+  }
+
+  private join(root: string, entryPath: string): string {
+    if (entryPath === '.' || entryPath === '') return this.full(root);
+    return this.full(root === '' || root === '.' ? entryPath : `${root}/${entryPath}`);
+  }
+
+  /** Inode number of a real directory at full path `p` (no component a symlink), or undefined. */
+  private async dirIno(s: Session, p: string): Promise<number | undefined> {
+    const known = this.dirs.get(p);
+    if (known !== undefined) return known;
+    if (p !== '/') {
+      const parent = path.posix.dirname(p);
+      if ((await this.dirIno(s, parent)) === undefined) return undefined;
+    }
+    const st = await this.lstatIn(s, p);
+    if (!st || (st.mode & S_IFMT) !== S_IFDIR) return undefined;
+    this.dirs.set(p, st.ino);
+    return st.ino;
+  }
+
+  private async parentIno(s: Session, p: string): Promise<number> {
+    const parent = path.posix.dirname(p);
+    const ino = await this.dirIno(s, parent);
+    if (ino === undefined) throw new Error(`${this.description}: ${parent} is not a directory`);
+    return ino;
+  }
+
+  private async lstatIn(s: Session, p: string) {
+    try {
+      return await s.p.lstat(p);
+    } catch (err) {
+      const code = errnoCode(err);
+      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+      throw err;
+    }
+  }
+
+  private forgetPaths(p: string): void {
+    for (const map of [this.dirs, this.specials]) {
+      for (const k of [...map.keys()]) if (k === p || k.startsWith(p + '/')) map.delete(k);
+    }
+  }
+
+  // ---- reading ---------------------------------------------------------------
+
+  async readFile(rel: string): Promise<Buffer | undefined> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    const parent = await this.dirIno(s, path.posix.dirname(p));
+    if (parent === undefined) return undefined;
+    const st = await this.lstatIn(s, p);
+    if (!st || (st.mode & S_IFMT) !== S_IFREG || this.specials.has(p)) return undefined;
+    const fd = await openExt2(s.fs, p, O_RDONLY | O_NOFOLLOW, 0);
+    try {
+      const out = Buffer.alloc(st.size);
+      let done = 0;
+      while (done < st.size) {
+        const n = Math.min(CHUNK, st.size - done);
+        const { bytesRead } = await s.p.read(fd, this.chunk, 0, n, null);
+        if (bytesRead <= 0) break;
+        this.chunk.copy(out, done, 0, bytesRead);
+        done += bytesRead;
+      }
+      return out.subarray(0, done);
+    } finally {
+      await s.p.close(fd);
+    }
+  }
+
+  async readdir(rel: string): Promise<string[] | undefined> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    if ((await this.dirIno(s, p)) === undefined) return undefined;
+    return (await s.p.readdir(p)).filter((n) => n !== '.' && n !== '..');
+  }
+
+  async kindOf(rel: string): Promise<'file' | 'directory' | 'symlink' | 'other' | undefined> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    if (p !== '/' && (await this.dirIno(s, path.posix.dirname(p))) === undefined) return undefined;
+    const st = await this.lstatIn(s, p);
+    if (!st) return undefined;
+    const type = this.edits.get(st.ino)?.mode ?? st.mode;
+    switch (type & S_IFMT) {
+      case S_IFREG: return 'file';
+      case S_IFDIR: return 'directory';
+      case S_IFLNK: return 'symlink';
+      default: return 'other';
+    }
+  }
+
+  async readlink(rel: string): Promise<string | undefined> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    if ((await this.dirIno(s, path.posix.dirname(p))) === undefined) return undefined;
+    const st = await this.lstatIn(s, p);
+    if (!st || (st.mode & S_IFMT) !== S_IFLNK) return undefined;
+    return s.p.readlink(p);
+  }
+
+  /** Free blocks × block size and free inodes from the superblock (unmounts first so the counts are current). */
+  async freeSpace(): Promise<FreeSpace | undefined> {
+    await this.suspend();
+    const fd = fs.openSync(this.imagePath, 'r');
+    try {
+      const sb = this.readSb(fd);
+      return { bytes: sb.freeBlocksCount * sb.blockSize, inodes: sb.freeInodesCount };
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  // ---- engine metadata -------------------------------------------------------
+
+  async mkdirp(rel: string, mode: number): Promise<void> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    if (p === '/') return;
+    let cur = '';
+    for (const part of p.slice(1).split('/')) {
+      cur += '/' + part;
+      if (this.dirs.has(cur)) continue;
+      const st = await this.lstatIn(s, cur);
+      if (st) {
+        if ((st.mode & S_IFMT) !== S_IFDIR) throw new Error(`${this.description}: ${cur} exists and is not a directory`);
+        this.dirs.set(cur, st.ino);
+        continue;
+      }
+      await this.parentIno(s, cur);
+      await s.p.mkdir(cur, mode & 0o7777);
+      const ino = await this.chmodPath(s, cur, mode, O_RDONLY);
+      this.edits.delete(ino);
+      this.dirs.set(cur, ino);
+    }
+  }
+
+  private async chmodPath(s: Session, p: string, mode: number, flags: number): Promise<number> {
+    const fd = await openExt2(s.fs, p, flags | O_NOFOLLOW, 0);
+    try {
+      await s.p.fchmod(fd, mode & 0o7777);
+      return await inodeNumberOf(fd);
+    } finally {
+      await s.p.close(fd);
+    }
+  }
+
+  async writeFile(rel: string, data: Buffer, mode: number): Promise<void> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    await this.parentIno(s, p);
+    const st = await this.lstatIn(s, p);
+    if (st && (st.mode & S_IFMT) !== S_IFREG) await this.removeFull(s, p);
+    const fd = await openExt2(s.fs, p, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode & 0o7777);
+    try {
+      await this.writeAll(s, fd, data);
+      await s.p.fchmod(fd, mode & 0o7777);
+      this.edits.delete(await inodeNumberOf(fd));
+    } finally {
+      await s.p.close(fd);
+    }
+  }
+
+  private async writeAll(s: Session, fd: number, data: Buffer): Promise<void> {
+    for (let off = 0; off < data.length; off += CHUNK) {
+      const n = Math.min(CHUNK, data.length - off);
+      const { bytesWritten } = await s.p.write(fd, data, off, n, null);
+      if (bytesWritten !== n) throw new Error(`${this.description}: short write (file system full?)`);
+    }
+  }
+
+  async symlink(target: string, rel: string): Promise<void> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    await this.parentIno(s, p);
+    if (await this.lstatIn(s, p)) await this.removeFull(s, p);
+    await s.p.symlink(target, p);
+    const st = await s.p.lstat(p);
+    this.edits.delete(st.ino);
+  }
+
+  async rename(fromRel: string, toRel: string): Promise<void> {
+    const s = await this.mount();
+    const from = this.full(fromRel);
+    const to = this.full(toRel);
+    const fromParent = await this.parentIno(s, from);
+    const toParent = await this.parentIno(s, to);
+    const src = await this.lstatIn(s, from);
+    if (!src) throw new Error(`${this.description}: cannot rename ${from}: it does not exist`);
+    const dst = await this.lstatIn(s, to);
+    if (dst && dst.ino !== src.ino) {
+      if ((dst.mode & S_IFMT) === S_IFDIR && (src.mode & S_IFMT) !== S_IFDIR) {
+        throw new Error(`${this.description}: cannot rename ${from} over the directory ${to}`);
+      }
+      await this.removeFull(s, to);
+    }
+    await s.p.rename(from, to);
+    const fromName = Buffer.from(path.posix.basename(from));
+    const edit = this.edits.get(src.ino);
+    if (edit) {
+      for (const d of edit.dirents) {
+        if (d.dirIno === fromParent && d.name.equals(fromName)) {
+          d.dirIno = toParent;
+          d.name = Buffer.from(path.posix.basename(to));
+        }
+      }
+    }
+    this.forgetPaths(from);
+    this.forgetPaths(to);
+  }
+
+  async remove(rel: string): Promise<void> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    if (p === '/') throw new Error(`${this.description}: refusing to remove the root`);
+    if ((await this.dirIno(s, path.posix.dirname(p))) === undefined) return;
+    if (!(await this.lstatIn(s, p))) return;
+    await this.removeFull(s, p);
+  }
+
+  private async removeFull(s: Session, p: string): Promise<void> {
+    const st = await s.p.lstat(p);
+    const parentIno = await this.parentIno(s, p);
+    if ((st.mode & S_IFMT) === S_IFDIR) {
+      this.dirs.set(p, st.ino);
+      for (const name of await s.p.readdir(p)) {
+        if (name === '.' || name === '..') continue;
+        await this.removeFull(s, `${p === '/' ? '' : p}/${name}`);
+      }
+      await s.p.rmdir(p);
+      this.edits.delete(st.ino);
+    } else {
+      await s.p.unlink(p);
+      const edit = this.edits.get(st.ino);
+      if (st.nlink <= 1) this.edits.delete(st.ino);
+      else if (edit) {
+        const name = Buffer.from(path.posix.basename(p));
+        edit.dirents = edit.dirents.filter((d) => !(d.dirIno === parentIno && d.name.equals(name)));
+      }
+    }
+    this.forgetPaths(p);
+  }
+
+  // ---- layer content ---------------------------------------------------------
+
+  async writeEntry(root: string, entry: LayerEntry, content?: AsyncIterable<Buffer>): Promise<void> {
+    const p = this.join(root, entry.path);
+    const where = `${this.description}:${p}`;
+    // Everything that can be refused is checked before anything is written.
+    const xattrs = entry.xattrs.map((x) => {
+      try {
+        return encodeXattr(x);
+      } catch (err) {
+        throw new Error(`${where}: ${(err as Error).message}`);
+      }
+    });
+    for (const [v, what] of [[entry.uid, 'uid'], [entry.gid, 'gid']] as const) {
+      if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new Error(`${where}: ${what} ${v} out of range`);
+    }
+    const s = await this.mount();
+    const need = inodeXattrBytes(xattrs);
+    if (need > inodeXattrRoom(this.inodeSize)) {
+      throw new Error(
+        `${where}: its extended attributes need ${need} bytes but only ${inodeXattrRoom(this.inodeSize)} fit inside an inode; external xattr blocks are not supported yet`,
+      );
+    }
+    if (entry.kind === 'hardlink') {
+      if (!entry.linkTarget) throw new Error(`${where}: hard link without a target`);
+      await this.writeHardlink(s, p, this.join(root, entry.linkTarget));
+      return;
+    }
+    const typeBits = KIND_MODE[entry.kind];
+    if (typeBits === undefined) throw new Error(`${where}: unknown entry kind ${entry.kind}`);
+    const edit: InodeEdit = {
+      mode: typeBits | (entry.mode & 0o7777),
+      uid: entry.uid,
+      gid: entry.gid,
+      atime: entry.atime,
+      mtime: entry.mtime,
+      ctime: this.now,
+      xattrs,
+      dirents: [],
+    };
+    let ino: number;
+    switch (entry.kind) {
+      case 'directory':
+        ino = await this.writeDirectory(s, p);
+        break;
+      case 'file':
+        ino = await this.writeRegular(s, p, entry, content, where);
+        break;
+      case 'symlink': {
+        if (entry.linkTarget === undefined) throw new Error(`${where}: symlink without a target`);
+        await this.parentIno(s, p);
+        await this.replaceable(s, p);
+        await s.p.symlink(entry.linkTarget, p);
+        ino = (await s.p.lstat(p)).ino;
+        break;
+      }
+      default: {
+        // char/block devices and FIFOs: an empty regular file now, turned into the
+        // special file by the record edit after unmount.
+        const parentIno = await this.parentIno(s, p);
+        ino = await this.createEmpty(s, p);
+        edit.devMajor = entry.devMajor ?? 0;
+        edit.devMinor = entry.devMinor ?? 0;
+        edit.dirents.push({ dirIno: parentIno, name: Buffer.from(path.posix.basename(p)) });
+        this.specials.set(p, ino);
+      }
+    }
+    this.edits.set(ino, edit);
+  }
+
+  /** Removes whatever is at p (a whole tree for a directory). */
+  private async replaceable(s: Session, p: string): Promise<void> {
+    const st = await this.lstatIn(s, p);
+    if (st) await this.removeFull(s, p);
+  }
+
+  private async writeDirectory(s: Session, p: string): Promise<number> {
+    if (p === '/') {
+      const ino = await this.dirIno(s, '/');
+      if (ino === undefined) throw new Error(`${this.description}: root is not a directory`);
+      return ino;
+    }
+    await this.parentIno(s, p);
+    const st = await this.lstatIn(s, p);
+    if (st && (st.mode & S_IFMT) === S_IFDIR) {
+      this.dirs.set(p, st.ino);
+      return st.ino;
+    }
+    if (st) await this.removeFull(s, p);
+    await s.p.mkdir(p, 0o700);
+    const ino = (await s.p.lstat(p)).ino;
+    this.dirs.set(p, ino);
+    return ino;
+  }
+
+  private async createEmpty(s: Session, p: string): Promise<number> {
+    const fd = await this.createExclusive(s, p);
+    try {
+      return await inodeNumberOf(fd);
+    } finally {
+      await s.p.close(fd);
+    }
+  }
+
+  /** Creates a new regular file at p, replacing whatever non-directory or tree was there. */
+  private async createExclusive(s: Session, p: string): Promise<number> {
+    await this.parentIno(s, p);
+    try {
+      return await openExt2(s.fs, p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+    } catch (err) {
+      if (errnoCode(err) !== 'EEXIST') throw err;
+    }
+    await this.removeFull(s, p);
+    return openExt2(s.fs, p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  }
+
+  private async writeRegular(s: Session, p: string, entry: LayerEntry, content: AsyncIterable<Buffer> | undefined, where: string): Promise<number> {
+    const fd = await this.createExclusive(s, p);
+    try {
+      let written = 0;
+      let fill = 0;
+      const flush = async () => {
+        if (fill === 0) return;
+        const { bytesWritten } = await s.p.write(fd, this.chunk, 0, fill, null);
+        if (bytesWritten !== fill) throw new Error(`${where}: short write (file system full?)`);
+        fill = 0;
+      };
+      if (content) {
+        for await (const piece of content) {
+          written += piece.length;
+          if (written > entry.size) throw new Error(`${where}: content longer than its size ${entry.size}`);
+          let off = 0;
+          while (off < piece.length) {
+            const n = Math.min(CHUNK - fill, piece.length - off);
+            piece.copy(this.chunk, fill, off, off + n);
+            fill += n;
+            off += n;
+            if (fill === CHUNK) await flush();
+          }
+        }
+        await flush();
+      }
+      if (written !== entry.size) throw new Error(`${where}: content is ${written} bytes, expected ${entry.size}`);
+      return await inodeNumberOf(fd);
+    } finally {
+      await s.p.close(fd);
+    }
+  }
+
+  private async writeHardlink(s: Session, p: string, target: string): Promise<void> {
+    const parentIno = await this.parentIno(s, p);
+    if ((await this.dirIno(s, path.posix.dirname(target))) === undefined) {
+      throw new Error(`${this.description}:${p}: hard-link target ${target} is not inside a directory`);
+    }
+    const st = await this.lstatIn(s, target);
+    if (!st) throw new Error(`${this.description}:${p}: hard-link target ${target} does not exist`);
+    if ((st.mode & S_IFMT) === S_IFDIR) throw new Error(`${this.description}:${p}: hard-link target ${target} is a directory`);
+    if (p === target) return;
+    await this.replaceable(s, p);
+    await s.p.link(target, p);
+    const edit = this.edits.get(st.ino);
+    if (edit && (this.specials.has(target) || edit.dirents.length > 0)) {
+      edit.dirents.push({ dirIno: parentIno, name: Buffer.from(path.posix.basename(p)) });
+      this.specials.set(p, st.ino);
+    }
+  }
+
+  async finishTree(_root: string): Promise<void> {
+    // Directory times are part of the per-inode records written after unmount, when
+    // nothing can change them any more; there is nothing to defer here.
+  }
+}
