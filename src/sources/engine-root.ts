@@ -9,33 +9,16 @@ import { chainIds, sha256Digest } from '../engine/digest.js';
 import { IMAGEDB_CONTENT, IMAGEDB_METADATA, REPOSITORIES, cacheDir, diffDir, layerDir } from '../engine/layout.js';
 import { parseLayerFiles } from '../engine/layerdb.js';
 import { parseRepositories, referencesOf, type Repositories } from '../engine/repositories.js';
+import { HostReader, type StoreReader } from './store-reader.js';
 import { readDiffTree } from './diff-tree.js';
 import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
 
 const CANDIDATES = ['', 'docker', 'var/lib/docker', 'balena-engine', 'var/lib/balena-engine'];
 
-async function isDir(p: string): Promise<boolean> {
-  try {
-    return (await fs.stat(p)).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
-async function readOptional(p: string): Promise<Buffer | undefined> {
-  try {
-    return await fs.readFile(p);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-}
-
-/** Finds the engine data root inside `dir` (itself, docker/, var/lib/docker/ …). */
-export async function findEngineRoot(dir: string): Promise<string | undefined> {
+/** Finds the engine data root inside a tree (itself, docker/, var/lib/docker/ …), as a relative path. */
+export async function findEngineRoot(reader: StoreReader): Promise<string | undefined> {
   for (const c of CANDIDATES) {
-    const root = path.join(dir, c);
-    if (await isDir(path.join(root, 'image/overlay2'))) return root;
+    if ((await reader.kindOf(c ? `${c}/image/overlay2` : 'image/overlay2')) === 'directory') return c;
   }
   return undefined;
 }
@@ -46,47 +29,62 @@ export class EngineRootSource implements ImageSource {
 
   private constructor(
     readonly description: string,
-    readonly root: string,
+    private readonly reader: StoreReader,
+    /** The engine root inside the reader ('' when the reader is rooted at it). */
+    readonly prefix: string,
+    /** Where diff/ trees can be read on the host, when they can. */
+    private readonly hostRoot?: string,
   ) {}
 
+  /** A host directory: an engine root, or one holding it as docker/ or var/lib/docker/. */
   static async open(dir: string): Promise<EngineRootSource> {
-    if (!(await isDir(dir))) throw new Error(`${dir}: no such directory`);
-    const root = await findEngineRoot(dir);
-    if (!root) {
-      throw new Error(`${dir} does not hold an engine data root (looked for image/overlay2/ in it, in docker/ and in var/lib/docker/)`);
+    let st;
+    try {
+      st = await fs.stat(dir);
+    } catch {
+      throw new Error(`${dir}: no such directory`);
     }
-    return new EngineRootSource(dir, root);
+    if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
+    const source = await EngineRootSource.over(new HostReader(dir), dir);
+    return new EngineRootSource(dir, source.reader, source.prefix, path.join(dir, source.prefix));
+  }
+
+  /** Any tree (e.g. the resin-data file system of a disk image); metadata only. */
+  static async over(reader: StoreReader, description: string): Promise<EngineRootSource> {
+    const prefix = await findEngineRoot(reader);
+    if (prefix === undefined) {
+      throw new Error(`${description} does not hold an engine data root (looked for image/overlay2/ in it, in docker/ and in var/lib/docker/)`);
+    }
+    return new EngineRootSource(description, reader, prefix);
+  }
+
+  private at(p: string): string {
+    return this.prefix ? `${this.prefix}/${p}` : p;
   }
 
   async references(): Promise<Repositories> {
-    this.repositories ??= parseRepositories(await readOptional(path.join(this.root, REPOSITORIES)), this.description);
+    this.repositories ??= parseRepositories(await this.reader.readFile(this.at(REPOSITORIES)), this.description);
     return this.repositories;
   }
 
   async images(): Promise<SourceImage[]> {
     if (this.imageCache) return this.imageCache;
     const repos = await this.references();
-    const contentDir = path.join(this.root, IMAGEDB_CONTENT);
-    let names: string[] = [];
-    try {
-      names = await fs.readdir(contentDir);
-    } catch {
-      names = [];
-    }
+    const names = (await this.reader.readdir(this.at(IMAGEDB_CONTENT))) ?? [];
     const out: SourceImage[] = [];
     for (const hex of names.sort()) {
       if (!/^[0-9a-f]{64}$/.test(hex)) continue;
       const id = `sha256:${hex}`;
-      const config = await fs.readFile(path.join(contentDir, hex));
+      const config = await this.reader.readFile(this.at(`${IMAGEDB_CONTENT}/${hex}`));
       // The engine re-hashes every config and drops those whose bytes do not match (image/fs.go).
-      if (sha256Digest(config) !== id) continue;
+      if (!config || sha256Digest(config) !== id) continue;
       let platform: ReturnType<typeof configPlatform>;
       try {
         platform = configPlatform(config);
       } catch {
         continue;
       }
-      const lastUpdated = (await readOptional(path.join(this.root, IMAGEDB_METADATA, hex, 'lastUpdated')))?.toString('utf8');
+      const lastUpdated = (await this.reader.readFile(this.at(`${IMAGEDB_METADATA}/${hex}/lastUpdated`)))?.toString('utf8');
       out.push({
         id,
         config,
@@ -102,25 +100,31 @@ export class EngineRootSource implements ImageSource {
   }
 
   async layer(chainId: string, options: { counts?: boolean } = {}): Promise<SourceLayer> {
-    const dir = path.join(this.root, layerDir(chainId));
-    if (!(await isDir(dir))) throw new Error(`${this.description}: layer ${chainId} is missing from the layer store`);
-    const read = (name: string): Promise<Buffer | undefined> => readOptional(path.join(dir, name));
+    const dir = this.at(layerDir(chainId));
+    if ((await this.reader.kindOf(dir)) !== 'directory') throw new Error(`${this.description}: layer ${chainId} is missing from the layer store`);
+    const read = (name: string): Promise<Buffer | undefined> => this.reader.readFile(`${dir}/${name}`);
     const record = parseLayerFiles(
       chainId,
       { diff: await read('diff'), size: await read('size'), 'cache-id': await read('cache-id'), parent: await read('parent') },
       this.description,
     );
-    const link = (await readOptional(path.join(this.root, cacheDir(record.cacheId), 'link')))?.toString('utf8');
-    const diff = path.join(this.root, diffDir(record.cacheId));
-    if (!(await isDir(diff))) throw new Error(`${this.description}: layer ${chainId} has no data (overlay2/${record.cacheId}/diff is missing)`);
-    const counts = options.counts ? await countTree(diff) : {};
+    const link = (await this.reader.readFile(this.at(`${cacheDir(record.cacheId)}/link`)))?.toString('utf8');
+    if ((await this.reader.kindOf(this.at(diffDir(record.cacheId)))) !== 'directory') {
+      throw new Error(`${this.description}: layer ${chainId} has no data (overlay2/${record.cacheId}/diff is missing)`);
+    }
+    const counts = options.counts ? await countTree(this.hostDiff(record.cacheId)) : {};
     return { ...record, link, tarSplit: await read('tar-split.json.gz'), ...counts };
   }
 
+  private hostDiff(cacheId: string): string {
+    if (!this.hostRoot) throw new Error(`${this.description}: reading layer files from here is not supported`);
+    return path.join(this.hostRoot, diffDir(cacheId));
+  }
+
   async *layerItems(chainId: string): AsyncIterable<LayerItem> {
-    const cacheId = (await readOptional(path.join(this.root, layerDir(chainId), 'cache-id')))?.toString('utf8');
+    const cacheId = (await this.reader.readFile(this.at(`${layerDir(chainId)}/cache-id`)))?.toString('utf8');
     if (!cacheId) throw new Error(`${this.description}: layer ${chainId} has no cache-id`);
-    yield* readDiffTree(path.join(this.root, diffDir(cacheId)));
+    yield* readDiffTree(this.hostDiff(cacheId));
   }
 
   async close(): Promise<void> {
