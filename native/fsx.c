@@ -1,0 +1,443 @@
+/*
+ * fsx: the few file-system calls Node lacks, for writing layer trees with every
+ * attribute (see native/README.md). Plain C over N-API; Linux, and macOS behind
+ * __APPLE__. Every call works on the path itself and never follows a final symlink.
+ *
+ *   listXattrs(path) -> Array<[name: string, value: Buffer]>   llistxattr + lgetxattr
+ *   setXattr(path, name, value: Buffer)                        lsetxattr
+ *   mknod(path, mode, major, minor)                            mknod + makedev
+ *   lutimes(path, aSec, aNsec, mSec, mNsec)                    utimensat(AT_SYMLINK_NOFOLLOW)
+ *   syncFs(path)                                               syncfs (Linux), sync (macOS)
+ *
+ * Paths are strings (UTF-8) or Buffers (raw bytes). Errors are JS Errors shaped like
+ * Node's own fs errors: code ('EPERM'), errno (negative), syscall, path, and a message
+ * "EPERM: operation not permitted, lsetxattr '/x'".
+ */
+#include <node_api.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#ifdef __APPLE__
+#ifndef ENODATA
+#define ENODATA ENOATTR
+#endif
+#else
+#include <sys/sysmacros.h>
+#endif
+
+/* ---- errors ---------------------------------------------------------------- */
+
+static const char *errno_name(int err) {
+  if (err == ENOTSUP) return "ENOTSUP";
+#if defined(EOPNOTSUPP) && EOPNOTSUPP != ENOTSUP
+  if (err == EOPNOTSUPP) return "EOPNOTSUPP";
+#endif
+#if defined(ENOATTR) && ENOATTR != ENODATA
+  if (err == ENOATTR) return "ENOATTR";
+#endif
+  switch (err) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EIO: return "EIO";
+    case E2BIG: return "E2BIG";
+    case EBADF: return "EBADF";
+    case ENOMEM: return "ENOMEM";
+    case EACCES: return "EACCES";
+    case EFAULT: return "EFAULT";
+    case EBUSY: return "EBUSY";
+    case EEXIST: return "EEXIST";
+    case EXDEV: return "EXDEV";
+    case ENOTDIR: return "ENOTDIR";
+    case EISDIR: return "EISDIR";
+    case EINVAL: return "EINVAL";
+    case EFBIG: return "EFBIG";
+    case ENOSPC: return "ENOSPC";
+    case EROFS: return "EROFS";
+    case EMLINK: return "EMLINK";
+    case ERANGE: return "ERANGE";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case ENOTEMPTY: return "ENOTEMPTY";
+    case ELOOP: return "ELOOP";
+    case ENODATA: return "ENODATA";
+    case EOVERFLOW: return "EOVERFLOW";
+    case EDQUOT: return "EDQUOT";
+    default: return "EUNKNOWN";
+  }
+}
+
+/* Throws an Error like Node's fs errors. `path` may be NULL. Always returns NULL. */
+static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *path) {
+  const char *code = errno_name(err);
+  const char *text = strerror(err);
+  size_t len = strlen(code) + strlen(text) + strlen(syscall) + (path ? strlen(path) : 0) + 16;
+  char *msg = malloc(len);
+  if (!msg) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  if (path) snprintf(msg, len, "%s: %s, %s '%s'", code, text, syscall, path);
+  else snprintf(msg, len, "%s: %s, %s", code, text, syscall);
+  napi_value jcode, jmsg, error, v;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &jcode);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg);
+  free(msg);
+  napi_create_error(env, jcode, jmsg, &error);
+  napi_create_int32(env, -err, &v);
+  napi_set_named_property(env, error, "errno", v);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, error, "syscall", v);
+  if (path) {
+    napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &v);
+    napi_set_named_property(env, error, "path", v);
+  }
+  napi_throw(env, error);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+/* ---- arguments ------------------------------------------------------------- */
+
+/* A NUL-terminated copy of a string (UTF-8) or Buffer argument; NULL after throwing. */
+static char *get_cstring(napi_env env, napi_value value, const char *what) {
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok) return NULL;
+  if (type == napi_string) {
+    size_t len = 0;
+    napi_get_value_string_utf8(env, value, NULL, 0, &len);
+    char *s = malloc(len + 1);
+    if (!s) {
+      napi_throw_error(env, "ENOMEM", "out of memory");
+      return NULL;
+    }
+    napi_get_value_string_utf8(env, value, s, len + 1, &len);
+    if (strlen(s) != len) {
+      free(s);
+      throw_type(env, what);
+      return NULL;
+    }
+    return s;
+  }
+  bool is_buffer = false;
+  napi_is_buffer(env, value, &is_buffer);
+  if (is_buffer) {
+    void *data = NULL;
+    size_t len = 0;
+    napi_get_buffer_info(env, value, &data, &len);
+    if (len > 0 && memchr(data, 0, len) != NULL) {
+      throw_type(env, what);
+      return NULL;
+    }
+    char *s = malloc(len + 1);
+    if (!s) {
+      napi_throw_error(env, "ENOMEM", "out of memory");
+      return NULL;
+    }
+    if (len > 0) memcpy(s, data, len);
+    s[len] = '\0';
+    return s;
+  }
+  throw_type(env, what);
+  return NULL;
+}
+
+/* An integral number in [min, max] (doubles hold every integer up to 2^53). */
+static bool get_integer(napi_env env, napi_value value, double min, double max, double *out, const char *what) {
+  napi_valuetype type;
+  napi_typeof(env, value, &type);
+  double d = 0;
+  if (type != napi_number || napi_get_value_double(env, value, &d) != napi_ok || !isfinite(d) ||
+      floor(d) != d || d < min || d > max) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", what);
+    return false;
+  }
+  *out = d;
+  return true;
+}
+
+static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return false;
+  if (argc < want) {
+    throw_type(env, "missing arguments");
+    return false;
+  }
+  return true;
+}
+
+/* ---- xattrs ---------------------------------------------------------------- */
+
+static ssize_t sys_llistxattr(const char *path, char *buf, size_t size) {
+#ifdef __APPLE__
+  return listxattr(path, buf, size, XATTR_NOFOLLOW);
+#else
+  return llistxattr(path, buf, size);
+#endif
+}
+
+static ssize_t sys_lgetxattr(const char *path, const char *name, void *buf, size_t size) {
+#ifdef __APPLE__
+  return getxattr(path, name, buf, size, 0, XATTR_NOFOLLOW);
+#else
+  return lgetxattr(path, name, buf, size);
+#endif
+}
+
+static int sys_lsetxattr(const char *path, const char *name, const void *value, size_t size) {
+#ifdef __APPLE__
+  return setxattr(path, name, value, size, 0, XATTR_NOFOLLOW);
+#else
+  return lsetxattr(path, name, value, size, 0);
+#endif
+}
+
+static bool not_supported(int err) {
+#ifdef EOPNOTSUPP
+  if (err == EOPNOTSUPP) return true;
+#endif
+  return err == ENOTSUP;
+}
+
+/*
+ * Reads one value. Returns 1 with *out set (malloc'd, may be NULL when empty),
+ * 0 when the attribute vanished meanwhile, -1 with errno set on failure.
+ * The size can grow between the probe and the read: ERANGE means probe again.
+ */
+static int read_value(const char *path, const char *name, char **out, size_t *out_len) {
+  for (;;) {
+    ssize_t n = sys_lgetxattr(path, name, NULL, 0);
+    if (n < 0) return errno == ENODATA ? 0 : -1;
+    char *buf = n > 0 ? malloc((size_t)n) : NULL;
+    if (n > 0 && !buf) {
+      errno = ENOMEM;
+      return -1;
+    }
+    ssize_t m = n > 0 ? sys_lgetxattr(path, name, buf, (size_t)n) : 0;
+    if (m < 0) {
+      int err = errno;
+      free(buf);
+      if (err == ERANGE) continue;
+      if (err == ENODATA) return 0;
+      errno = err;
+      return -1;
+    }
+    *out = buf;
+    *out_len = (size_t)m;
+    return 1;
+  }
+}
+
+static napi_value ListXattrs(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_cstring(env, argv[0], "path must be a string or Buffer without NUL bytes");
+  if (!path) return NULL;
+  napi_create_array(env, &result);
+
+  char *names = NULL;
+  ssize_t total = 0;
+  for (;;) {
+    ssize_t n = sys_llistxattr(path, NULL, 0);
+    if (n < 0) {
+      int err = errno;
+      if (not_supported(err)) goto done;
+      napi_value r = throw_errno(env, err, "llistxattr", path);
+      free(path);
+      return r;
+    }
+    if (n == 0) goto done;
+    names = malloc((size_t)n);
+    if (!names) {
+      free(path);
+      return throw_errno(env, ENOMEM, "llistxattr", NULL);
+    }
+    total = sys_llistxattr(path, names, (size_t)n);
+    if (total >= 0) break;
+    int err = errno;
+    free(names);
+    names = NULL;
+    if (err == ERANGE) continue; /* the list grew meanwhile */
+    if (not_supported(err)) goto done;
+    napi_value r = throw_errno(env, err, "llistxattr", path);
+    free(path);
+    return r;
+  }
+
+  uint32_t index = 0;
+  for (ssize_t off = 0; off < total;) {
+    const char *name = names + off;
+    size_t name_len = strnlen(name, (size_t)(total - off));
+    off += (ssize_t)name_len + 1;
+    if (name_len == 0) continue;
+    char *value = NULL;
+    size_t value_len = 0;
+    int got = read_value(path, name, &value, &value_len);
+    if (got < 0) {
+      int err = errno;
+      free(names);
+      napi_value r = throw_errno(env, err, "lgetxattr", path);
+      free(path);
+      return r;
+    }
+    if (got == 0) continue;
+    napi_value pair, jname, jvalue;
+    napi_create_array_with_length(env, 2, &pair);
+    napi_create_string_utf8(env, name, name_len, &jname);
+    if (value_len > 0) napi_create_buffer_copy(env, value_len, value, NULL, &jvalue);
+    else napi_create_buffer(env, 0, NULL, &jvalue);
+    free(value);
+    napi_set_element(env, pair, 0, jname);
+    napi_set_element(env, pair, 1, jvalue);
+    napi_set_element(env, result, index++, pair);
+  }
+  free(names);
+done:
+  free(path);
+  return result;
+}
+
+static napi_value SetXattr(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  bool is_buffer = false;
+  napi_is_buffer(env, argv[2], &is_buffer);
+  if (!is_buffer) return throw_type(env, "value must be a Buffer");
+  void *data = NULL;
+  size_t len = 0;
+  napi_get_buffer_info(env, argv[2], &data, &len);
+  char *path = get_cstring(env, argv[0], "path must be a string or Buffer without NUL bytes");
+  if (!path) return NULL;
+  char *name = get_cstring(env, argv[1], "name must be a string without NUL bytes");
+  if (!name) {
+    free(path);
+    return NULL;
+  }
+  int rc = sys_lsetxattr(path, name, len > 0 ? data : "", len);
+  int err = errno;
+  free(name);
+  if (rc != 0) {
+    napi_value r = throw_errno(env, err, "lsetxattr", path);
+    free(path);
+    return r;
+  }
+  free(path);
+  return NULL;
+}
+
+/* ---- device nodes and FIFOs ------------------------------------------------- */
+
+static napi_value Mknod(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  double mode, major_d, minor_d;
+  if (!get_args(env, info, 4, argv)) return NULL;
+  if (!get_integer(env, argv[1], 0, 0xffff, &mode, "mode must be an integer in [0, 0xffff]")) return NULL;
+  if (!get_integer(env, argv[2], 0, 0xffffffff, &major_d, "major must be an integer in [0, 2^32)")) return NULL;
+  if (!get_integer(env, argv[3], 0, 0xffffffff, &minor_d, "minor must be an integer in [0, 2^32)")) return NULL;
+  char *path = get_cstring(env, argv[0], "path must be a string or Buffer without NUL bytes");
+  if (!path) return NULL;
+  dev_t dev = makedev((unsigned int)major_d, (unsigned int)minor_d);
+  int rc = mknod(path, (mode_t)mode, dev);
+  int err = errno;
+  if (rc != 0) {
+    napi_value r = throw_errno(env, err, "mknod", path);
+    free(path);
+    return r;
+  }
+  free(path);
+  return NULL;
+}
+
+/* ---- times ------------------------------------------------------------------ */
+
+static napi_value Lutimes(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  double asec, ansec, msec, mnsec;
+  /* Seconds as doubles: every integer up to 2^53 is exact, which covers time_t's range in use. */
+  const double lim = 9007199254740991.0;
+  if (!get_args(env, info, 5, argv)) return NULL;
+  if (!get_integer(env, argv[1], -lim, lim, &asec, "atime seconds must be an integer")) return NULL;
+  if (!get_integer(env, argv[2], 0, 999999999, &ansec, "atime nanoseconds must be in [0, 1e9)")) return NULL;
+  if (!get_integer(env, argv[3], -lim, lim, &msec, "mtime seconds must be an integer")) return NULL;
+  if (!get_integer(env, argv[4], 0, 999999999, &mnsec, "mtime nanoseconds must be in [0, 1e9)")) return NULL;
+  char *path = get_cstring(env, argv[0], "path must be a string or Buffer without NUL bytes");
+  if (!path) return NULL;
+  struct timespec ts[2];
+  ts[0].tv_sec = (time_t)(int64_t)asec;
+  ts[0].tv_nsec = (long)ansec;
+  ts[1].tv_sec = (time_t)(int64_t)msec;
+  ts[1].tv_nsec = (long)mnsec;
+  if ((double)ts[0].tv_sec != asec || (double)ts[1].tv_sec != msec) {
+    free(path);
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "time does not fit in time_t on this system");
+    return NULL;
+  }
+  int rc = utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW);
+  int err = errno;
+  if (rc != 0) {
+    napi_value r = throw_errno(env, err, "utimensat", path);
+    free(path);
+    return r;
+  }
+  free(path);
+  return NULL;
+}
+
+/* ---- flushing --------------------------------------------------------------- */
+
+/* Flushes the file system holding `path` (syncfs(2) on Linux; a global sync on macOS). */
+static napi_value SyncFs(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_cstring(env, argv[0], "path must be a string or Buffer without NUL bytes");
+  if (!path) return NULL;
+#ifdef __APPLE__
+  (void)path;
+  sync();
+#else
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    napi_value r = throw_errno(env, errno, "open", path);
+    free(path);
+    return r;
+  }
+  int rc = syncfs(fd);
+  int err = errno;
+  close(fd);
+  if (rc != 0) {
+    napi_value r = throw_errno(env, err, "syncfs", path);
+    free(path);
+    return r;
+  }
+#endif
+  free(path);
+  return NULL;
+}
+
+/* ---- module ----------------------------------------------------------------- */
+
+static napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"listXattrs", NULL, ListXattrs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setXattr", NULL, SetXattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mknod", NULL, Mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lutimes", NULL, Lutimes, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"syncFs", NULL, SyncFs, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)
