@@ -20,6 +20,7 @@ import {
   readRepositories,
   treeDigest,
 } from './harness/judge.js';
+import { verifyInjectedEngineRoot } from './harness/verify.js';
 
 test('fixtures: the source holds every attribute, shared base, tags and a digest reference', { timeout: 600_000 }, async () => {
   const fx = await getFixtures();
@@ -143,4 +144,27 @@ test('judge: engine log checks and a dockerd that reports a broken layer', { tim
   const problems = engineLogProblems(d.log());
   assert.ok(problems.length > 0, `the log names the broken layer: ${d.log().slice(-2000)}`);
   d.cleanup();
+});
+
+test('verify: a faithful copy of the source passes; a missing l/ link and a changed mtime are caught', { timeout: 600_000 }, async () => {
+  const fx = await getFixtures();
+  const work = tempDir('tpverify-');
+  const { base, appA, appB, appC } = fx.images;
+  const good = path.join(work, 'good');
+  copyTree(fx.sourceRoot, good);
+  const ok = await verifyInjectedEngineRoot({ engineRoot: good, sourceRoot: fx.sourceRoot, injected: [base, appA, appC], scratchDir: work });
+  assert.deepEqual(ok, [], ok.join('\n'));
+
+  const bad = path.join(work, 'bad');
+  copyTree(fx.sourceRoot, bad);
+  const bChains = chainIds(appB.diffIds);
+  const topDiff = layerDiffDir(bad, bChains[bChains.length - 1] as string);
+  const topLink = fs.readFileSync(path.join(path.dirname(topDiff), 'link'), 'utf8');
+  fs.rmSync(path.join(bad, 'overlay2', 'l', topLink));
+  const aChains = chainIds(appA.diffIds);
+  runOk('touch', ['-h', '-d', '@1500000000.5', path.join(layerDiffDir(bad, aChains[2] as string), 'data', 'hello-link')]);
+  const problems = (await verifyInjectedEngineRoot({ engineRoot: bad, sourceRoot: fx.sourceRoot, injected: [appA, appB], scratchDir: work })).join('\n');
+  assert.match(problems, new RegExp(`overlay2/l/${topLink}`), problems);
+  assert.match(problems, /data\/hello-link: mtime/, problems);
+  assert.match(problems, /appB .* does not run/, problems);
 });

@@ -31,6 +31,13 @@ function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   // Last resort: a test that throws or is cancelled must not leave an engine behind.
+  // A test runner that times out sends SIGTERM; 'exit' does not fire for signals by default.
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      for (const d of running) d.killNow();
+      process.exit(128 + (sig === 'SIGTERM' ? 15 : sig === 'SIGINT' ? 2 : 1));
+    });
+  }
   process.on('exit', () => {
     for (const d of running) d.killNow();
     if (process.env.TRANSPLANT_KEEP_FIXTURES === '1') return;
@@ -198,17 +205,20 @@ export class Dockerd {
     if (!this.exited()) throw new Error(`dockerd (pid ${c?.pid}) on ${this.dataRoot} did not exit`);
   }
 
-  /** SIGKILL the engine and its containerd at once (used on failure and at process exit). */
+  /** SIGKILL the engine and its containerd at once and undo their mounts (on failure and at process exit). */
   killNow(): void {
     const c = this.child;
+    let killed = false;
     if (c && !this.exited() && c.pid) {
       try {
         process.kill(c.pid, 'SIGKILL');
+        killed = true;
       } catch {
         /* gone */
       }
     }
     this.killContainerd();
+    if (killed) this.unmountLeftovers();
   }
 
   /** The engine-managed containerd outlives a SIGKILLed dockerd; its pid is in the exec-root. */
@@ -241,7 +251,9 @@ export class Dockerd {
     }
     const mine = mounts
       .map((m) => m.replace(/\\040/g, ' '))
-      .filter((m) => m.startsWith(this.execRoot + '/') || m.startsWith(this.dataRoot + '/'))
+      // The engine bind-mounts its data root onto itself (daemon/daemon_unix.go
+      // setupDaemonRootPropagation) and undoes it only on a clean shutdown.
+      .filter((m) => m === this.dataRoot || m.startsWith(this.execRoot + '/') || m.startsWith(this.dataRoot + '/'))
       .sort((a, b) => b.length - a.length);
     for (const m of mine) run('umount', ['-l', m], { timeoutMs: 10_000 });
   }
