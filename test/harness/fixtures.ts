@@ -63,6 +63,8 @@ export interface Fixtures {
 const BASE_NS_MTIME = '1500000000.123456789';
 const DIR_NS_MTIME = '1600000000.987654321';
 const LINK_NS_MTIME = '1400000000.000000001';
+/** After 2038 (beyond a signed 32-bit time). */
+const FUTURE_MTIME = '4102444800.000000500';
 const LONG_DIR = 'data/long/' + 'a'.repeat(60);
 const LONG_NAME = 'b'.repeat(150) + '.txt';
 const LONG_LINK_TARGET = '../../' + 'c'.repeat(40) + '/' + 'd'.repeat(80) + '/target';
@@ -171,6 +173,8 @@ function stageBase(stage: string): void {
       "printf 'old 2\\n' > data/replace-me/sub/old-2",
       // Capabilities last among the attribute changes of cap-file: chown clears them.
       'setcap cap_net_raw+ep data/cap-file',
+      "printf 'future\\n' > data/future",
+      `touch -d @${FUTURE_MTIME} data/future`,
       `touch -d @${BASE_NS_MTIME} data/ns-time data/hl-a`,
       `touch -h -d @${LINK_NS_MTIME} data/rel-link`,
       // Directory times last (creating entries changes them).
@@ -235,6 +239,7 @@ export function fixtureAttributeProblems(sourceRoot: string, images: Fixtures['i
   e('data/sticky-dir', 'sticky directory', (r) => r.mode === '1777');
   e('data/bigid', 'uid/gid above 65535', (r) => r.uid === 100000 && r.gid === 200000);
   e('data/ns-time', 'nanosecond mtime', (r) => r.mtime === BASE_NS_MTIME);
+  e('data/future', 'mtime after 2038', (r) => r.mtime === FUTURE_MTIME);
   e(`${LONG_DIR}/${LONG_NAME}`, 'path over 100 bytes', (r) => r.type === 'f');
   e(NON_ASCII_FILE, 'non-ASCII name', (r) => r.type === 'f');
   e(`${NON_ASCII_DIR}/файл`, 'non-ASCII directory', (r) => r.type === 'f');
