@@ -1,0 +1,319 @@
+/**
+ * The `resin-boot` partition: read `device-type.json` / `config.json`, and put files into
+ * `system-connections/`, either in a mounted directory or inside the FAT file system of a
+ * disk image without mounting it (balena-image-fs `interact`, which drives the `fatfs`
+ * package over the image file).
+ *
+ * The partition is found by label, never by number (see shared/docs/balena-target.md):
+ * on GPT by partition name, on MBR by the FAT volume label in the boot sector
+ * (balena-image-fs findPartition/getFsLabel; MBR types 0x0b, 0x0c and 0x0e only).
+ *
+ * Writing into an image happens in place on the path the caller gives, which must be the
+ * caller's work copy: fatfs cannot rename or unlink, so a failure half-way leaves that
+ * copy unusable and the caller discards it. Each write is read back and compared, and
+ * the image file is fsync'ed before returning.
+ */
+import { constants as fsConstants, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import * as path from 'node:path';
+import { findPartition, interact } from 'balena-image-fs';
+import { FileDisk, withOpenFile } from 'file-disk';
+import { getPartitions } from 'partitioninfo';
+
+export type BootLocation = { kind: 'directory'; path: string } | { kind: 'image'; path: string; labels: string[] };
+
+export const BOOT_LABELS = ['resin-boot'];
+export const SYSTEM_CONNECTIONS = 'system-connections';
+
+/** `--resin-boot <dir>` (a mounted resin-boot) or a disk image file. */
+export async function bootLocation(target: string, labels: readonly string[] = BOOT_LABELS): Promise<BootLocation> {
+  let st;
+  try {
+    st = await fsp.stat(target);
+  } catch {
+    throw new Error(`${target}: does not exist; give a mounted resin-boot directory or a balenaOS disk image`);
+  }
+  if (st.isDirectory()) return { kind: 'directory', path: target };
+  if (st.isFile() || st.isBlockDevice()) return { kind: 'image', path: target, labels: [...labels] };
+  throw new Error(`${target}: is neither a directory nor a disk image file`);
+}
+
+export function describeBoot(loc: BootLocation): string {
+  return loc.kind === 'directory' ? loc.path : `${loc.path}:${loc.labels[0]}`;
+}
+
+function checkRelative(rel: string): string[] {
+  const parts = rel.split('/');
+  if (rel === '' || rel.startsWith('/') || parts.some((p) => p === '' || p === '.' || p === '..')) {
+    throw new Error(`internal: invalid resin-boot path ${JSON.stringify(rel)}`);
+  }
+  return parts;
+}
+
+export interface BootPartitionInfo {
+  /** Linux-style partition number (5 and up are logical on MBR). */
+  index: number;
+  offset: number;
+  size: number;
+  table: 'mbr' | 'gpt';
+}
+
+/** Finds the boot partition of an image by label; throws naming the labels searched. */
+export async function findBootPartition(imagePath: string, labels: readonly string[] = BOOT_LABELS): Promise<BootPartitionInfo> {
+  return withOpenFile(imagePath, 'r', async (handle) => {
+    const disk = new FileDisk(handle, true, false, false);
+    let info;
+    try {
+      info = await getPartitions(disk, { includeExtended: false, getLogical: true });
+    } catch (e) {
+      throw new Error(`${imagePath}: no readable MBR or GPT partition table (${(e as Error).message})`);
+    }
+    const found = await findPartition(disk, info, [...labels]);
+    if (!found) {
+      throw new Error(`${imagePath}: no partition labelled ${labels.join(' or ')}; is it a balenaOS disk image?`);
+    }
+    const part = (info.partitions as { index: number; offset: number; size: number }[]).find((p) => p.index === found.index);
+    if (!part) throw new Error(`${imagePath}: partition ${found.index} vanished from the table`);
+    return { index: found.index, offset: part.offset, size: part.size, table: info.type };
+  });
+}
+
+/** The callback API fatfs offers (a subset of node's fs; no rename, no unlink). */
+interface FatFs {
+  readFile(p: string, cb: (e: NodeJS.ErrnoException | null, data?: Buffer) => void): void;
+  writeFile(p: string, data: Buffer, cb: (e: NodeJS.ErrnoException | null) => void): void;
+  mkdir(p: string, cb: (e: NodeJS.ErrnoException | null) => void): void;
+  readdir(p: string, cb: (e: NodeJS.ErrnoException | null, names?: string[]) => void): void;
+}
+
+function fatCall<T>(fn: (cb: (e: NodeJS.ErrnoException | null, v?: T) => void) => void): Promise<T | undefined> {
+  return new Promise((resolve, reject) => fn((e, v) => (e ? reject(e) : resolve(v))));
+}
+
+/** fatfs reports errors with codes without the leading E (`NOENT`). */
+function isNotFound(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'NOENT';
+}
+
+async function fatRead(fat: FatFs, p: string): Promise<Buffer | undefined> {
+  try {
+    return await fatCall<Buffer>((cb) => fat.readFile(p, cb));
+  } catch (e) {
+    if (isNotFound(e)) return undefined;
+    throw e;
+  }
+}
+
+async function withBootFat<T>(loc: Extract<BootLocation, { kind: 'image' }>, write: boolean, fn: (fat: FatFs) => Promise<T>): Promise<T> {
+  const part = await findBootPartition(loc.path, loc.labels);
+  return withOpenFile(loc.path, write ? 'r+' : 'r', async (handle) => {
+    const disk = new FileDisk(handle, !write, false, false);
+    const result = await interact(disk, part.index, async (fs) => fn(fs as unknown as FatFs));
+    if (write) {
+      await mirrorFats(handle, part.offset, `${describeBoot(loc)}`);
+      await handle.sync();
+    }
+    return result;
+  });
+}
+
+/**
+ * fatfs updates only the first FAT (its vol.js leaves redundant FATs alone), so after a
+ * write the copies differ and fsck.fat reports it. Copy FAT 1 over the others, as the
+ * kernel does when mirroring is on (fs/fat/fatent.c fat_mirror_bhs). Boot sector fields
+ * (Microsoft FAT specification, BPB): BytsPerSec @11 u16, RsvdSecCnt @14 u16,
+ * NumFATs @16 u8, FATSz16 @22 u16; FAT32: FATSz32 @36 u32, ExtFlags @40 u16 (bit 7 set =
+ * only the active FAT, bits 0-3, is used: nothing to mirror).
+ */
+async function mirrorFats(handle: FileHandle, offset: number, where: string): Promise<void> {
+  const bs = Buffer.alloc(512);
+  await handle.read(bs, 0, 512, offset);
+  const bytesPerSector = bs.readUInt16LE(11);
+  const reserved = bs.readUInt16LE(14);
+  const numFats = bs.readUInt8(16);
+  const fatSz16 = bs.readUInt16LE(22);
+  const fat32 = fatSz16 === 0;
+  const fatSectors = fat32 ? bs.readUInt32LE(36) : fatSz16;
+  if (![512, 1024, 2048, 4096].includes(bytesPerSector) || numFats < 1 || fatSectors === 0) {
+    throw new Error(`${where}: the boot sector does not describe a FAT file system`);
+  }
+  if (numFats === 1 || (fat32 && (bs.readUInt16LE(40) & 0x80) !== 0)) return;
+  const fatBytes = fatSectors * bytesPerSector;
+  const first = offset + reserved * bytesPerSector;
+  const chunk = Buffer.alloc(Math.min(fatBytes, 1 << 20));
+  for (let done = 0; done < fatBytes; done += chunk.length) {
+    const n = Math.min(chunk.length, fatBytes - done);
+    const { bytesRead } = await handle.read(chunk, 0, n, first + done);
+    if (bytesRead !== n) throw new Error(`${where}: the image ends inside the FAT`);
+    for (let copy = 1; copy < numFats; copy++) await handle.write(chunk, 0, n, first + copy * fatBytes + done);
+  }
+}
+
+/** Reads a file of resin-boot; undefined when it does not exist. */
+export async function readBootFile(loc: BootLocation, rel: string): Promise<Buffer | undefined> {
+  const parts = checkRelative(rel);
+  if (loc.kind === 'directory') {
+    try {
+      return await fsp.readFile(path.join(loc.path, ...parts));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw new Error(`${path.join(loc.path, rel)}: cannot read (${(e as Error).message})`);
+    }
+  }
+  return withBootFat(loc, false, (fat) => fatRead(fat, '/' + parts.join('/')));
+}
+
+export interface WriteBootOptions {
+  /** Replace an existing file with different content (otherwise refused). */
+  overwrite?: boolean;
+}
+
+export interface WriteBootResult {
+  /** Where it went, for messages. */
+  where: string;
+  /** The same content was already there; nothing was written. */
+  unchanged: boolean;
+  /** An existing file with other content was replaced. */
+  replaced: boolean;
+}
+
+function conflict(where: string): Error {
+  return new Error(`${where} already exists with other content; remove it, choose another connection id, or allow overwriting`);
+}
+
+/** Writes `rel` (e.g. `system-connections/static-eth0`) into resin-boot, creating its directory. */
+export async function writeBootFile(loc: BootLocation, rel: string, content: Buffer | string, options: WriteBootOptions = {}): Promise<WriteBootResult> {
+  const parts = checkRelative(rel);
+  const data = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
+  const where = `${describeBoot(loc)}/${rel}`;
+  if (loc.kind === 'directory') return writeInDirectory(loc.path, parts, data, where, options);
+
+  return withBootFat(loc, true, async (fat) => {
+    let dir = '';
+    for (const p of parts.slice(0, -1)) {
+      dir += '/' + p;
+      // fatfs cannot stat a directory (it opens it like a file): probe with readdir.
+      const kind = await fatCall<string[]>((cb) => fat.readdir(dir, cb)).then(
+        () => 'directory',
+        (e: unknown) => {
+          if (isNotFound(e)) return 'missing';
+          if ((e as NodeJS.ErrnoException).code === 'NOTDIR' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return 'file';
+          throw e;
+        },
+      );
+      if (kind === 'missing') await fatCall((cb) => fat.mkdir(dir, cb));
+      else if (kind === 'file') throw new Error(`${describeBoot(loc)}${dir} exists and is not a directory`);
+    }
+    const file = '/' + parts.join('/');
+    const existing = await fatRead(fat, file);
+    if (existing?.equals(data)) return { where, unchanged: true, replaced: false };
+    if (existing && !options.overwrite) throw conflict(where);
+    await fatCall((cb) => fat.writeFile(file, data, cb));
+    const back = await fatRead(fat, file);
+    if (!back?.equals(data)) throw new Error(`${where}: reading back after writing gave other bytes; the image copy is not usable`);
+    return { where, unchanged: false, replaced: existing !== undefined };
+  });
+}
+
+async function writeInDirectory(root: string, parts: string[], data: Buffer, where: string, options: WriteBootOptions): Promise<WriteBootResult> {
+  const rootStat = await fsp.stat(root);
+  if (!rootStat.isDirectory()) throw new Error(`${root}: is not a directory`);
+  let dir = root;
+  for (const p of parts.slice(0, -1)) {
+    dir = path.join(dir, p);
+    const st = await fsp.lstat(dir).catch(() => undefined);
+    if (st === undefined) await fsp.mkdir(dir, { mode: 0o755 });
+    else if (!st.isDirectory()) throw new Error(`${dir}: exists and is not a directory`);
+  }
+  const file = path.join(dir, parts[parts.length - 1]);
+  const st = await fsp.lstat(file).catch(() => undefined);
+  let replaced = false;
+  if (st !== undefined) {
+    if (!st.isFile()) throw new Error(`${file}: exists and is not a regular file`);
+    const existing = await fsp.readFile(file);
+    if (existing.equals(data)) return { where, unchanged: true, replaced: false };
+    if (!options.overwrite) throw conflict(where);
+    replaced = true;
+  }
+  // Written beside under a name balenaOS skips (`.ignore`), then renamed into place.
+  const tmp = path.join(dir, `.${parts[parts.length - 1]}.${process.pid}.transplant.ignore`);
+  const fh = await fsp.open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } catch (e) {
+    await fh.close();
+    await fsp.unlink(tmp).catch(() => undefined);
+    throw e;
+  }
+  await fh.close();
+  try {
+    await fsp.rename(tmp, file);
+  } catch (e) {
+    await fsp.unlink(tmp).catch(() => undefined);
+    throw e;
+  }
+  const dh = await fsp.open(dir, fsConstants.O_RDONLY);
+  try {
+    await dh.sync().catch(() => undefined); // vfat may refuse fsync on a directory
+  } finally {
+    await dh.close();
+  }
+  return { where, unchanged: false, replaced };
+}
+
+/** Puts a NetworkManager keyfile into resin-boot's `system-connections/`. */
+export async function writeSystemConnection(
+  loc: BootLocation,
+  keyfile: { fileName: string; content: string },
+  options: WriteBootOptions = {},
+): Promise<WriteBootResult> {
+  if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(keyfile.fileName)) {
+    throw new Error(`internal: unsafe keyfile name ${JSON.stringify(keyfile.fileName)}`);
+  }
+  return writeBootFile(loc, `${SYSTEM_CONNECTIONS}/${keyfile.fileName}`, keyfile.content, options);
+}
+
+export interface BootInfo {
+  /** device-type.json's `slug`, else config.json's `deviceType`. */
+  slug?: string;
+  /** device-type.json's `arch` (e.g. aarch64, armv7hf, amd64). */
+  arch?: string;
+  deviceType?: Record<string, unknown>;
+  config?: Record<string, unknown>;
+}
+
+function parseJsonFile(data: Buffer | undefined, where: string): Record<string, unknown> | undefined {
+  if (data === undefined) return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(data.toString('utf8'));
+  } catch {
+    throw new Error(`${where}: is not valid JSON`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${where}: is not a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+/** Reads `device-type.json` and `config.json` from resin-boot (either may be absent). */
+export async function readBootInfo(loc: BootLocation): Promise<BootInfo> {
+  const d = describeBoot(loc);
+  let dt: Buffer | undefined;
+  let cj: Buffer | undefined;
+  if (loc.kind === 'directory') {
+    dt = await readBootFile(loc, 'device-type.json');
+    cj = await readBootFile(loc, 'config.json');
+  } else {
+    [dt, cj] = await withBootFat(loc, false, async (fat) => [await fatRead(fat, '/device-type.json'), await fatRead(fat, '/config.json')]);
+  }
+  const deviceType = parseJsonFile(dt, `${d}/device-type.json`);
+  const config = parseJsonFile(cj, `${d}/config.json`);
+  const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
+  return {
+    slug: str(deviceType?.slug) ?? str(config?.deviceType),
+    arch: str(deviceType?.arch),
+    deviceType,
+    config,
+  };
+}
