@@ -2,15 +2,30 @@
  * The command line: argument parsing, output and exit codes only (0 ok, 1 failure with one
  * `error: …` line, 2 bad usage). The work is done by the modules it calls.
  */
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version.js';
 import { UsageError } from './errors.js';
 import { Output } from './output.js';
 import { extractCommand } from './commands/extract.js';
-import { injectCommand } from './commands/inject.js';
+import { injectCommand, type InjectCommandOptions } from './commands/inject.js';
+import { preloadCommand, type PreloadOptions } from './commands/preload.js';
 import { lsCommand } from './commands/ls.js';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** Options every command that writes into a target shares. */
+function targetOptions(command: Command): Command {
+  return command
+    .option('--resin-data <dir>', 'target: a mounted balenaOS data partition (its engine root is docker/)')
+    .option('--engine-root <dir>', 'target: an engine data root (e.g. /var/lib/docker) whose engine is stopped')
+    .option('--disk <image>', 'target: a balenaOS disk image, written without mounting and grown when too small')
+    .option('--output <image>', 'with --disk: write the result here and leave the input image untouched')
+    .option('--apps <file>', 'write this target state as apps.json at the root of resin-data (a v3 apps.json, the API device state or the dashboard copy), after checking every service image will resolve')
+    .option('--pin-device', 'set pinDevice in apps.json')
+    .option('--force', 'write even though an engine seems to be running on the target')
+    .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing')
+    .option('--json', 'print results as JSON');
+}
 
 function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Promise<void>): Command {
   const program = new Command('transplant')
@@ -26,28 +41,31 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .description('Copy images from an engine data root (or a bundle) into a bundle file.')
     .requiredOption('--from <source>', 'an engine data root, a directory holding one as docker/ or var/lib/docker/, or a bundle')
     .option('--image <ref-or-id>', 'an image to take: name[:tag], name@sha256:<digest>, an image ID or a unique ID prefix (12+ hex); repeatable', collect, [])
+    .option('--apps <file>', 'also take every service image of the first release of every app in this apps.json / device state')
     .option('-o, --output <bundle>', "the bundle file to write ('-' for standard output)")
     .option('--dry-run', 'print what would go into the bundle and write nothing')
     .option('--json', 'print results as JSON')
-    .action(async (opts: { from: string; image: string[]; output?: string; dryRun?: boolean; json?: boolean }) => {
+    .action(async (opts: { from: string; image: string[]; apps?: string; output?: string; dryRun?: boolean; json?: boolean }) => {
       await run((out) => extractCommand(opts, out), opts.json);
     });
 
-  program
+  const inject = program
     .command('inject')
     .description('Write the images of a bundle into a target: a mounted resin-data, an engine data root, or a balenaOS disk image.')
     .argument('<bundle>', "the bundle file ('-' for standard input), or an engine data root to copy from")
-    .option('--resin-data <dir>', "a mounted balenaOS data partition (its engine root is docker/)")
-    .option('--engine-root <dir>', 'an engine data root (e.g. /var/lib/docker) whose engine is stopped')
-    .option('--disk <image>', "a balenaOS disk image: written without mounting, grown when too small")
-    .option('--output <image>', 'with --disk: write the result here and leave the input image untouched')
-    .option('--image <ref-or-id>', 'inject only these images of the bundle; repeatable', collect, [])
-    .option('--force', 'write even though an engine seems to be running on the target')
-    .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing')
-    .option('--json', 'print results as JSON')
-    .action(async (bundle: string, opts: { resinData?: string; engineRoot?: string; disk?: string; output?: string; image: string[]; force?: boolean; dryRun?: boolean; json?: boolean }) => {
-      await run((out) => injectCommand(bundle, opts, out), opts.json);
-    });
+    .option('--image <ref-or-id>', 'inject only these images of the bundle; repeatable', collect, []);
+  targetOptions(inject).action(async (bundle: string, opts: InjectCommandOptions) => {
+    await run((out) => injectCommand(bundle, opts, out), opts.json);
+  });
+
+  const preload = program
+    .command('preload')
+    .description('Extract and inject in one pass, from a source straight into a target, with no bundle in between.')
+    .requiredOption('--from <source>', 'an engine data root (or a directory holding one), or a bundle')
+    .option('--image <ref-or-id>', 'an image to take (as for extract); repeatable', collect, []);
+  targetOptions(preload).action(async (opts: PreloadOptions) => {
+    await run((out) => preloadCommand(opts, out), opts.json);
+  });
 
   program
     .command('ls')
@@ -58,7 +76,6 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
       await run((out) => lsCommand(target, opts, out), opts.json);
     });
 
-  program.addOption(new Option('--no-color').hideHelp());
   return program;
 }
 

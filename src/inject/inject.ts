@@ -12,6 +12,10 @@ export interface InjectOptions {
   warn?: (message: string) => void;
   /** Called with the plan before anything is written (disk targets grow here). */
   beforeWrite?: (plan: InjectPlan) => Promise<void>;
+  /** References to add beyond the images' own, decided with the target in view (apps.json names). */
+  extraReferences?: (store: TargetStore) => { key: string; imageId: string }[];
+  /** Writes what goes beside the engine root once the images are complete (apps.json). */
+  finish?: (writer: TreeWriter) => Promise<void>;
 }
 
 export interface InjectResult {
@@ -19,11 +23,17 @@ export interface InjectResult {
   changed: boolean;
 }
 
-export async function planFor(source: ImageSource, images: readonly SourceImage[], writer: TreeWriter, prefix: string): Promise<{ plan: InjectPlan; store: TargetStore }> {
+export async function planFor(
+  source: ImageSource,
+  images: readonly SourceImage[],
+  writer: TreeWriter,
+  prefix: string,
+  extraReferences?: InjectOptions['extraReferences'],
+): Promise<{ plan: InjectPlan; store: TargetStore }> {
   const store = await TargetStore.read(writer, prefix);
   const layers = [];
   for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
-  return { plan: planInjection(images, layers, store), store };
+  return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? []), store };
 }
 
 export async function injectImages(
@@ -33,10 +43,13 @@ export async function injectImages(
   prefix: string,
   options: InjectOptions = {},
 ): Promise<InjectResult> {
-  const { plan, store } = await planFor(source, images, writer, prefix);
+  const { plan, store } = await planFor(source, images, writer, prefix, options.extraReferences);
   for (const m of plan.references.moved) options.warn?.(`tag ${m.key} moved from ${m.from.slice(7, 19)} to ${m.to.slice(7, 19)} (as docker tag would)`);
   if (options.dryRun) return { plan, changed: false };
-  if (planChangesNothing(plan)) return { plan, changed: false };
+  if (planChangesNothing(plan)) {
+    if (options.finish) await options.finish(writer);
+    return { plan, changed: false };
+  }
   if (options.beforeWrite) await options.beforeWrite(plan);
   else {
     const free = await writer.freeSpace();
@@ -48,6 +61,7 @@ export async function injectImages(
     }
   }
   await applyPlan(plan, source, store, options.progress);
+  if (options.finish) await options.finish(writer);
   return { plan, changed: true };
 }
 

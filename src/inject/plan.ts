@@ -35,7 +35,13 @@ export interface InjectPlan {
 const INODES_PER_LAYER = 12;
 const BYTES_PER_LAYER = 64 * 1024;
 
-export function planInjection(images: readonly SourceImage[], layers: readonly SourceLayer[], target: TargetStore): InjectPlan {
+export function planInjection(
+  images: readonly SourceImage[],
+  layers: readonly SourceLayer[],
+  target: TargetStore,
+  /** References to add beyond the images' own (e.g. the exact names apps.json uses). */
+  extraReferences: readonly { key: string; imageId: string }[] = [],
+): InjectPlan {
   const planned = new Map<string, PlannedLayer>();
   const takenCache = new Set<string>();
   const takenLinks = new Set<string>();
@@ -61,7 +67,7 @@ export function planInjection(images: readonly SourceImage[], layers: readonly S
     planned.set(layer.chainId, p);
     out.push(p);
   }
-  const additions = images.flatMap((image) => image.references.map((key) => ({ key, imageId: image.id })));
+  const additions = [...images.flatMap((image) => image.references.map((key) => ({ key, imageId: image.id }))), ...extraReferences];
   const references = mergeReferences(target.repositories, additions);
   const copies = out.filter((l) => l.action === 'copy');
   const configBytes = images.filter((i) => !target.imageIds.has(i.id)).reduce((n, i) => n + i.config.length + 4096, 0);

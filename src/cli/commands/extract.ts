@@ -7,6 +7,7 @@ import { planBundle, writeBundle } from '../../bundle/write.js';
 import { formatBytes } from '../../inject/inject.js';
 import { describeImages, selectImages } from '../../selection/select.js';
 import { openSource } from '../open-source.js';
+import { imagesForApps, readApps } from '../../preload/apps.js';
 import { LayerProgressLine } from '../progress.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
@@ -14,6 +15,7 @@ import type { Output } from '../output.js';
 export interface ExtractOptions {
   from: string;
   image: string[];
+  apps?: string;
   output?: string;
   dryRun?: boolean;
   json?: boolean;
@@ -24,10 +26,11 @@ export async function extractCommand(opts: ExtractOptions, out: Output): Promise
   const source = await openSource(opts.from);
   try {
     const all = await source.images();
-    if (opts.image.length === 0) {
+    if (opts.image.length === 0 && !opts.apps) {
       throw new Error(`no --image given; ${opts.from} holds:\n${describeImages(all)}\nname the images to take with --image <name:tag | name@sha256:… | ID>`);
     }
     const images = selectImages(opts.image, all, opts.from);
+    if (opts.apps) for (const img of imagesForApps(await readApps(opts.apps), all, opts.from)) if (!images.includes(img)) images.push(img);
     if (opts.dryRun) {
       const { manifest } = await planBundle(source, images);
       out.data(manifest, () =>

@@ -9,6 +9,8 @@ import { findLiveEngine } from '../../targets/live-engine.js';
 import { HostTreeWriter } from '../../targets/host-fs.js';
 import type { TreeWriter } from '../../targets/tree-writer.js';
 import { openSource } from '../open-source.js';
+import { readApps, referencesForApps, writeApps } from '../../preload/apps.js';
+import type { AppsJson } from '../../balena/apps-json.js';
 import { LayerProgressLine } from '../progress.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
@@ -23,6 +25,8 @@ export interface TargetOptions {
 
 export interface InjectCommandOptions extends TargetOptions {
   image: string[];
+  apps?: string;
+  pinDevice?: boolean;
   dryRun?: boolean;
   json?: boolean;
 }
@@ -107,7 +111,8 @@ export function planJson(plan: InjectPlan): unknown {
   };
 }
 
-export async function injectFrom(source: ImageSource, images: SourceImage[], opts: InjectCommandOptions, out: Output): Promise<void> {
+export async function injectFrom(source: ImageSource, images: SourceImage[], opts: InjectCommandOptions, out: Output, apps?: AppsJson): Promise<void> {
+  if (apps && opts.engineRoot) throw new UsageError('--apps writes apps.json at the root of resin-data: use --resin-data or --disk');
   const target = await openTarget(opts);
   let done = false;
   try {
@@ -116,6 +121,8 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       progress: new LayerProgressLine('inject'),
       warn: (m) => out.warn(m),
       beforeWrite: target.beforeWrite,
+      extraReferences: apps ? (store) => referencesForApps(apps, images, store) : undefined,
+      finish: apps ? (writer) => writeApps(writer, apps) : undefined,
     });
     if (opts.dryRun) {
       await target.abort();
@@ -140,8 +147,9 @@ export async function injectCommand(bundle: string, opts: InjectCommandOptions, 
   const source = await openSource(bundle);
   try {
     const all = await source.images();
+    const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
     const images = opts.image.length > 0 ? selectImages(opts.image, all, bundle) : all;
-    await injectFrom(source, images, opts, out);
+    await injectFrom(source, images, opts, out, apps);
   } finally {
     await source.close();
   }

@@ -1,0 +1,29 @@
+/**
+ * transplant preload: extract and inject in one pass, streaming from the source to the
+ * target with no intermediate bundle on disk.
+ */
+import { selectImages } from '../../selection/select.js';
+import type { SourceImage } from '../../sources/source.js';
+import { imagesForApps, readApps } from '../../preload/apps.js';
+import { openSource } from '../open-source.js';
+import { UsageError } from '../errors.js';
+import type { Output } from '../output.js';
+import { injectFrom, type InjectCommandOptions } from './inject.js';
+
+export interface PreloadOptions extends InjectCommandOptions {
+  from: string;
+}
+
+export async function preloadCommand(opts: PreloadOptions, out: Output): Promise<void> {
+  if (opts.image.length === 0 && !opts.apps) throw new UsageError('preload needs --apps <file> or at least one --image');
+  const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
+  const source = await openSource(opts.from);
+  try {
+    const all = await source.images();
+    const images: SourceImage[] = selectImages(opts.image, all, opts.from);
+    if (apps) for (const img of imagesForApps(apps, all, opts.from)) if (!images.includes(img)) images.push(img);
+    await injectFrom(source, images, opts, out, apps);
+  } finally {
+    await source.close();
+  }
+}

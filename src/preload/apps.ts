@@ -1,0 +1,93 @@
+/**
+ * apps.json in the pipeline: read what the user has, pick the images its services need from
+ * the source (the supervisor's lookup), and make sure every service image will resolve in
+ * the target the way the supervisor looks it up — or refuse before anything is written.
+ */
+import { promises as fs } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { normalizeTargetState, serializeAppsJson, serviceImages, type AppsJson } from '../balena/apps-json.js';
+import { lookupLikeSupervisor, planReferences, type ImageStoreView } from '../balena/image-lookup.js';
+import { parseReference } from '../engine/reference.js';
+import type { SourceImage } from '../sources/source.js';
+import type { TargetStore } from '../inject/target-store.js';
+import type { TreeWriter } from '../targets/tree-writer.js';
+
+export async function readApps(file: string, options: { pinDevice?: boolean } = {}): Promise<AppsJson> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (e) {
+    throw new Error(`--apps ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`--apps ${file} is not valid JSON (${(e as Error).message})`);
+  }
+  return normalizeTargetState(json, file, options);
+}
+
+/** The view of a set of images that the supervisor's lookup works on. */
+export function storeViewOf(images: readonly SourceImage[], base?: { repositories: ImageStoreView['repositories']; imageIds: Set<string> }): ImageStoreView {
+  const repositories: ImageStoreView['repositories'] = JSON.parse(JSON.stringify(base?.repositories ?? {})) as ImageStoreView['repositories'];
+  const imageIds = new Set(base?.imageIds ?? []);
+  const created = new Map<string, number>();
+  for (const img of images) {
+    imageIds.add(img.id);
+    for (const key of img.references) {
+      const repo = parseReference(key).repository;
+      (repositories[repo] ??= {})[key] = img.id;
+    }
+    try {
+      const c = (JSON.parse(img.config.toString('utf8')) as { created?: string }).created;
+      if (c) created.set(img.id, Date.parse(c));
+    } catch {
+      /* configs were validated on read */
+    }
+  }
+  return { repositories, imageIds, created };
+}
+
+/** The source images the apps' services need, found the way the supervisor will look for them. */
+export function imagesForApps(apps: AppsJson, images: readonly SourceImage[], sourceName: string): SourceImage[] {
+  const view = storeViewOf(images);
+  const out: SourceImage[] = [];
+  const missing: string[] = [];
+  for (const svc of serviceImages(apps)) {
+    const found = lookupLikeSupervisor(svc.image, view);
+    const image = found.imageId ? images.find((i) => i.id === found.imageId) : undefined;
+    if (!image) {
+      missing.push(`${svc.image} (service ${svc.service} of app ${svc.app})`);
+      continue;
+    }
+    if (!out.includes(image)) out.push(image);
+  }
+  if (missing.length > 0) {
+    throw new Error(`${sourceName} lacks ${missing.length === 1 ? 'an image' : `${missing.length} images`} that apps.json names: ${missing.join('; ')}`);
+  }
+  return out;
+}
+
+/**
+ * The references to add so that every service image resolves in the target after the
+ * transplant; throws, naming each image, when one cannot be made to resolve.
+ */
+export function referencesForApps(apps: AppsJson, images: readonly SourceImage[], target: TargetStore): { key: string; imageId: string }[] {
+  const after = storeViewOf(images, { repositories: target.repositories, imageIds: target.imageIds });
+  const result = planReferences(
+    serviceImages(apps).map((s) => s.image),
+    after,
+  );
+  if (result.errors.length > 0) {
+    throw new Error(`apps.json names images that would not resolve on the device (the supervisor would abandon the preload): ${result.errors.join('; ')}`);
+  }
+  return result.additions;
+}
+
+/** Writes apps.json at the root of resin-data, atomically; never apps.json.preloaded. */
+export async function writeApps(writer: TreeWriter, apps: AppsJson): Promise<void> {
+  const tmp = `.apps.json.tmp-${randomBytes(4).toString('hex')}`;
+  await writer.writeFile(tmp, Buffer.from(serializeAppsJson(apps)), 0o644);
+  await writer.rename(tmp, 'apps.json');
+}
