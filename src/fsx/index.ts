@@ -1,2 +1,92 @@
-// Placeholder: the native file-system calls Node lacks (see native/). Filled in by the fsx work.
-export {};
+/**
+ * Typed access to the native file-system calls Node lacks (native/fsx.c, see
+ * native/README.md): xattrs, mknod, ns-precise times, never following a final symlink.
+ * The addon is loaded on first use, so code that never needs it runs without it.
+ */
+import * as path from 'node:path';
+import * as fs from 'node:fs';
+import type { Xattr } from '../layer/entry.js';
+
+type PathLike = string | Buffer;
+
+interface FsxAddon {
+  listXattrs(path: PathLike): Array<[string, Buffer]>;
+  setXattr(path: PathLike, name: string, value: Buffer): void;
+  mknod(path: PathLike, mode: number, major: number, minor: number): void;
+  lutimes(path: PathLike, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+  syncFs(path: PathLike): void;
+}
+
+/** build/Release/fsx.node relative to the package root (this file is dist/src/fsx/index.js). */
+export const addonPath = path.resolve(__dirname, '..', '..', '..', 'build', 'Release', 'fsx.node');
+
+let addon: FsxAddon | undefined;
+
+function load(): FsxAddon {
+  if (addon) return addon;
+  if (!fs.existsSync(addonPath)) {
+    throw new Error(`native helper not built: run npm run build (${addonPath} is missing)`);
+  }
+  try {
+    addon = require(addonPath) as FsxAddon;
+  } catch (err) {
+    throw new Error(`native helper ${addonPath} cannot be loaded (${(err as Error).message}): run npm run build`);
+  }
+  return addon;
+}
+
+/** The errno code ('EPERM', 'ENOENT', …) of an error thrown by these calls or by node:fs. */
+export function errnoCode(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && typeof (err as { code?: unknown }).code === 'string'
+    ? (err as { code: string }).code
+    : undefined;
+}
+
+/** Every extended attribute of the file itself (a symlink's own), in the order the kernel lists them; [] where unsupported. */
+export function listXattrs(file: PathLike): Xattr[] {
+  return load().listXattrs(file).map(([name, value]) => ({ name, value }));
+}
+
+/** Sets one extended attribute on the file itself (lsetxattr). */
+export function setXattr(file: PathLike, name: string, value: Buffer): void {
+  load().setXattr(file, name, value);
+}
+
+// File type bits of st_mode (Linux and macOS agree: <sys/stat.h>).
+const S_IFIFO = 0o010000;
+const S_IFCHR = 0o020000;
+const S_IFBLK = 0o060000;
+
+export type SpecialKind = 'char-device' | 'block-device' | 'fifo';
+
+/** Creates a device node or FIFO. The umask applies to `permissions`: chmod afterwards for exact bits. */
+export function mknod(file: PathLike, kind: SpecialKind, permissions: number, major: number, minor: number): void {
+  const type = kind === 'char-device' ? S_IFCHR : kind === 'block-device' ? S_IFBLK : kind === 'fifo' ? S_IFIFO : undefined;
+  if (type === undefined) throw new Error(`mknod: unknown kind ${String(kind)}`);
+  load().mknod(file, type | (permissions & 0o7777), kind === 'fifo' ? 0 : major, kind === 'fifo' ? 0 : minor);
+}
+
+const NS = 1_000_000_000n;
+
+/** Splits ns since the epoch into whole seconds (floored, so negative times work) and 0..999999999 ns. */
+export function splitNs(ns: bigint): [seconds: number, nanoseconds: number] {
+  let sec = ns / NS;
+  let rem = ns % NS;
+  if (rem < 0n) {
+    sec -= 1n;
+    rem += NS;
+  }
+  return [Number(sec), Number(rem)];
+}
+
+/** Sets access and modification times to the nanosecond, on a symlink itself rather than its target. */
+export function lutimes(file: PathLike, atimeNs: bigint, mtimeNs: bigint): void {
+  const [as, ans] = splitNs(atimeNs);
+  const [ms, mns] = splitNs(mtimeNs);
+  load().lutimes(file, as, ans, ms, mns);
+}
+
+/** Flushes the whole file system holding `file` to its device (syncfs). */
+export function syncFs(file: PathLike): void {
+  load().syncFs(file);
+}
