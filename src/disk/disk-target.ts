@@ -1,0 +1,253 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { ImageFile } from '../ext4/image-file.js';
+import { checkWritable, readSuperblock } from '../ext4/superblock.js';
+import { Ext4TreeWriter } from '../targets/ext4-tree-writer.js';
+import { findPartition, growLastPartition, readPartitionTable, type Partition, type PartitionTable } from './partition-table.js';
+import { copyImageFile, growExt4 } from './grow.js';
+import { readFatFile } from './fat-read.js';
+
+export const DATA_LABEL = 'resin-data';
+
+export interface DiskTargetOptions {
+  /** Write the result here instead of replacing the input image. */
+  output?: string;
+}
+
+export interface RoomNeeded {
+  /** Bytes the file system needed beyond what was free (0 when it fitted). */
+  grewBy: number;
+}
+
+export interface DiskTarget {
+  /** The image given. */
+  readonly imagePath: string;
+  /** Where the result lands on commit: --output, or the image itself. */
+  readonly destination: string;
+  /** The work copy being written. */
+  readonly workPath: string;
+  readonly tableKind: 'mbr' | 'gpt';
+  /** resin-data, as it is now in the work copy (offset and size in bytes). */
+  readonly partition: Partition;
+  /** Rooted at resin-data's root; the engine data root is `docker/` in it. */
+  readonly writer: Ext4TreeWriter;
+  /**
+   * Makes sure resin-data has room for `bytes` of file content in `inodes` new inodes,
+   * growing the work copy (file, partition table, file system) when it does not.
+   * Margins (each an upper bound): every inode may waste up to one block to rounding;
+   * directory entries take up to 40 bytes each (8-byte header + name padded to 4);
+   * 1% of the content for extent-tree and directory index blocks; 8 MiB for the engine's
+   * own metadata; blocks reserved for root are not counted as free. Growth itself costs
+   * inode tables and bitmaps in every new block group, which is added back.
+   */
+  ensureRoom(bytes: number, inodes: number): Promise<RoomNeeded>;
+  /** Everything succeeded: the work copy replaces the destination atomically (rename). */
+  commit(): Promise<void>;
+  /** Throws the work copy away; the input image is untouched. Safe to call twice. */
+  abort(): Promise<void>;
+}
+
+const MiB = 1024 * 1024;
+const IMAGE_ALIGN = 4 * MiB; // balenaOS aligns partitions to 4 MiB
+
+/** Reads the partition table and finds resin-data, refusing anything that is not a balenaOS image. */
+export function inspectBalenaImage(imagePath: string): { table: PartitionTable; data: Partition } {
+  let image: ImageFile;
+  try {
+    image = ImageFile.open(imagePath, false);
+  } catch (err) {
+    throw new Error(`cannot open ${imagePath}: ${(err as Error).message}`);
+  }
+  try {
+    if (!fs.fstatSync(image.fd).isFile()) throw new Error(`${imagePath} is not a regular file; give a balenaOS disk image file`);
+    const table = readPartitionTable(image);
+    if (!table) throw new Error(`${imagePath} is not a balenaOS disk image: it has no MBR or GPT partition table`);
+    const data = findPartition(table, DATA_LABEL);
+    if (!data) {
+      if (findPartition(table, 'flash-rootA')) {
+        throw new Error(`${imagePath} is a balenaOS flasher image; writing into flasher images is not supported yet: use the non-flasher image of the device type`);
+      }
+      throw new Error(`${imagePath} is not a balenaOS disk image: it has no ${DATA_LABEL} partition`);
+    }
+    if (data.fsType !== 'ext4') throw new Error(`${imagePath}: the ${DATA_LABEL} partition does not hold an ext4 file system`);
+    const sb = readSuperblock(image, data.offset)!;
+    checkWritable(sb, `${imagePath}:${DATA_LABEL}`);
+    if (sb.blocksCount * sb.blockSize > data.size) {
+      throw new Error(`${imagePath}: the ${DATA_LABEL} file system is larger than its partition; the image is damaged`);
+    }
+    if (data.offset + data.size > image.size()) {
+      throw new Error(`${imagePath}: the ${DATA_LABEL} partition ends beyond the end of the file; the image is truncated`);
+    }
+    return { table, data };
+  } finally {
+    image.close();
+  }
+}
+
+export async function openDiskTarget(imagePath: string, options: DiskTargetOptions = {}): Promise<DiskTarget> {
+  const { table, data } = inspectBalenaImage(imagePath);
+  const destination = options.output ?? imagePath;
+  if (options.output && path.resolve(options.output) === path.resolve(imagePath)) {
+    throw new Error(`--output ${options.output} is the input image; leave --output out to write the image in place`);
+  }
+  const dir = path.dirname(path.resolve(destination));
+  const workPath = path.join(dir, `.${path.basename(destination)}.transplant-${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch {
+    throw new Error(`cannot write in ${dir}: the work copy of the image is made there; choose an --output in a writable directory`);
+  }
+  await copyImageFile(imagePath, workPath);
+  return new DiskTargetImpl(imagePath, destination, workPath, table, data);
+}
+
+class DiskTargetImpl implements DiskTarget {
+  readonly writer: Ext4TreeWriter;
+  readonly tableKind: 'mbr' | 'gpt';
+  private state: 'open' | 'committed' | 'aborted' = 'open';
+
+  constructor(
+    readonly imagePath: string,
+    readonly destination: string,
+    readonly workPath: string,
+    private table: PartitionTable,
+    public partition: Partition,
+  ) {
+    this.tableKind = table.kind;
+    this.writer = new Ext4TreeWriter(workPath, partition.offset, { description: `${path.basename(imagePath)}:${DATA_LABEL}` });
+  }
+
+  private assertOpen(): void {
+    if (this.state !== 'open') throw new Error(`the disk target ${this.imagePath} is already ${this.state}`);
+  }
+
+  async ensureRoom(bytes: number, inodes: number): Promise<RoomNeeded> {
+    this.assertOpen();
+    if (!Number.isFinite(bytes) || bytes < 0 || !Number.isFinite(inodes) || inodes < 0) throw new Error('ensureRoom: bytes and inodes must be non-negative numbers');
+    await this.writer.suspend();
+    const startSize = fs.statSync(this.workPath).size;
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const grow = this.growthNeeded(bytes, inodes);
+      if (grow === 0) return { grewBy: fs.statSync(this.workPath).size - startSize };
+      if (attempt === 3) break;
+      await this.grow(grow);
+    }
+    throw new Error(`${this.imagePath}: ${DATA_LABEL} could not be grown enough for ${bytes} bytes in ${inodes} files`);
+  }
+
+  /** Bytes the partition must grow by (0 when everything fits). */
+  private growthNeeded(bytes: number, inodes: number): number {
+    const image = ImageFile.open(this.workPath, false);
+    let sb;
+    try {
+      sb = readSuperblock(image, this.partition.offset)!;
+    } finally {
+      image.close();
+    }
+    const bs = sb.blockSize;
+    const neededBlocks =
+      Math.ceil(bytes / bs) + // content
+      inodes + // partial last block of every file, one block per directory or long symlink
+      Math.ceil((inodes * 40) / bs) + // directory entries
+      Math.ceil((bytes * 0.01) / bs) + // extent-tree and index blocks
+      Math.ceil((8 * MiB) / bs); // engine metadata (layerdb, imagedb, repositories.json)
+    const availableBlocks = Math.max(0, sb.freeBlocksCount - sb.reservedBlocksCount);
+    const blockDeficit = Math.max(0, neededBlocks - availableBlocks) * bs;
+    const neededInodes = inodes + 64;
+    const bytesPerInode = (sb.blocksCount * bs) / sb.inodesCount;
+    const inodeDeficit = Math.max(0, neededInodes - sb.freeInodesCount) * bytesPerInode;
+    if (blockDeficit === 0 && inodeDeficit === 0) return 0;
+    // What one new block group costs: its inode table, two bitmaps, and (at most) a
+    // backup superblock and descriptor table (ext4 block_group layout, sparse_super).
+    const groupBytes = sb.blocksPerGroup * bs;
+    const overhead = (sb.inodesPerGroup * sb.inodeSize + 2 * bs + bs + Math.ceil((sb.groupCount * 2 * sb.descSize) / bs) * bs) / groupBytes;
+    const usable = Math.max(0.5, 1 - overhead);
+    // Reserved blocks scale with the size too (s_r_blocks_count / s_blocks_count).
+    const reservedShare = sb.reservedBlocksCount / sb.blocksCount;
+    const grow = Math.max(blockDeficit / (usable - reservedShare), inodeDeficit);
+    return Math.ceil(grow);
+  }
+
+  private async grow(bytes: number): Promise<void> {
+    const image = ImageFile.open(this.workPath, true);
+    let newPart: Partition;
+    try {
+      const oldSize = image.size();
+      const gptTail = this.table.kind === 'gpt' ? MiB : 0; // backup GPT after a 1 MiB-aligned end
+      const newSize = Math.ceil((oldSize + bytes + gptTail) / IMAGE_ALIGN) * IMAGE_ALIGN;
+      fs.ftruncateSync(image.fd, newSize);
+      newPart = growLastPartition(image, this.table, this.partition, newSize);
+      image.sync();
+    } finally {
+      image.close();
+    }
+    await growExt4(this.workPath, newPart.offset, newPart.size, `${path.basename(this.imagePath)}:${DATA_LABEL}`);
+    this.partition = newPart;
+  }
+
+  async commit(): Promise<void> {
+    this.assertOpen();
+    try {
+      await this.writer.close();
+      const fd = fs.openSync(this.workPath, 'r');
+      try {
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(this.workPath, this.destination);
+      this.state = 'committed';
+    } catch (err) {
+      await this.abort();
+      throw err;
+    }
+    try {
+      const dfd = fs.openSync(path.dirname(path.resolve(this.destination)), 'r');
+      try {
+        fs.fsyncSync(dfd);
+      } finally {
+        fs.closeSync(dfd);
+      }
+    } catch {
+      // best effort: the rename itself has happened
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.state !== 'open') return;
+    this.state = 'aborted';
+    await this.writer.discard();
+    fs.rmSync(this.workPath, { force: true });
+  }
+}
+
+/**
+ * The device type of a balenaOS image, from `device-type.json` on its boot partition
+ * (`resin-boot`, or `flash-boot` in flasher images), read without mounting.
+ */
+export async function readDeviceArch(imagePath: string): Promise<{ arch: string; slug: string }> {
+  const image = ImageFile.open(imagePath, false);
+  let table: PartitionTable | undefined;
+  try {
+    table = readPartitionTable(image);
+  } finally {
+    image.close();
+  }
+  if (!table) throw new Error(`${imagePath} is not a balenaOS disk image: it has no MBR or GPT partition table`);
+  const boot = findPartition(table, 'resin-boot') ?? findPartition(table, 'flash-boot');
+  if (!boot) throw new Error(`${imagePath} is not a balenaOS disk image: it has no resin-boot partition`);
+  const raw = await readFatFile(imagePath, boot.index, '/device-type.json');
+  if (!raw) throw new Error(`${imagePath}: resin-boot has no device-type.json`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new Error(`${imagePath}: resin-boot's device-type.json is not valid JSON`);
+  }
+  const o = parsed as { arch?: unknown; slug?: unknown };
+  if (typeof o.arch !== 'string' || typeof o.slug !== 'string') {
+    throw new Error(`${imagePath}: resin-boot's device-type.json has no "arch" and "slug"`);
+  }
+  return { arch: o.arch, slug: o.slug };
+}

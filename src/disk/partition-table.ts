@@ -1,0 +1,260 @@
+import type { ImageFile } from '../ext4/image-file.js';
+import { parseSuperblock } from '../ext4/superblock.js';
+import { crc32 } from './crc32.js';
+
+/**
+ * MBR and GPT partition tables of a disk image: reading, finding partitions by
+ * label, and growing the last partition into a larger image file.
+ * Formats: MBR / EBR chains as the Linux kernel reads them (block/partitions/msdos.c),
+ * GPT per UEFI spec chapter 5 (block/partitions/efi.c, efi.h). 512-byte sectors.
+ */
+export const SECTOR = 512;
+
+export interface MbrSlot {
+  /** LBA of the sector holding the table (0 for the MBR, an EBR's LBA for logicals). */
+  tableLba: number;
+  /** Entry index 0..3 in that table. */
+  slot: number;
+}
+
+export interface Partition {
+  /** Number as Linux names it: 1–4 primary, 5… logical (MBR); entry index + 1 (GPT). */
+  index: number;
+  /** Byte offset and size in the image. */
+  offset: number;
+  size: number;
+  /** MBR type byte (e.g. 0x83) or GPT type GUID. */
+  type: string;
+  /** GPT partition name. */
+  name?: string;
+  /** File-system label read from the superblock / boot sector. */
+  label?: string;
+  fsType?: 'ext4' | 'vfat';
+  /** Where the MBR/EBR entry describing this partition lives. */
+  mbr?: MbrSlot;
+}
+
+export interface GptInfo {
+  entriesLba: number;
+  entryCount: number;
+  entrySize: number;
+  firstUsableLba: number;
+  lastUsableLba: number;
+  backupLba: number;
+}
+
+export interface PartitionTable {
+  kind: 'mbr' | 'gpt';
+  partitions: Partition[];
+  /** MBR: the extended partition's entry in the MBR, its start and size in sectors. */
+  extended?: { slot: number; startLba: number; sectors: number };
+  gpt?: GptInfo;
+}
+
+const EXTENDED_TYPES = new Set([0x05, 0x0f, 0x85]);
+
+function mbrEntries(sector: Buffer): Array<{ type: number; start: number; sectors: number }> {
+  const out = [];
+  for (let i = 0; i < 4; i++) {
+    const e = 446 + i * 16;
+    out.push({ type: sector[e + 4], start: sector.readUInt32LE(e + 8), sectors: sector.readUInt32LE(e + 12) });
+  }
+  return out;
+}
+
+function hasBootSignature(sector: Buffer): boolean {
+  return sector[510] === 0x55 && sector[511] === 0xaa;
+}
+
+/** Reads the partition table; undefined when the file has none. */
+export function readPartitionTable(image: ImageFile): PartitionTable | undefined {
+  const size = image.size();
+  if (size < 2 * SECTOR) return undefined;
+  const mbr = image.read(0, SECTOR);
+  if (!hasBootSignature(mbr)) return undefined;
+  const entries = mbrEntries(mbr);
+  if (entries.some((e) => e.type === 0xee)) return readGpt(image);
+
+  const table: PartitionTable = { kind: 'mbr', partitions: [] };
+  entries.forEach((e, i) => {
+    if (e.type === 0 || e.sectors === 0) return;
+    if (EXTENDED_TYPES.has(e.type)) {
+      table.extended = { slot: i, startLba: e.start, sectors: e.sectors };
+      return;
+    }
+    table.partitions.push({
+      index: i + 1, offset: e.start * SECTOR, size: e.sectors * SECTOR,
+      type: e.type.toString(16).padStart(2, '0'), mbr: { tableLba: 0, slot: i },
+    });
+  });
+  if (table.extended) {
+    // EBR chain: entry 0 is the logical partition, its start relative to this EBR;
+    // entry 1 links to the next EBR, relative to the extended partition's start.
+    const ext = table.extended.startLba;
+    let ebrLba = ext;
+    const seen = new Set<number>();
+    for (let index = 5; index < 5 + 128; index++) {
+      if (seen.has(ebrLba) || ebrLba * SECTOR >= size) break;
+      seen.add(ebrLba);
+      const ebr = image.read(ebrLba * SECTOR, SECTOR);
+      if (!hasBootSignature(ebr)) break;
+      const [logical, next] = mbrEntries(ebr);
+      if (logical.sectors > 0 && logical.type !== 0) {
+        table.partitions.push({
+          index, offset: (ebrLba + logical.start) * SECTOR, size: logical.sectors * SECTOR,
+          type: logical.type.toString(16).padStart(2, '0'), mbr: { tableLba: ebrLba, slot: 0 },
+        });
+      }
+      if (next.sectors === 0 || !EXTENDED_TYPES.has(next.type)) break;
+      ebrLba = ext + next.start;
+    }
+  }
+  for (const p of table.partitions) Object.assign(p, readFsLabel(image, p.offset));
+  return table;
+}
+
+function guidString(b: Buffer): string {
+  const h = b.toString('hex');
+  const le = (s: string) => s.match(/../g)!.reverse().join('');
+  return `${le(h.slice(0, 8))}-${le(h.slice(8, 12))}-${le(h.slice(12, 16))}-${h.slice(16, 20)}-${h.slice(20)}`.toUpperCase();
+}
+
+function readGpt(image: ImageFile): PartitionTable | undefined {
+  const hdr = image.read(SECTOR, SECTOR);
+  if (hdr.toString('latin1', 0, 8) !== 'EFI PART') return undefined;
+  const headerSize = hdr.readUInt32LE(12);
+  const check = Buffer.from(hdr.subarray(0, headerSize));
+  check.writeUInt32LE(0, 16);
+  if (crc32(check) !== hdr.readUInt32LE(16)) throw new Error(`${image.path}: the GPT header checksum is wrong; the partition table is damaged`);
+  const gpt: GptInfo = {
+    backupLba: Number(hdr.readBigUInt64LE(32)),
+    firstUsableLba: Number(hdr.readBigUInt64LE(40)),
+    lastUsableLba: Number(hdr.readBigUInt64LE(48)),
+    entriesLba: Number(hdr.readBigUInt64LE(72)),
+    entryCount: hdr.readUInt32LE(80),
+    entrySize: hdr.readUInt32LE(84),
+  };
+  const array = image.read(gpt.entriesLba * SECTOR, gpt.entryCount * gpt.entrySize);
+  if (crc32(array) !== hdr.readUInt32LE(88)) throw new Error(`${image.path}: the GPT partition entries checksum is wrong; the partition table is damaged`);
+  const table: PartitionTable = { kind: 'gpt', partitions: [], gpt };
+  for (let i = 0; i < gpt.entryCount; i++) {
+    const e = array.subarray(i * gpt.entrySize, (i + 1) * gpt.entrySize);
+    if (e.subarray(0, 16).every((b) => b === 0)) continue;
+    const first = Number(e.readBigUInt64LE(32));
+    const last = Number(e.readBigUInt64LE(40));
+    const nameRaw = e.toString('utf16le', 56, 128);
+    const nul = nameRaw.indexOf('\0');
+    table.partitions.push({
+      index: i + 1, offset: first * SECTOR, size: (last - first + 1) * SECTOR,
+      type: guidString(e.subarray(0, 16)), name: nul < 0 ? nameRaw : nameRaw.slice(0, nul),
+    });
+  }
+  for (const p of table.partitions) Object.assign(p, readFsLabel(image, p.offset));
+  return table;
+}
+
+/** The file-system label from an ext4 superblock or a FAT boot sector. */
+export function readFsLabel(image: ImageFile, offset: number): { label?: string; fsType?: 'ext4' | 'vfat' } {
+  const head = image.read(offset, 2048);
+  const sb = parseSuperblock(head.subarray(1024));
+  if (sb) return { label: sb.label || undefined, fsType: 'ext4' };
+  if (hasBootSignature(head) && head.readUInt16LE(11) >= 512) {
+    // FAT boot sector: FAT32 has "FAT32   " at 0x52 and the label at 0x47; FAT12/16 have
+    // "FAT1x   " at 0x36 and the label at 0x2B (Microsoft FAT spec, BPB).
+    let labelOff: number | undefined;
+    if (head.toString('latin1', 0x52, 0x57) === 'FAT32') labelOff = 0x47;
+    else if (head.toString('latin1', 0x36, 0x39) === 'FAT') labelOff = 0x2b;
+    if (labelOff !== undefined) {
+      const label = head.toString('latin1', labelOff, labelOff + 11).trim();
+      return { label: label && label !== 'NO NAME' ? label : undefined, fsType: 'vfat' };
+    }
+  }
+  return {};
+}
+
+/** A partition whose GPT name or file-system label is `label`. */
+export function findPartition(table: PartitionTable, label: string): Partition | undefined {
+  return table.partitions.find((p) => p.label === label) ?? table.partitions.find((p) => p.name === label);
+}
+
+/**
+ * Grows `part` — which must be the last partition on the disk — so that it ends at
+ * (MBR) or near (GPT: before the backup table, 1 MiB aligned) the end of an image
+ * of `newSize` bytes. The caller has already extended the file to `newSize`.
+ * Partition starts never move, so their alignment stays.
+ */
+export function growLastPartition(image: ImageFile, table: PartitionTable, part: Partition, newSize: number): Partition {
+  if (newSize % SECTOR !== 0) throw new Error('image size must be a multiple of 512');
+  const partEnd = part.offset + part.size;
+  for (const p of table.partitions) {
+    if (p !== part && p.offset + p.size > part.offset) {
+      throw new Error(`partition ${part.index} is not the last one on the disk (partition ${p.index} follows it); it cannot be grown`);
+    }
+  }
+  const totalLba = newSize / SECTOR;
+  if (table.kind === 'mbr') {
+    if (totalLba > 0xffffffff) throw new Error('an MBR disk cannot be larger than 2 TiB');
+    const startLba = part.offset / SECTOR;
+    const newSectors = totalLba - startLba;
+    if (newSectors * SECTOR < part.size) throw new Error('the new image is smaller than the partition');
+    const slot = part.mbr!;
+    const table0 = image.read(slot.tableLba * SECTOR, SECTOR);
+    table0.writeUInt32LE(newSectors, 446 + slot.slot * 16 + 12);
+    image.write(slot.tableLba * SECTOR, table0);
+    if (slot.tableLba !== 0) {
+      // A logical partition: the extended partition in the MBR must reach the new end too.
+      const ext = table.extended!;
+      const mbr = image.read(0, SECTOR);
+      mbr.writeUInt32LE(totalLba - ext.startLba, 446 + ext.slot * 16 + 12);
+      image.write(0, mbr);
+      ext.sectors = totalLba - ext.startLba;
+    }
+    return { ...part, size: newSectors * SECTOR };
+  }
+
+  const gpt = table.gpt!;
+  const hdr = image.read(SECTOR, SECTOR);
+  const headerSize = hdr.readUInt32LE(12);
+  const arrayBytes = gpt.entryCount * gpt.entrySize;
+  const arraySectors = Math.ceil(arrayBytes / SECTOR);
+  const backupLba = totalLba - 1;
+  const backupArrayLba = backupLba - arraySectors;
+  const lastUsable = backupArrayLba - 1;
+  // End the partition on a 1 MiB boundary (2048 sectors), as partitioning tools do.
+  const lastLba = Math.floor((lastUsable + 1) / 2048) * 2048 - 1;
+  if ((lastLba + 1) * SECTOR < partEnd) throw new Error('the new image is too small for the partition and the backup GPT');
+
+  const array = image.read(gpt.entriesLba * SECTOR, arrayBytes);
+  array.writeBigUInt64LE(BigInt(lastLba), (part.index - 1) * gpt.entrySize + 40);
+  const arrayCrc = crc32(array);
+
+  const oldBackup = gpt.backupLba;
+  const writeHeader = (current: number, other: number, entries: number) => {
+    const h = Buffer.from(hdr);
+    h.writeBigUInt64LE(BigInt(current), 24);
+    h.writeBigUInt64LE(BigInt(other), 32);
+    h.writeBigUInt64LE(BigInt(lastUsable), 48);
+    h.writeBigUInt64LE(BigInt(entries), 72);
+    h.writeUInt32LE(arrayCrc, 88);
+    h.writeUInt32LE(0, 16);
+    h.writeUInt32LE(crc32(h.subarray(0, headerSize)), 16);
+    image.write(current * SECTOR, h);
+  };
+  image.write(gpt.entriesLba * SECTOR, array);
+  image.write(backupArrayLba * SECTOR, array);
+  writeHeader(backupLba, 1, backupArrayLba);
+  writeHeader(1, backupLba, gpt.entriesLba);
+  if (oldBackup !== backupLba && oldBackup < backupArrayLba) image.write(oldBackup * SECTOR, Buffer.alloc(SECTOR));
+
+  // Protective MBR: one 0xEE entry covering the disk from LBA 1, capped at 32 bits.
+  const mbr = image.read(0, SECTOR);
+  for (let i = 0; i < 4; i++) {
+    const e = 446 + i * 16;
+    if (mbr[e + 4] === 0xee) mbr.writeUInt32LE(Math.min(totalLba - 1, 0xffffffff), e + 12);
+  }
+  image.write(0, mbr);
+
+  gpt.backupLba = backupLba;
+  gpt.lastUsableLba = lastUsable;
+  return { ...part, size: (lastLba + 1) * SECTOR - part.offset };
+}
