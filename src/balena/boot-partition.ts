@@ -83,7 +83,7 @@ interface FatFs {
   readFile(p: string, cb: (e: NodeJS.ErrnoException | null, data?: Buffer) => void): void;
   writeFile(p: string, data: Buffer, cb: (e: NodeJS.ErrnoException | null) => void): void;
   mkdir(p: string, cb: (e: NodeJS.ErrnoException | null) => void): void;
-  readdir(p: string, cb: (e: NodeJS.ErrnoException | null, names?: string[]) => void): void;
+  stat(p: string, cb: (e: NodeJS.ErrnoException | null, st?: unknown) => void): void;
 }
 
 function fatCall<T>(fn: (cb: (e: NodeJS.ErrnoException | null, v?: T) => void) => void): Promise<T | undefined> {
@@ -101,7 +101,7 @@ async function fatRead(fat: FatFs, p: string): Promise<Buffer | undefined> {
     return await fatCall<Buffer>((cb) => fat.readFile(p, cb));
   } catch (e) {
     if (isNotFound(e)) return undefined;
-    throw e;
+    throw new Error(`resin-boot${p}: cannot read (${(e as Error).message})`);
   }
 }
 
@@ -111,7 +111,9 @@ async function withBootFat<T>(loc: Extract<BootLocation, { kind: 'image' }>, wri
     const disk = new FileDisk(handle, !write, false, false);
     const result = await interact(disk, part.index, async (fs) => fn(fs as unknown as FatFs));
     if (write) {
-      await mirrorFats(handle, part.offset, `${describeBoot(loc)}`);
+      const g = await readGeometry(handle, part.offset, describeBoot(loc));
+      if (g.fat32) await fixFat32(handle, g, describeBoot(loc));
+      await mirrorFats(handle, g, describeBoot(loc));
       await handle.sync();
     }
     return result;
@@ -119,35 +121,128 @@ async function withBootFat<T>(loc: Extract<BootLocation, { kind: 'image' }>, wri
 }
 
 /**
- * fatfs updates only the first FAT (its vol.js leaves redundant FATs alone), so after a
- * write the copies differ and fsck.fat reports it. Copy FAT 1 over the others, as the
- * kernel does when mirroring is on (fs/fat/fatent.c fat_mirror_bhs). Boot sector fields
- * (Microsoft FAT specification, BPB): BytsPerSec @11 u16, RsvdSecCnt @14 u16,
- * NumFATs @16 u8, FATSz16 @22 u16; FAT32: FATSz32 @36 u32, ExtFlags @40 u16 (bit 7 set =
- * only the active FAT, bits 0-3, is used: nothing to mirror).
+ * Where a FAT file system keeps things, from its boot sector (Microsoft FAT specification,
+ * BPB): BytsPerSec @11 u16, SecPerClus @13 u8, RsvdSecCnt @14 u16, NumFATs @16 u8,
+ * RootEntCnt @17 u16, TotSec16 @19 u16, FATSz16 @22 u16, TotSec32 @32 u32; FAT32 only:
+ * FATSz32 @36 u32, ExtFlags @40 u16, RootClus @44 u32, FSInfo @48 u16.
  */
-async function mirrorFats(handle: FileHandle, offset: number, where: string): Promise<void> {
+interface FatGeometry {
+  bytesPerSector: number;
+  clusterBytes: number;
+  fatOffset: number;
+  fatBytes: number;
+  numFats: number;
+  fat32: boolean;
+  /** FAT32: bit 7 of ExtFlags set means only one FAT is active (no mirroring). */
+  mirrored: boolean;
+  rootCluster: number;
+  fsInfoOffset: number;
+  dataOffset: number;
+  clusterCount: number;
+}
+
+async function readGeometry(handle: FileHandle, offset: number, where: string): Promise<FatGeometry> {
   const bs = Buffer.alloc(512);
   await handle.read(bs, 0, 512, offset);
   const bytesPerSector = bs.readUInt16LE(11);
+  const sectorsPerCluster = bs.readUInt8(13);
   const reserved = bs.readUInt16LE(14);
   const numFats = bs.readUInt8(16);
+  const rootEntries = bs.readUInt16LE(17);
   const fatSz16 = bs.readUInt16LE(22);
   const fat32 = fatSz16 === 0;
   const fatSectors = fat32 ? bs.readUInt32LE(36) : fatSz16;
-  if (![512, 1024, 2048, 4096].includes(bytesPerSector) || numFats < 1 || fatSectors === 0) {
+  const totalSectors = bs.readUInt16LE(19) || bs.readUInt32LE(32);
+  if (![512, 1024, 2048, 4096].includes(bytesPerSector) || sectorsPerCluster === 0 || numFats < 1 || fatSectors === 0 || bs.readUInt16LE(510) !== 0xaa55) {
     throw new Error(`${where}: the boot sector does not describe a FAT file system`);
   }
-  if (numFats === 1 || (fat32 && (bs.readUInt16LE(40) & 0x80) !== 0)) return;
-  const fatBytes = fatSectors * bytesPerSector;
-  const first = offset + reserved * bytesPerSector;
-  const chunk = Buffer.alloc(Math.min(fatBytes, 1 << 20));
-  for (let done = 0; done < fatBytes; done += chunk.length) {
-    const n = Math.min(chunk.length, fatBytes - done);
-    const { bytesRead } = await handle.read(chunk, 0, n, first + done);
+  const rootDirSectors = Math.ceil((rootEntries * 32) / bytesPerSector);
+  const firstDataSector = reserved + numFats * fatSectors + rootDirSectors;
+  return {
+    bytesPerSector,
+    clusterBytes: sectorsPerCluster * bytesPerSector,
+    fatOffset: offset + reserved * bytesPerSector,
+    fatBytes: fatSectors * bytesPerSector,
+    numFats,
+    fat32,
+    mirrored: !(fat32 && (bs.readUInt16LE(40) & 0x80) !== 0),
+    rootCluster: fat32 ? bs.readUInt32LE(44) : 0,
+    fsInfoOffset: fat32 ? offset + bs.readUInt16LE(48) * bytesPerSector : 0,
+    dataOffset: offset + firstDataSector * bytesPerSector,
+    clusterCount: Math.floor((totalSectors - firstDataSector) / sectorsPerCluster),
+  };
+}
+
+/**
+ * fatfs updates only the first FAT (its vol.js leaves redundant FATs alone), so after a
+ * write the copies differ. Copy FAT 1 over the others, as the kernel does when mirroring
+ * is on (fs/fat/fatent.c fat_mirror_bhs).
+ */
+async function mirrorFats(handle: FileHandle, g: FatGeometry, where: string): Promise<void> {
+  if (g.numFats === 1 || !g.mirrored) return;
+  const chunk = Buffer.alloc(Math.min(g.fatBytes, 1 << 20));
+  for (let done = 0; done < g.fatBytes; done += chunk.length) {
+    const n = Math.min(chunk.length, g.fatBytes - done);
+    const { bytesRead } = await handle.read(chunk, 0, n, g.fatOffset + done);
     if (bytesRead !== n) throw new Error(`${where}: the image ends inside the FAT`);
-    for (let copy = 1; copy < numFats; copy++) await handle.write(chunk, 0, n, first + copy * fatBytes + done);
+    for (let copy = 1; copy < g.numFats; copy++) await handle.write(chunk, 0, n, g.fatOffset + copy * g.fatBytes + done);
   }
+}
+
+const FAT32_END = 0x0ffffff8;
+
+async function fat32Entry(handle: FileHandle, g: FatGeometry, cluster: number): Promise<number> {
+  const b = Buffer.alloc(4);
+  await handle.read(b, 0, 4, g.fatOffset + cluster * 4);
+  return b.readUInt32LE(0) & 0x0fffffff;
+}
+
+/**
+ * Two things fatfs gets wrong on FAT32 only, put right after it wrote:
+ * - a directory made in the root gets `..` pointing at the root cluster, where the
+ *   specification (and fsck.fat) want 0;
+ * - the FSInfo free-cluster count (FSI_Free_Count @488, FSI_Nxt_Free @492; signatures
+ *   0x41615252 @0 and 0x61417272 @484) is left stale: recounted from FAT 1, next-free
+ *   set to "unknown" (0xFFFFFFFF).
+ */
+async function fixFat32(handle: FileHandle, g: FatGeometry, where: string): Promise<void> {
+  const clusterAt = (c: number) => g.dataOffset + (c - 2) * g.clusterBytes;
+  const buf = Buffer.alloc(g.clusterBytes);
+  let cluster = g.rootCluster;
+  for (let hops = 0; cluster >= 2 && cluster < FAT32_END; hops++) {
+    if (hops > g.clusterCount) throw new Error(`${where}: the root directory's cluster chain loops`);
+    await handle.read(buf, 0, g.clusterBytes, clusterAt(cluster));
+    for (let at = 0; at < g.clusterBytes; at += 32) {
+      const first = buf[at];
+      if (first === 0) break;
+      const attr = buf[at + 11];
+      if (first === 0xe5 || attr === 0x0f || (attr & 0x08) !== 0 || (attr & 0x10) === 0 || first === 0x2e) continue;
+      const sub = (buf.readUInt16LE(at + 20) << 16) | buf.readUInt16LE(at + 26);
+      if (sub < 2 || sub >= g.clusterCount + 2) continue;
+      const dots = Buffer.alloc(64);
+      await handle.read(dots, 0, 64, clusterAt(sub));
+      if (dots.toString('latin1', 32, 43) !== '..         ') continue;
+      if (((dots.readUInt16LE(32 + 20) << 16) | dots.readUInt16LE(32 + 26)) !== g.rootCluster) continue;
+      await handle.write(Buffer.alloc(2), 0, 2, clusterAt(sub) + 32 + 20);
+      await handle.write(Buffer.alloc(2), 0, 2, clusterAt(sub) + 32 + 26);
+    }
+    cluster = await fat32Entry(handle, g, cluster);
+  }
+
+  const info = Buffer.alloc(512);
+  await handle.read(info, 0, 512, g.fsInfoOffset);
+  if (info.readUInt32LE(0) !== 0x41615252 || info.readUInt32LE(484) !== 0x61417272) return;
+  let free = 0;
+  const chunk = Buffer.alloc(1 << 20);
+  const end = (g.clusterCount + 2) * 4;
+  for (let done = 8; done < end; done += chunk.length) {
+    const n = Math.min(chunk.length, end - done);
+    await handle.read(chunk, 0, n, g.fatOffset + done);
+    for (let i = 0; i < n; i += 4) if ((chunk.readUInt32LE(i) & 0x0fffffff) === 0) free++;
+  }
+  info.writeUInt32LE(free, 488);
+  info.writeUInt32LE(0xffffffff, 492);
+  await handle.write(info, 488, 8, g.fsInfoOffset + 488);
 }
 
 /** Reads a file of resin-boot; undefined when it does not exist. */
@@ -193,13 +288,15 @@ export async function writeBootFile(loc: BootLocation, rel: string, content: Buf
     let dir = '';
     for (const p of parts.slice(0, -1)) {
       dir += '/' + p;
-      // fatfs cannot stat a directory (it opens it like a file): probe with readdir.
-      const kind = await fatCall<string[]>((cb) => fat.readdir(dir, cb)).then(
-        () => 'directory',
+      // fatfs opens the path like a file to stat it: a directory answers ISDIR (and
+      // readdir on a file lists its bytes, so it cannot tell either).
+      const kind = await fatCall((cb) => fat.stat(dir, cb)).then(
+        () => 'file',
         (e: unknown) => {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code === 'ISDIR' || code === 'EISDIR') return 'directory';
           if (isNotFound(e)) return 'missing';
-          if ((e as NodeJS.ErrnoException).code === 'NOTDIR' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return 'file';
-          throw e;
+          throw new Error(`${describeBoot(loc)}${dir}: ${(e as Error).message}`);
         },
       );
       if (kind === 'missing') await fatCall((cb) => fat.mkdir(dir, cb));
