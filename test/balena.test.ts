@@ -94,10 +94,26 @@ test('apps.json: serialisation is stable, pretty or compact, and normalising its
 
 test('apps.json: serviceImages lists every service image of the first release of every app', () => {
   const a = normalizeTargetState(loadFixture('dashboard-state.json'), 'dash.json');
+  const common = { app: APP, appName: 'sensor-fleet', appClass: 'fleet', isHost: false, release: RELEASE };
   assert.deepEqual(serviceImages(a), [
-    { app: APP, release: RELEASE, service: 'collector', image: IMG_A },
-    { app: APP, release: RELEASE, service: 'web-ui', image: IMG_B },
+    { ...common, service: 'collector', image: IMG_A },
+    { ...common, service: 'web-ui', image: IMG_B },
   ]);
+});
+
+test('apps.json: the supervisor and host apps of an API state are listed, or left out with onlyFleet', () => {
+  const api = JSON.parse(JSON.stringify(loadFixture('device-state-api.json'))) as Record<string, any>;
+  const supUuid = 'a1b2c3d4e5f60718293a4b5c6d7e8f90';
+  const supImage = `registry2.balena-cloud.com/v2/${'c'.repeat(32)}@sha256:${'d'.repeat(64)}`;
+  api[DEVICE].apps[supUuid] = {
+    id: 1667442, name: 'aarch64-supervisor', class: 'app', is_host: false,
+    releases: { ['e'.repeat(32)]: { id: 2800001, services: { 'balena-supervisor': { id: 1, image_id: 2, image: supImage, environment: {}, labels: {} } } } },
+  };
+  const all = normalizeTargetStateDetailed(api, 'api.json');
+  assert.deepEqual(serviceImages(all.appsJson).map((s) => [s.service, s.appClass]), [['collector', 'fleet'], ['web-ui', 'fleet'], ['balena-supervisor', 'app']]);
+  const fleet = normalizeTargetStateDetailed(api, 'api.json', { onlyFleet: true });
+  assert.deepEqual(Object.keys(fleet.appsJson.apps), [APP]);
+  assert.deepEqual(fleet.dropped.sort(), [`apps.${supUuid}`, 'name']);
 });
 
 test('apps.json: ids given as decimal strings become numbers, as the supervisor decodes them', () => {
@@ -667,6 +683,7 @@ function hashOutside(img: string, offset: number, size: number): string {
 
 test('resin-boot directory: the static-IP keyfile lands in system-connections/, atomically and once', async () => {
   const boot = tempDir('tp-boot-dir-');
+  await assert.rejects(bootLocation(boot), /does not look like a mounted resin-boot \(no config\.json or device-type\.json\)/);
   fs.writeFileSync(path.join(boot, 'config.json'), JSON.stringify({ deviceType: 'raspberrypi4-64', uuid: DEVICE }));
   fs.writeFileSync(path.join(boot, 'device-type.json'), JSON.stringify({ slug: 'raspberrypi4-64', arch: 'aarch64' }));
   const loc = await bootLocation(boot);

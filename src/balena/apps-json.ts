@@ -58,12 +58,22 @@ export type TargetStateForm = 'apps.json' | 'device-state' | 'dashboard';
 export interface NormalizeOptions {
   /** Sets `pinDevice` (the supervisor then pins the device to the first fleet app's first release). */
   pinDevice?: boolean;
+  /**
+   * Keep only apps of class `fleet` (the default class). A device's state from the API may
+   * also hold the supervisor's and the host OS's apps; the supervisor tries to find the
+   * image of every service of every app in apps.json, so their images must then be in the
+   * engine under those exact names too.
+   */
+  onlyFleet?: boolean;
 }
 
 export interface NormalizedTargetState {
   appsJson: AppsJson;
   form: TargetStateForm;
-  /** Top-level keys that were dropped because apps.json must not hold them (e.g. `name`, `dependent`). */
+  /**
+   * What was left out: top-level keys apps.json must not hold (e.g. `name`, `dependent`),
+   * and `apps.<uuid>` for apps removed by `onlyFleet`.
+   */
   dropped: string[];
 }
 
@@ -297,9 +307,19 @@ export function normalizeTargetStateDetailed(
   }
   if ('name' in device) dropped.push('name');
 
+  let apps = device.apps ?? {};
+  if (options.onlyFleet && isRecord(apps)) {
+    const kept: Record<string, unknown> = {};
+    for (const [uuid, app] of Object.entries(apps)) {
+      const cls = isRecord(app) ? (app.class ?? 'fleet') : 'fleet';
+      if (cls === 'fleet') kept[uuid] = app;
+      else dropped.push(`apps.${uuid}`);
+    }
+    apps = kept;
+  }
   const candidate: Record<string, unknown> = {
     config: device.config ?? {},
-    apps: device.apps ?? {},
+    apps,
   };
   if (options.pinDevice !== undefined) candidate.pinDevice = options.pinDevice;
   else if (pinDevice !== undefined) candidate.pinDevice = pinDevice;
@@ -375,6 +395,11 @@ function toAppsJson(candidate: Record<string, unknown>): AppsJson {
 export interface ServiceImage {
   /** App uuid. */
   app: string;
+  appName: string;
+  /** `fleet` (the user's app), `app` (e.g. the supervisor) or `block`. */
+  appClass: 'fleet' | 'app' | 'block';
+  /** The host OS app (its services are OS extensions, not engine images). */
+  isHost: boolean;
   /** Release commit. */
   release: string;
   service: string;
@@ -389,7 +414,15 @@ export function serviceImages(apps: AppsJson): ServiceImage[] {
     const [commit] = Object.keys(app.releases);
     if (commit === undefined) continue;
     for (const [service, svc] of Object.entries(app.releases[commit].services ?? {})) {
-      out.push({ app: appUuid, release: commit, service, image: svc.image });
+      out.push({
+        app: appUuid,
+        appName: app.name,
+        appClass: app.class ?? 'fleet',
+        isHost: app.is_host === true,
+        release: commit,
+        service,
+        image: svc.image,
+      });
     }
   }
   return out;

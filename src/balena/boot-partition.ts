@@ -33,7 +33,14 @@ export async function bootLocation(target: string, labels: readonly string[] = B
   } catch {
     throw new Error(`${target}: does not exist; give a mounted resin-boot directory or a balenaOS disk image`);
   }
-  if (st.isDirectory()) return { kind: 'directory', path: target };
+  if (st.isDirectory()) {
+    // Every resin-boot holds both; catches a wrong mount point (e.g. resin-data) early.
+    const has = async (f: string) => fsp.access(path.join(target, f)).then(() => true, () => false);
+    if (!(await has('config.json')) && !(await has('device-type.json'))) {
+      throw new Error(`${target}: does not look like a mounted resin-boot (no config.json or device-type.json); give the resin-boot mount point`);
+    }
+    return { kind: 'directory', path: target };
+  }
   if (st.isFile() || st.isBlockDevice()) return { kind: 'image', path: target, labels: [...labels] };
   throw new Error(`${target}: is neither a directory nor a disk image file`);
 }
