@@ -15,7 +15,8 @@ export class SelectionError extends Error {}
 
 export function resolveSelector(selector: string, images: readonly SourceImage[], sourceName: string): SourceImage {
   const trimmed = selector.trim();
-  const hex = trimmed.replace(/^sha256:/, '');
+  // Image IDs are hex; accept them in either case (sha256: prefix optional).
+  const hex = /^(sha256:)?[0-9a-fA-F]+$/.test(trimmed) ? trimmed.replace(/^sha256:/, '').toLowerCase() : '';
   let key: string | undefined;
   try {
     key = normalizeReference(trimmed);
