@@ -423,6 +423,12 @@ test('HostTreeWriter: engine metadata calls, reads and free space', async () => 
   assert.equal((await w.readFile('image/overlay2/repositories.json'))?.toString(), '{"a":1}');
   assert.equal(await w.readFile('image/nothing'), undefined);
   assert.equal(await w.readFile('nowhere/nothing'), undefined);
+  runOk('mkfifo', [path.join(root, 'image/fifo')]);
+  assert.equal(await w.readFile('image/fifo'), undefined, 'a FIFO is not read (and does not block)');
+  fs.symlinkSync('/etc/hostname', path.join(root, 'image/hostlink'));
+  assert.equal(await w.readFile('image/hostlink'), undefined, 'a symlink is not followed');
+  await w.remove('image/fifo');
+  await w.remove('image/hostlink');
   assert.deepEqual((await w.readdir('image/overlay2'))?.sort(), ['layerdb', 'repositories.json']);
   assert.equal(await w.readdir('image/none'), undefined);
   await w.symlink('../x/diff', 'image/l');

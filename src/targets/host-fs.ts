@@ -21,7 +21,7 @@ import { errnoCode, lutimes, mknod, setXattr, syncFs } from '../fsx/index.js';
 /** Bytes per write of file content: small pieces are gathered into writes of this size. */
 const CHUNK = 1024 * 1024;
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW } = constants;
+const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW, O_NONBLOCK } = constants;
 
 interface DeferredTime {
   rel: string;
@@ -159,7 +159,8 @@ export class HostTreeWriter implements TreeWriter {
     if (!(await this.isRealDir(parentOf(r)))) return undefined;
     let handle: fs.FileHandle;
     try {
-      handle = await fs.open(this.abs(r), O_RDONLY | O_NOFOLLOW);
+      // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a file).
+      handle = await fs.open(this.abs(r), O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
     } catch (err) {
       const code = errnoCode(err);
       if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') return undefined;
