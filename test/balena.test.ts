@@ -183,14 +183,14 @@ test('apps.json: image references, label names, volume names and lengths follow 
   }
 });
 
-test('apps.json: v2 and legacy formats are refused, saying why they cannot load offline', () => {
+test('apps.json: v2 and legacy formats are refused, saying why they will not work offline', () => {
   assert.throws(
     () => normalizeTargetState(loadFixture('apps-v2.json'), 'apps-v2.json'),
     /^Error: apps-v2\.json: this is a v2 target state \(apps keyed by numeric app id \(2167449\)\); .*cannot load it offline; get the device's v3 state/,
   );
   assert.throws(
     () => normalizeTargetState(loadFixture('apps-legacy.json'), 'apps-legacy.json'),
-    /^Error: apps-legacy\.json: is a legacy apps\.json \(a JSON list.*cannot be preloaded offline/,
+    /^Error: apps-legacy\.json: is a legacy single-container apps\.json \(a JSON list\); .*placeholder app .*matches no real release/,
   );
   // A v2 state from the dashboard (local.apps keyed by app id) too.
   const v2 = loadFixture('apps-v2.json') as Record<string, unknown>;
@@ -480,6 +480,12 @@ test('image lookup: the planner refuses contradicting mappings, unknown mapping 
     imageIds: new Set([ID('arm'), ID('amd')]),
   };
   assert.match(planReferences([`c@${DIGEST_A}`], twice).errors[0], /names 2 different images in the target/);
+  // A stale digest reference (its image gone from imagedb) cannot be re-pointed.
+  const stale: ImageStoreView = {
+    repositories: { c: { [`c@${DIGEST_A}`]: ID('gone') }, a: { [`a@${DIGEST_A}`]: ID('arm') } },
+    imageIds: new Set([ID('arm')]),
+  };
+  assert.match(planReferences([`c@${DIGEST_A}`], stale).errors[0], /already maps c@sha256:[0-9a-f]+ to sha256:[0-9a-f]+, which is not in its imagedb/);
 });
 
 // ---------------------------------------------------------------------------------------

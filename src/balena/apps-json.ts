@@ -8,9 +8,11 @@
  * - the API's device state (`GET /device/v3/<uuid>/state`): `{ "<device uuid>": { name, config, apps } }`;
  * - the dashboard's copy (Diagnostics -> Supervisor state): the same wrapped in `local`,
  *   possibly beside `dependent` (balena-preload also writes `pinDevice` beside `local`).
- * v2 (apps keyed by numeric app id with `commit`/`services`, no `releases`) and legacy
- * (a JSON array) apps.json are refused: the supervisor converts them only with the
- * balena API (src/lib/legacy.ts `fromV2TargetApps` asks the API for each app uuid).
+ * v2 apps.json (apps keyed by numeric app id with `commit`/`services`, no `releases`) is
+ * refused: the supervisor converts it only with the balena API (src/lib/legacy.ts
+ * `fromV2TargetApps` asks the API for each app uuid). Legacy single-container apps.json
+ * (a JSON array) is refused too: src/device-state/legacy.ts converts it into a
+ * placeholder app (uuid "user-app", release id 1) that matches no real release.
  */
 import Ajv, { type ErrorObject } from 'ajv';
 
@@ -271,7 +273,7 @@ export function normalizeTargetStateDetailed(
 ): NormalizedTargetState {
   if (Array.isArray(input)) {
     throw new Error(
-      `${source}: is a legacy apps.json (a JSON list of single-container apps); the supervisor converts it with placeholder ids and the balena API, so it cannot be preloaded offline; ${FETCH_V3}`,
+      `${source}: is a legacy single-container apps.json (a JSON list); the supervisor turns it into a placeholder app (uuid "user-app", release id 1) that matches no real release, so transplant does not write it; ${FETCH_V3}`,
     );
   }
   if (!isRecord(input)) {

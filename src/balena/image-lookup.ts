@@ -268,7 +268,7 @@ export function planReferences(
   candidates?: ImageStoreView,
   options: PlanOptions = {},
 ): ReferencePlanResult {
-  const plans: ReferencePlan[] = [];
+  const raw: ReferencePlan[] = [];
   const mapping = new Map<string, string>();
   for (const [from, to] of Object.entries(options.map ?? {})) {
     mapping.set(from, to);
@@ -282,8 +282,26 @@ export function planReferences(
   for (const name of names) {
     if (seen.has(name)) continue;
     seen.add(name);
-    plans.push(planOne(name, store, candidates, mapping));
+    raw.push(planOne(name, store, candidates, mapping));
   }
+  // A digest key is never re-pointed (reference/store.go refuses it, and so does
+  // engine/repositories.ts mergeReferences): one that names an image missing from imagedb blocks.
+  const plans = raw.map((p): ReferencePlan => {
+    if (p.status !== 'add-reference' || !p.key.includes('@')) return p;
+    let repo: string;
+    try {
+      repo = parseReference(p.key).repository;
+    } catch {
+      return p;
+    }
+    const existing = store.repositories[repo]?.[p.key];
+    if (existing === undefined || existing === p.imageId) return p;
+    return {
+      status: 'missing',
+      name: p.name,
+      message: `service image ${p.name}: the target's repositories.json already maps ${p.key} to ${existing}, which is not in its imagedb; remove that stale reference first`,
+    };
+  });
   const additions: { key: string; imageId: string }[] = [];
   const needed = new Set<string>();
   const errors: string[] = [];
