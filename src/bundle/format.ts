@@ -10,7 +10,9 @@
  *                                          xattrs (SCHILY.xattr.*), devices, FIFOs, links
  *   transplant-bundle.end                  trailer: proves the stream is complete
  *
- * Layers appear base first, each once, in the manifest's order.
+ * Layers appear each once, in the manifest's order: base first, unless the source streams
+ * them in another order (ImageSource.contentOrder, e.g. a data-root tarball); every layer's
+ * parent is in the bundle either way.
  */
 
 export const MANIFEST_NAME = 'transplant-bundle.json';

@@ -52,12 +52,15 @@ function validateManifest(json: unknown, where: string): BundleManifest {
   const known = new Set<string>();
   for (const l of m.layers) {
     assertDigest(l.chainId, `${where}: layer chainId`);
+    known.add(l.chainId);
+  }
+  for (const l of m.layers) {
     assertDigest(l.diffId, `${where}: layer diffId`);
-    if (l.parent !== undefined && !known.has(l.parent)) throw new Error(`${where}: layer ${l.chainId} comes before its parent`);
+    // Layers may come in the source's order (format.ts), but each parent must be in the bundle.
+    if (l.parent !== undefined && !known.has(l.parent)) throw new Error(`${where}: layer ${l.chainId} has its parent ${l.parent} outside the bundle`);
     if (!Number.isSafeInteger(l.entries) || !Number.isSafeInteger(l.bytes) || !Number.isSafeInteger(l.size)) throw new Error(`${where}: malformed layer record ${l.chainId}`);
     if (l.cacheId !== undefined && !/^[0-9a-f]{64}$/.test(l.cacheId)) delete l.cacheId;
     if (l.link !== undefined && !/^[A-Z2-7]{26}$/.test(l.link)) delete l.link;
-    known.add(l.chainId);
   }
   for (const img of m.images) {
     assertDigest(img.id, `${where}: image id`);
@@ -185,6 +188,12 @@ export class BundleSource implements ImageSource {
       entries: l.entries,
       bytes: l.bytes,
     };
+  }
+
+  /** The bundle's stored order: layers must be read in it. */
+  contentOrder(chainIds: readonly string[]): string[] {
+    const at = (c: string): number => this.manifest.layers.findIndex((x) => x.chainId === c);
+    return [...chainIds].sort((a, b) => at(a) - at(b));
   }
 
   async *layerItems(chainId: string): AsyncIterable<LayerItem> {

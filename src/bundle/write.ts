@@ -39,9 +39,19 @@ export function layersOf(images: readonly SourceImage[]): string[] {
   return out;
 }
 
+/**
+ * The order to ask a source for the content of these layers: its contentOrder() when it has
+ * one (a tarball streams layers in the order they are stored), else the order given.
+ */
+export function contentOrderOf(source: ImageSource, chainIds: readonly string[]): string[] {
+  const order = source.contentOrder?.(chainIds);
+  if (!order || order.length !== chainIds.length || new Set(order).size !== order.length || !order.every((c) => chainIds.includes(c))) return [...chainIds];
+  return order;
+}
+
 export async function planBundle(source: ImageSource, images: readonly SourceImage[]): Promise<{ manifest: BundleManifest; layers: SourceLayer[] }> {
   const layers: SourceLayer[] = [];
-  for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
+  for (const chainId of contentOrderOf(source, layersOf(images))) layers.push(await source.layer(chainId, { counts: true }));
   const manifestLayers: BundleLayer[] = layers.map((l) => ({
     chainId: l.chainId,
     diffId: l.diffId,

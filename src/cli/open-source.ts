@@ -1,48 +1,126 @@
 /**
  * Opens whatever a user names as a source of images, deciding by content, not by name:
- * a directory holding an engine data root, or a bundle file.
+ * a directory holding an engine data root, a bundle file, a tarball of a device's data root
+ * (plain or compressed), or a live device (ssh://…).
  */
 import { promises as fs } from 'node:fs';
 import { BundleSource } from '../bundle/read.js';
+import { MANIFEST_NAME } from '../bundle/format.js';
 import { EngineRootSource } from '../sources/engine-root.js';
+import { RootfsTarballSource } from '../sources/rootfs-tarball.js';
 import type { ImageSource } from '../sources/source.js';
+import { TarParser } from '../tar/parse.js';
+import { decompressHead } from '../stream/decompress.js';
 
-export type SourceKind = 'engine-root' | 'bundle' | 'disk-image' | 'unknown';
+export type SourceKind = 'engine-root' | 'bundle' | 'data-root-tarball' | 'device' | 'disk-image' | 'unknown';
 
-/** Looks at a path's type and first bytes. */
-export async function sniff(file: string): Promise<SourceKind> {
-  if (file === '-') return 'bundle';
-  let st;
-  try {
-    st = await fs.stat(file);
-  } catch {
-    throw new Error(`${file}: no such file or directory`);
+export interface OpenSourceOptions {
+  /** ssh://: a private key file (else the ssh-agent of SSH_AUTH_SOCK, else ~/.ssh/id_*). */
+  identity?: string;
+  /** ssh://: accept any host key instead of checking ~/.ssh/known_hosts. */
+  insecureHostKey?: boolean;
+}
+
+const HEAD = 64 * 1024;
+
+/** The first bytes of standard input, put back so that whoever reads it next gets them too. */
+async function peekStdin(): Promise<Buffer> {
+  const stdin = process.stdin;
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for (;;) {
+    const c = stdin.read() as Buffer | null;
+    if (c !== null) {
+      chunks.push(c);
+      total += c.length;
+      if (total >= 1024) break;
+      continue;
+    }
+    if (stdin.readableEnded) break;
+    const more = await new Promise<boolean>((resolve) => {
+      const onReadable = (): void => {
+        stdin.off('end', onEnd);
+        resolve(true);
+      };
+      const onEnd = (): void => {
+        stdin.off('readable', onReadable);
+        resolve(false);
+      };
+      stdin.once('readable', onReadable);
+      stdin.once('end', onEnd);
+    });
+    if (!more && stdin.readableLength === 0) break;
   }
-  if (st.isDirectory()) return 'engine-root';
-  const fh = await fs.open(file, 'r');
+  const head = Buffer.concat(chunks);
+  // Put back before the stream can emit 'end' (stream/readable.js endReadableNT checks the buffer).
+  if (head.length > 0 && !stdin.readableEnded) stdin.unshift(head);
+  return head;
+}
+
+/** What kind of tar a (possibly compressed) file head starts: a bundle (manifest first) or anything else. */
+async function tarKind(head: Buffer): Promise<SourceKind> {
+  const plain = decompressHead(head);
+  if (plain.length < 512) return 'unknown';
+  const parser = new TarParser((async function* () {
+    yield plain;
+  })());
   try {
-    const head = Buffer.alloc(1024);
-    const { bytesRead } = await fh.read(head, 0, 1024, 0);
-    const b = head.subarray(0, bytesRead);
-    if (b.length >= 2 && b[0] === 0x1f && b[1] === 0x8b) return 'bundle';
-    if (b.length >= 512 && b.toString('latin1', 257, 262) === 'ustar') return 'bundle';
-    if (b.length >= 512 && b[510] === 0x55 && b[511] === 0xaa) return 'disk-image';
-    return 'unknown';
-  } finally {
-    await fh.close();
+    const first = await parser.next();
+    if (!first) return 'unknown';
+    return first.header.name === MANIFEST_NAME ? 'bundle' : 'data-root-tarball';
+  } catch {
+    // A header cut off by the end of the head (a long pax record) still means tar.
+    return plain.length >= 512 && plain.toString('latin1', 257, 262) === 'ustar' ? 'data-root-tarball' : 'unknown';
   }
 }
 
-export async function openSource(file: string): Promise<ImageSource> {
+/** Looks at a path's type and first bytes. */
+export async function sniff(file: string): Promise<SourceKind> {
+  if (/^ssh:\/\//i.test(file)) return 'device';
+  let head: Buffer;
+  if (file === '-') {
+    head = await peekStdin();
+  } else {
+    let st;
+    try {
+      st = await fs.stat(file);
+    } catch {
+      throw new Error(`${file}: no such file or directory`);
+    }
+    if (st.isDirectory()) return 'engine-root';
+    const fh = await fs.open(file, 'r');
+    try {
+      const buf = Buffer.alloc(HEAD);
+      const { bytesRead } = await fh.read(buf, 0, HEAD, 0);
+      head = buf.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
+  }
+  const kind = await tarKind(head);
+  if (kind !== 'unknown') return kind;
+  if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa) return 'disk-image';
+  return 'unknown';
+}
+
+export async function openSource(file: string, options: OpenSourceOptions = {}): Promise<ImageSource> {
   const kind = await sniff(file);
   switch (kind) {
     case 'engine-root':
       return EngineRootSource.open(file);
     case 'bundle':
       return BundleSource.open(file);
+    case 'data-root-tarball':
+      return RootfsTarballSource.open(file);
+    case 'device': {
+      const { SshDeviceSource } = await import('../sources/ssh-device.js');
+      return SshDeviceSource.open(file, options);
+    }
     case 'disk-image':
       throw new Error(`${file} is a disk image; use it as a target (--disk) or list it with transplant ls`);
     default:
-      throw new Error(`${file} is neither an engine data root directory nor a transplant bundle`);
+      throw new Error(
+        `${file === '-' ? 'standard input' : file} is neither an engine data root directory, a transplant bundle, nor a tarball of a data root (.tar, .tar.gz, .tar.zst)`,
+      );
   }
 }

@@ -34,6 +34,7 @@ import {
 } from '../engine/layout.js';
 import { layerFiles } from '../engine/layerdb.js';
 import { serializeRepositories } from '../engine/repositories.js';
+import { contentOrderOf } from '../bundle/write.js';
 import type { InjectPlan, PlannedLayer } from './plan.js';
 import type { TargetStore } from './target-store.js';
 
@@ -80,7 +81,13 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
   await w.mkdirp(at(OVERLAY), MODE.overlayRoot);
   await w.mkdirp(at(LINKS), MODE.linksDir);
 
-  const copies = plan.layers.filter((l) => l.action === 'copy');
+  // Content in the order the source streams it (ImageSource.contentOrder: lower files were
+  // planned up front, so the writing order does not matter to them). The layerdb renames,
+  // which make layers visible to the engine, still happen parents first (below).
+  const planned = plan.layers.filter((l) => l.action === 'copy');
+  const byChain = new Map(planned.map((l) => [l.chainId, l]));
+  const copies = contentOrderOf(source, planned.map((l) => l.chainId)).map((c) => byChain.get(c) as PlannedLayer);
+  const layerdbTmp = new Map<string, string>();
   for (const [index, layer] of copies.entries()) {
     progress?.layerStarted(layer, index, copies.length);
     // Left over by an interrupted run: no layer uses it, so it is ours to replace.
@@ -117,9 +124,13 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     const record = { chainId: layer.chainId, diffId: layer.source.diffId, parent: layer.parent, size: layer.source.size, cacheId: layer.cacheId };
     for (const f of layerFiles(record)) await w.writeFile(`${tmp}/${f.name}`, f.data, MODE.layerFile);
     if (layer.source.tarSplit) await w.writeFile(`${tmp}/tar-split.json.gz`, layer.source.tarSplit, MODE.layerFile);
-    await w.rename(tmp, at(layerDir(layer.chainId)));
-    created.push(at(layerDir(layer.chainId)));
+    layerdbTmp.set(layer.chainId, tmp);
     progress?.layerDone(layer);
+  }
+  // Parents first: the engine never meets a layer whose parent is not complete.
+  for (const layer of planned) {
+    await w.rename(layerdbTmp.get(layer.chainId) as string, at(layerDir(layer.chainId)));
+    created.push(at(layerDir(layer.chainId)));
   }
 
   // overlay.go create(): a parent is marked committed when a child is made on it.

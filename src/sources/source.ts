@@ -50,6 +50,13 @@ export interface ImageSource {
    * tarballs) require layers to be asked for in their stored order.
    */
   layerItems(chainId: string): AsyncIterable<LayerItem>;
+  /**
+   * Optional: the given ChainIDs (each once) reordered into the order this source streams
+   * their files cheaply (a tarball read front to back). Writers that do not depend on the
+   * order of layer content (the bundle writer, the injector, which plan lower files up
+   * front) ask for layerItems in this order. Absent: any order is as cheap as another.
+   */
+  contentOrder?(chainIds: readonly string[]): string[];
   close(): Promise<void>;
 }
 
