@@ -26,7 +26,7 @@ import {
   type ImageStoreView,
 } from '../src/balena/image-lookup.js';
 import { checkKeyfile, keyfileName, parseStaticIp, staticIpKeyfile } from '../src/balena/network.js';
-import { bootLocation, findBootPartition, readBootFile, readBootInfo, writeBootFile, writeSystemConnection } from '../src/balena/boot-partition.js';
+import { FLASHER_BOOT_LABELS, bootLocation, findBootPartition, readBootFile, readBootInfo, writeBootFile, writeSystemConnection } from '../src/balena/boot-partition.js';
 import { mergeReferences, type Repositories } from '../src/engine/repositories.js';
 import { Dockerd } from './harness/dockerd.js';
 import { repoRoot, requireTools, run, runOk } from './harness/exec.js';
@@ -796,6 +796,14 @@ test('resin-boot in a disk image is found by label, not number (FAT32 p2 behind 
   fs.truncateSync(plain, 8 * 1024 * 1024);
   runOk('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', plain], { input: 'label: dos\nstart=2048, type=83\n' });
   await assert.rejects(writeSystemConnection(await bootLocation(plain), k), /plain\.img: no partition labelled resin-boot; is it a balenaOS disk image\?/);
+  // A flasher image: named as such, and its flash-boot is reachable by label.
+  const flasher = buildBalenaImage(work, 'flasher.img', { flasher: true });
+  await assert.rejects(findBootPartition(flasher.path), /flasher\.img: no partition labelled resin-boot, but a flash-boot one: this is a flasher image/);
+  const flashBoot = flasher.partitions.find((p) => p.label === 'flash-boot')!;
+  const floc = await bootLocation(flasher.path, FLASHER_BOOT_LABELS);
+  await writeSystemConnection(floc, k);
+  assert.equal(mtoolsRead(flasher.path, flashBoot.offset, 'system-connections/static-end0').stdout, k.content);
+  assert.equal((await readBootInfo(floc)).slug, 'raspberrypi4-64');
   const noTable = path.join(work, 'zero.img');
   fs.writeFileSync(noTable, Buffer.alloc(1024 * 1024));
   await assert.rejects(findBootPartition(noTable), /zero\.img: no (readable MBR or GPT partition table|partition labelled resin-boot)/);

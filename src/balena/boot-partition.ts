@@ -23,6 +23,8 @@ import { getPartitions } from 'partitioninfo';
 export type BootLocation = { kind: 'directory'; path: string } | { kind: 'image'; path: string; labels: string[] };
 
 export const BOOT_LABELS = ['resin-boot'];
+/** The boot partition of a flasher image (meta-balena balena-image-flasher.bb BALENA_BOOT_FS_LABEL). */
+export const FLASHER_BOOT_LABELS = ['flash-boot'];
 export const SYSTEM_CONNECTIONS = 'system-connections';
 
 /** `--resin-boot <dir>` (a mounted resin-boot) or a disk image file. */
@@ -77,7 +79,12 @@ export async function findBootPartition(imagePath: string, labels: readonly stri
     }
     const found = await findPartition(disk, info, [...labels]);
     if (!found) {
-      throw new Error(`${imagePath}: no partition labelled ${labels.join(' or ')}; is it a balenaOS disk image?`);
+      const flasher = !labels.includes('flash-boot') && (await findPartition(disk, info, ['flash-boot'])) !== undefined;
+      throw new Error(
+        flasher
+          ? `${imagePath}: no partition labelled ${labels.join(' or ')}, but a flash-boot one: this is a flasher image (its boot partition is flash-boot)`
+          : `${imagePath}: no partition labelled ${labels.join(' or ')}; is it a balenaOS disk image?`,
+      );
     }
     const part = (info.partitions as { index: number; offset: number; size: number }[]).find((p) => p.index === found.index);
     if (!part) throw new Error(`${imagePath}: partition ${found.index} vanished from the table`);
