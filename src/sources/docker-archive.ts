@@ -1,0 +1,530 @@
+/**
+ * `docker save` archives and OCI image layouts as an ImageSource:
+ *
+ * - the legacy `docker save` tar (moby image/tarexport/save.go): `manifest.json`
+ *   ([{Config, RepoTags, Layers}]), `<id>.json` configs, `<v1 id>/layer.tar` (possibly a
+ *   symlink to an identical layer elsewhere in the archive), `repositories`;
+ * - the archive Docker 25+ writes (the same manifest.json pointing into an OCI layout:
+ *   `blobs/sha256/<hex>`, with `index.json` and `oci-layout` beside it);
+ * - an OCI image layout (index.json → manifests → config and layer blobs, which may be
+ *   gzip- or zstd-compressed), as a directory or a tar.
+ * The archive itself may be gzip-compressed. Layer tars are read in place, twice: once to
+ * make the layer's tar-split and check its DiffID (layer()), once to write its files
+ * (layerItems()), each converted to overlay2's diff/ form the way `docker load` does.
+ */
+import { spawn } from 'node:child_process';
+import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Readable, pipeline } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import type { LayerItem } from '../layer/entry.js';
+import { chainIds as chainIdsOf, isDigest, sha256Digest } from '../engine/digest.js';
+import { cleanTarPath, disassembleTar, hashing } from '../engine/tar-split.js';
+import { normalizeReference } from '../engine/reference.js';
+import { TarParser, type TarEntry } from '../tar/parse.js';
+import { ByteReader } from '../stream/byte-reader.js';
+import { LayerTarScanner, layerItemsFromTar, type LayerTarScan } from './layer-tar.js';
+import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
+
+const SMALL = 4 << 20; // configs, manifests and indexes are far smaller
+const CACHE_LIMIT = 64 << 20;
+
+// ---- byte streams ----------------------------------------------------------------------
+
+async function* fromReadable(r: Readable): AsyncGenerator<Buffer> {
+  for await (const c of r) yield Buffer.isBuffer(c) ? c : Buffer.from(c as Uint8Array);
+}
+
+async function collect(stream: AsyncIterable<Buffer>, limit: number, what: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of stream) {
+    n += c.length;
+    if (n > limit) throw new Error(`${what} is larger than ${limit} bytes`);
+    parts.push(c);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Re-yields a stream after looking at its first bytes. */
+async function peek(stream: AsyncIterable<Buffer>, n: number): Promise<{ head: Buffer; stream: AsyncIterable<Buffer> }> {
+  const reader = new ByteReader(stream);
+  const head = await reader.readAtMost(n);
+  return {
+    head,
+    stream: (async function* () {
+      if (head.length > 0) yield head;
+      for (;;) {
+        const c = await reader.readAtMost(1 << 20);
+        if (c.length === 0) return;
+        yield c;
+      }
+    })(),
+  };
+}
+
+function gunzip(stream: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+  const z = createGunzip();
+  pipeline(Readable.from(stream), z, () => undefined);
+  return fromReadable(z);
+}
+
+/** zstd through the zstd command (Debian package zstd), streamed. */
+async function* unzstd(stream: AsyncIterable<Buffer>, where: string): AsyncGenerator<Buffer> {
+  const child = spawn('zstd', ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')).slice(-2000));
+  const exited = new Promise<number>((resolve, reject) => {
+    child.once('error', (e: NodeJS.ErrnoException) =>
+      reject(new Error(e.code === 'ENOENT' ? `${where} is zstd-compressed and the zstd command is not installed: install zstd` : `${where}: cannot run zstd (${e.message})`)),
+    );
+    child.once('close', (code) => resolve(code ?? 1));
+  });
+  exited.catch(() => undefined);
+  pipeline(Readable.from(stream), child.stdin, () => undefined);
+  try {
+    for await (const c of child.stdout) yield c as Buffer;
+  } finally {
+    if (child.exitCode === null) child.kill();
+  }
+  const code = await exited;
+  if (code !== 0) throw new Error(`${where}: zstd cannot decompress it (${stderr.trim().split('\n').pop() ?? `exit ${code}`})`);
+}
+
+/** A blob as an uncompressed stream: gzip and zstd are recognised by their magic bytes. */
+export async function decompressed(stream: AsyncIterable<Buffer>, where: string): Promise<AsyncIterable<Buffer>> {
+  const p = await peek(stream, 4);
+  if (p.head.length >= 2 && p.head[0] === 0x1f && p.head[1] === 0x8b) return gunzip(p.stream);
+  if (p.head.length === 4 && p.head.readUInt32LE(0) === 0xfd2fb528) return unzstd(p.stream, where);
+  return p.stream;
+}
+
+// ---- the archive's files -----------------------------------------------------------------
+
+/** Names inside an archive: '/'-separated, no leading './' or '/', no trailing '/'. */
+function archiveName(name: string): string {
+  return cleanTarPath(name).replace(/^\/+/, '');
+}
+
+interface ArchiveFiles {
+  has(name: string): boolean;
+  open(name: string): AsyncIterable<Buffer>;
+  read(name: string): Promise<Buffer>;
+}
+
+type Indexed = { kind: 'file'; offset: number; size: number } | { kind: 'link'; target: string };
+
+/** A tar file (optionally gzip-compressed): indexed in one pass, then read in place. */
+class TarFiles implements ArchiveFiles {
+  private readonly index = new Map<string, Indexed>();
+  private readonly cache = new Map<string, Buffer>();
+
+  private constructor(
+    private readonly file: string,
+    private readonly gzipped: boolean,
+  ) {}
+
+  private raw(): AsyncIterable<Buffer> {
+    const s = fromReadable(createReadStream(this.file, { highWaterMark: 1 << 20 }));
+    return this.gzipped ? gunzip(s) : s;
+  }
+
+  static async open(file: string, gzipped: boolean): Promise<TarFiles> {
+    const t = new TarFiles(file, gzipped);
+    const parser = new TarParser(t.raw());
+    let cached = 0;
+    try {
+      for (;;) {
+        const e = await parser.next();
+        if (!e) break;
+        const name = archiveName(e.header.name);
+        const h = e.header;
+        if (h.type === 'file') {
+          t.index.set(name, { kind: 'file', offset: parser.position, size: h.size });
+          // Small files are kept when the archive cannot be read at an offset (gzip).
+          if (gzipped && h.size <= SMALL && cached + h.size <= CACHE_LIMIT) {
+            const data = await collect(e.content, SMALL, name);
+            if (data[0] === 0x7b || data[0] === 0x5b || name === 'oci-layout') {
+              t.cache.set(name, data);
+              cached += data.length;
+            }
+          }
+        } else if (h.type === 'symlink') {
+          const dir = path.posix.dirname(name);
+          t.index.set(name, { kind: 'link', target: archiveName(h.linkname.startsWith('/') ? h.linkname : `${dir}/${h.linkname}`) });
+        } else if (h.type === 'hardlink') {
+          t.index.set(name, { kind: 'link', target: archiveName(h.linkname) });
+        }
+      }
+    } catch (err) {
+      throw new Error(`${file}: corrupt or truncated archive (${(err as Error).message})`);
+    } finally {
+      await parser.close().catch(() => undefined);
+    }
+    return t;
+  }
+
+  names(): string[] {
+    return [...this.index.keys()];
+  }
+
+  private resolve(name: string): { name: string; at: { offset: number; size: number } } | undefined {
+    let n = archiveName(name);
+    for (let hops = 0; hops < 16; hops++) {
+      const e = this.index.get(n);
+      if (!e) return undefined;
+      if (e.kind === 'file') return { name: n, at: e };
+      n = e.target;
+    }
+    return undefined;
+  }
+
+  has(name: string): boolean {
+    return this.resolve(name) !== undefined;
+  }
+
+  read(name: string): Promise<Buffer> {
+    const r = this.resolve(name);
+    const c = r && this.cache.get(r.name);
+    if (c) return Promise.resolve(c);
+    return collect(this.open(name), 64 << 20, name);
+  }
+
+  open(name: string): AsyncIterable<Buffer> {
+    const r = this.resolve(name);
+    if (!r) throw new Error(`${this.file} lacks ${name} (truncated or incomplete archive)`);
+    const { offset, size } = r.at;
+    if (size === 0) return (async function* () {})();
+    if (!this.gzipped) {
+      const file = this.file;
+      return (async function* () {
+        let got = 0;
+        for await (const c of fromReadable(createReadStream(file, { start: offset, end: offset + size - 1, highWaterMark: 1 << 20 }))) {
+          got += c.length;
+          yield c;
+        }
+        if (got !== size) throw new Error(`${file}: ${name} is cut short (truncated archive)`);
+      })();
+    }
+    // A gzip stream has no offsets: decompress again up to the entry.
+    const self = this;
+    return (async function* () {
+      const parser = new TarParser(self.raw());
+      try {
+        for (;;) {
+          const e: TarEntry | undefined = await parser.next();
+          if (!e) break;
+          if (archiveName(e.header.name) === r.name && e.header.type === 'file') {
+            yield* e.content;
+            return;
+          }
+        }
+      } finally {
+        await parser.close().catch(() => undefined);
+      }
+      throw new Error(`${self.file} lacks ${name} (truncated archive)`);
+    })();
+  }
+}
+
+/** An unpacked archive or OCI layout in a directory. */
+class DirFiles implements ArchiveFiles {
+  private readonly known = new Set<string>();
+  constructor(private readonly dir: string) {}
+
+  static async open(dir: string): Promise<DirFiles> {
+    const d = new DirFiles(dir);
+    for (const n of await fs.readdir(dir)) d.known.add(n);
+    return d;
+  }
+
+  private abs(name: string): string {
+    const n = archiveName(name);
+    if (n === '..' || n.startsWith('../')) throw new Error(`${this.dir}: refusing ${name}, which is outside it`);
+    return path.join(this.dir, n);
+  }
+
+  has(name: string): boolean {
+    const n = archiveName(name);
+    if (!n.includes('/')) return this.known.has(n);
+    return true; // checked when opened
+  }
+
+  read(name: string): Promise<Buffer> {
+    return collect(this.open(name), 64 << 20, name);
+  }
+
+  open(name: string): AsyncIterable<Buffer> {
+    const file = this.abs(name);
+    const dir = this.dir;
+    return (async function* () {
+      try {
+        yield* fromReadable(createReadStream(file, { highWaterMark: 1 << 20 }));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${dir} lacks ${name}`);
+        throw err;
+      }
+    })();
+  }
+}
+
+// ---- manifests ---------------------------------------------------------------------------
+
+interface ArchiveLayer {
+  chainId: string;
+  diffId: string;
+  parent?: string;
+  /** Where the layer blob is in the archive. */
+  blob: string;
+}
+
+interface Descriptor {
+  mediaType?: string;
+  digest?: string;
+  annotations?: Record<string, string>;
+}
+
+const INDEX_TYPES = new Set(['application/vnd.oci.image.index.v1+json', 'application/vnd.docker.distribution.manifest.list.v2+json']);
+
+function blobPath(digest: unknown, where: string): string {
+  if (typeof digest !== 'string' || !isDigest(digest)) throw new Error(`${where}: malformed digest ${JSON.stringify(digest)}`);
+  return `blobs/sha256/${digest.slice(7)}`;
+}
+
+function parseJson<T>(data: Buffer, what: string): T {
+  try {
+    return JSON.parse(data.toString('utf8')) as T;
+  } catch {
+    throw new Error(`${what} is not valid JSON (corrupt archive)`);
+  }
+}
+
+/** The familiar repositories.json key of an archive tag, or undefined when it is none. */
+function referenceOf(tag: string): string | undefined {
+  try {
+    return normalizeReference(tag);
+  } catch {
+    return undefined;
+  }
+}
+
+export interface DockerArchiveOptions {
+  /** Where notices go (spooling standard input). */
+  warn?: (message: string) => void;
+}
+
+export class DockerArchiveSource implements ImageSource {
+  private readonly imageList: SourceImage[] = [];
+  private readonly layers = new Map<string, ArchiveLayer>();
+  private readonly scans = new Map<string, { scan: LayerTarScan; tarSplit: Buffer }>();
+  private readonly now = BigInt(Date.now()) * 1_000_000n;
+
+  private constructor(
+    readonly description: string,
+    private readonly files: ArchiveFiles,
+    private readonly spool?: string,
+  ) {}
+
+  /** A docker save / OCI archive file (tar or tar.gz; '-' spools standard input), or an OCI layout / unpacked archive directory. */
+  static async open(file: string, options: DockerArchiveOptions = {}): Promise<DockerArchiveSource> {
+    let spool: string | undefined;
+    let at = file;
+    if (file === '-') {
+      const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-stdin-'));
+      spool = path.join(dir, 'archive');
+      (options.warn ?? ((m: string) => process.stderr.write(`warning: ${m}\n`)))(`reading an image archive from standard input: spooling it to ${spool} (it is read more than once)`);
+      await new Promise<void>((resolve, reject) => pipeline(process.stdin, createWriteStream(spool as string), (e) => (e ? reject(e) : resolve())));
+      at = spool;
+    }
+    try {
+      let st;
+      try {
+        st = await fs.stat(at);
+      } catch {
+        throw new Error(`${file}: no such file or directory`);
+      }
+      let files: ArchiveFiles;
+      if (st.isDirectory()) files = await DirFiles.open(at);
+      else {
+        const fh = await fs.open(at, 'r');
+        const head = Buffer.alloc(2);
+        try {
+          await fh.read(head, 0, 2, 0);
+        } finally {
+          await fh.close();
+        }
+        files = await TarFiles.open(at, head[0] === 0x1f && head[1] === 0x8b);
+      }
+      const source = new DockerArchiveSource(file === '-' ? 'standard input' : file, files, spool);
+      await source.readManifests();
+      return source;
+    } catch (err) {
+      if (spool) await fs.rm(path.dirname(spool), { recursive: true, force: true });
+      const msg = (err as Error).message;
+      throw new Error(msg.startsWith(file) || file === '-' ? msg : `${file}: ${msg}`);
+    }
+  }
+
+  private fail(message: string): never {
+    throw new Error(`${this.description}: ${message}`);
+  }
+
+  private async addImage(config: Buffer, blobs: string[], references: string[]): Promise<void> {
+    const id = sha256Digest(config);
+    let platform: ReturnType<typeof configPlatform>;
+    try {
+      platform = configPlatform(config);
+    } catch (err) {
+      this.fail(`image ${id}: ${(err as Error).message}`);
+    }
+    if (platform.diffIds.length !== blobs.length) {
+      this.fail(`image ${id} lists ${blobs.length} layers but its config has ${platform.diffIds.length} diff_ids (corrupt archive)`);
+    }
+    const chains = chainIdsOf(platform.diffIds);
+    chains.forEach((chainId, i) => {
+      if (!this.layers.has(chainId)) this.layers.set(chainId, { chainId, diffId: platform.diffIds[i], parent: i > 0 ? chains[i - 1] : undefined, blob: blobs[i] });
+    });
+    const existing = this.imageList.find((img) => img.id === id);
+    const refs = references.map(referenceOf).filter((r): r is string => r !== undefined);
+    if (existing) {
+      for (const r of refs) if (!existing.references.includes(r)) existing.references.push(r);
+      return;
+    }
+    this.imageList.push({ id, config, references: [...new Set(refs)], chainIds: chains, architecture: platform.architecture, os: platform.os });
+  }
+
+  private async readManifests(): Promise<void> {
+    const f = this.files;
+    if (f.has('manifest.json')) {
+      type Entry = { Config?: unknown; RepoTags?: unknown; Layers?: unknown };
+      const manifest = parseJson<Entry[]>(await f.read('manifest.json'), 'manifest.json');
+      if (!Array.isArray(manifest)) this.fail('manifest.json is not a list (not a docker save archive)');
+      for (const m of manifest) {
+        if (typeof m.Config !== 'string' || !Array.isArray(m.Layers) || !m.Layers.every((l): l is string => typeof l === 'string')) {
+          this.fail('manifest.json has a malformed entry (corrupt archive)');
+        }
+        if (!f.has(m.Config)) this.fail(`lacks ${m.Config}, named in manifest.json (truncated or incomplete archive)`);
+        const tags = Array.isArray(m.RepoTags) ? m.RepoTags.filter((t): t is string => typeof t === 'string') : [];
+        for (const l of m.Layers) if (!f.has(l)) this.fail(`lacks ${l}, named in manifest.json (truncated or incomplete archive)`);
+        await this.addImage(await f.read(m.Config), m.Layers, tags);
+      }
+      return;
+    }
+    if (f.has('index.json')) {
+      const index = parseJson<{ manifests?: Descriptor[] }>(await f.read('index.json'), 'index.json');
+      if (!Array.isArray(index.manifests)) this.fail('index.json has no manifests (not an OCI image layout)');
+      for (const d of index.manifests) await this.readOciDescriptor(d, this.refsOf(d), 0);
+      if (this.imageList.length === 0) this.fail('holds no image whose blobs are all present');
+      return;
+    }
+    this.fail('holds neither manifest.json nor index.json: it is not a docker save archive or an OCI image layout');
+  }
+
+  private refsOf(d: Descriptor): string[] {
+    const a = d.annotations ?? {};
+    const out: string[] = [];
+    const containerd = a['io.containerd.image.name'];
+    if (containerd) out.push(containerd);
+    const refName = a['org.opencontainers.image.ref.name'];
+    // ref.name is often only a tag ("latest"); it names an image only when it holds a repository.
+    if (refName && !containerd && /[/:]/.test(refName) && !/^[\w][\w.-]*$/.test(refName)) out.push(refName);
+    return out;
+  }
+
+  private async readOciDescriptor(d: Descriptor, refs: string[], depth: number): Promise<void> {
+    if (depth > 4) this.fail('index.json nests image indexes too deeply');
+    const p = blobPath(d.digest, this.description);
+    if (!this.files.has(p)) return; // layouts often hold only some platforms of an index
+    let data: Buffer;
+    try {
+      data = await this.files.read(p);
+    } catch {
+      return;
+    }
+    if (sha256Digest(data) !== d.digest) this.fail(`${p} does not match its digest (corrupt archive)`);
+    const json = parseJson<{ mediaType?: string; manifests?: Descriptor[]; config?: Descriptor; layers?: Descriptor[] }>(data, p);
+    if (INDEX_TYPES.has(d.mediaType ?? '') || Array.isArray(json.manifests)) {
+      for (const sub of json.manifests ?? []) await this.readOciDescriptor(sub, refs, depth + 1);
+      return;
+    }
+    if (!json.config || !Array.isArray(json.layers)) return;
+    const configPath = blobPath(json.config.digest, p);
+    const blobs = json.layers.map((l) => blobPath(l.digest, p));
+    if (!this.files.has(configPath) || !blobs.every((b) => this.files.has(b))) return;
+    let config: Buffer;
+    try {
+      config = await this.files.read(configPath);
+    } catch {
+      return;
+    }
+    if (sha256Digest(config) !== json.config.digest) this.fail(`${configPath} does not match its digest (corrupt archive)`);
+    await this.addImage(config, blobs, refs);
+  }
+
+  async images(): Promise<SourceImage[]> {
+    return this.imageList;
+  }
+
+  private layerOf(chainId: string): ArchiveLayer {
+    const l = this.layers.get(chainId);
+    if (!l) this.fail(`layer ${chainId} is not in the archive`);
+    return l;
+  }
+
+  private async blobTar(l: ArchiveLayer): Promise<AsyncIterable<Buffer>> {
+    return decompressed(this.files.open(l.blob), `${this.description}: ${l.blob}`);
+  }
+
+  /** First pass over a layer: its tar-split, counts and opaque directories; checks the DiffID. */
+  private async scan(l: ArchiveLayer): Promise<{ scan: LayerTarScan; tarSplit: Buffer }> {
+    const done = this.scans.get(l.chainId);
+    if (done) return done;
+    const where = `${this.description}: ${l.blob}`;
+    const scanner = new LayerTarScanner(where);
+    const r = await disassembleTar(await this.blobTar(l), where, async (e) => scanner.visit(e));
+    if (r.diffId !== l.diffId) {
+      this.fail(`layer ${l.blob} hashes to ${r.diffId}, not to the DiffID ${l.diffId} its image config names (corrupt or truncated archive)`);
+    }
+    const out = { scan: scanner.result(), tarSplit: r.tarSplit };
+    this.scans.set(l.chainId, out);
+    return out;
+  }
+
+  async layer(chainId: string): Promise<SourceLayer> {
+    const l = this.layerOf(chainId);
+    const { scan, tarSplit } = await this.scan(l);
+    return { chainId, diffId: l.diffId, parent: l.parent, size: scan.size, tarSplit, entries: scan.entries, bytes: scan.bytes };
+  }
+
+  async *layerItems(chainId: string): AsyncIterable<LayerItem> {
+    const l = this.layerOf(chainId);
+    const { scan } = await this.scan(l);
+    const where = `${this.description}: ${l.blob}`;
+    const hashed = hashing(await this.blobTar(l));
+    const parser = new TarParser(hashed.stream);
+    const entries = async function* (): AsyncGenerator<TarEntry> {
+      for (;;) {
+        let e: TarEntry | undefined;
+        try {
+          e = await parser.next();
+        } catch (err) {
+          throw new Error(`${where}: corrupt or truncated tar (${(err as Error).message})`);
+        }
+        if (!e) return;
+        yield e;
+      }
+    };
+    try {
+      yield* layerItemsFromTar(entries(), scan, where, this.now);
+      const { diffId } = hashed.result();
+      if (diffId !== l.diffId) this.fail(`layer ${l.blob} changed while being read (it hashes to ${diffId}, not ${l.diffId})`);
+    } finally {
+      await parser.close().catch(() => undefined);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.spool) await fs.rm(path.dirname(this.spool), { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,216 @@
+/**
+ * A layer tar (as in `docker save` archives and registries) turned into the overlay2 diff/
+ * representation exactly as the engine's `docker load` makes it: overlay2 ApplyDiff →
+ * pkg/archive/archive.go Unpack with the overlay whiteout converter
+ * (pkg/archive/archive_linux.go overlayWhiteoutConverter.ConvertRead):
+ *
+ * - `<dir>/.wh.<name>` becomes a character device 0/0 named `<dir>/<name>`, mode 0000,
+ *   owned by the whiteout entry's uid/gid;
+ * - `<dir>/.wh..wh..opq` is not written; `<dir>` gets `trusted.overlay.opaque=y`;
+ * - names are cleaned (filepath.Clean); the root entry (`./`) is skipped, so diff/ itself
+ *   keeps the 0755 root:root directory overlay2 created;
+ * - missing parent directories are created 0755 root:root (MkdirAllAndChownNew);
+ * - atime is never before mtime (createTarFile), times before the epoch become the epoch
+ *   (pkg/system/chtimes.go), except on symlinks.
+ */
+import type { LayerEntry, LayerItem } from '../layer/entry.js';
+import type { TarEntry } from '../tar/parse.js';
+import type { TarHeader } from '../tar/header.js';
+import { cleanTarPath } from '../engine/tar-split.js';
+
+export const WHITEOUT_PREFIX = '.wh.';
+export const WHITEOUT_OPAQUE = '.wh..wh..opq';
+
+/** What a first pass over a layer tar learns, needed before its entries can be written. */
+export interface LayerTarScan {
+  /** Directories (layer-relative) that carry an opaque marker somewhere in the tar. */
+  opaqueDirs: Set<string>;
+  /** layerdb `size`: lstat sizes of files (hard links once) and symlinks (pkg/directory Size). */
+  size: number;
+  /** diff/ entries the layer makes, its root included. */
+  entries: number;
+  /** Content bytes of regular files, hard links counted once. */
+  bytes: number;
+}
+
+/** The layer-relative path of a tar name ('.' for the root); throws for names that leave the layer. */
+export function layerPath(name: string, where: string): string {
+  // Unpack: Clean the name, join it to the layer root, refuse what lands outside it.
+  const clean = cleanTarPath(name);
+  if (clean === '..' || clean.startsWith('../')) {
+    throw new Error(`${where}: entry ${JSON.stringify(name)} points outside the layer (refused like the engine does)`);
+  }
+  if (clean.includes('\0')) throw new Error(`${where}: entry ${JSON.stringify(name)} has a NUL byte in its name`);
+  const rel = clean.replace(/^\/+/, '');
+  return rel === '' || rel === '.' ? '.' : rel;
+}
+
+function parentOf(p: string): string {
+  const i = p.lastIndexOf('/');
+  return i < 0 ? '.' : p.slice(0, i);
+}
+
+function baseOf(p: string): string {
+  return p.slice(p.lastIndexOf('/') + 1);
+}
+
+/** Classifies one tar entry the way ConvertRead does. */
+export function whiteoutKind(path: string): 'opaque' | 'whiteout' | undefined {
+  const base = baseOf(path);
+  if (base === WHITEOUT_OPAQUE) return 'opaque';
+  if (base.startsWith(WHITEOUT_PREFIX)) return 'whiteout';
+  return undefined;
+}
+
+/** Scans entries (used as the visitor of disassembleTar): opaque dirs and the counts. */
+export class LayerTarScanner {
+  private readonly opaqueDirs = new Set<string>();
+  private readonly made = new Set<string>(['.']);
+  private size = 0;
+  private bytes = 0;
+
+  constructor(private readonly where: string) {}
+
+  visit(entry: TarEntry): void {
+    const h = entry.header;
+    if (h.type === 'pax-global') return;
+    const path = layerPath(h.name, this.where);
+    if (path === '.') return;
+    this.parents(path);
+    const w = whiteoutKind(path);
+    if (w === 'opaque') {
+      this.opaqueDirs.add(parentOf(path));
+      return;
+    }
+    const target = w === 'whiteout' ? `${parentOf(path) === '.' ? '' : parentOf(path) + '/'}${baseOf(path).slice(WHITEOUT_PREFIX.length)}` : path;
+    this.made.add(target);
+    if (w === 'whiteout') return;
+    if (h.type === 'file') {
+      this.size += h.size;
+      this.bytes += h.size;
+    } else if (h.type === 'symlink') {
+      this.size += Buffer.byteLength(h.linkname);
+    }
+  }
+
+  private parents(path: string): void {
+    for (let p = parentOf(path); p !== '.' && !this.made.has(p); p = parentOf(p)) this.made.add(p);
+  }
+
+  result(): LayerTarScan {
+    return { opaqueDirs: this.opaqueDirs, size: this.size, entries: this.made.size, bytes: this.bytes };
+  }
+}
+
+const OPAQUE_XATTR = { name: 'trusted.overlay.opaque', value: Buffer.from('y') };
+
+function entryTimes(h: TarHeader, symlink: boolean): { mtime: bigint; atime: bigint } {
+  let mtime = h.mtime;
+  let atime = h.atime !== undefined && h.atime > mtime ? h.atime : mtime;
+  if (!symlink) {
+    if (mtime < 0n) mtime = 0n;
+    if (atime < 0n) atime = 0n;
+  }
+  return { mtime, atime };
+}
+
+/**
+ * Converts the entries of a layer tar to diff/ items, in order (the root first). `scan` comes
+ * from a first pass over the same tar (opaque markers may follow their directory's children).
+ * `now` is the time given to what the engine creates itself (the root, implicit parents).
+ */
+export async function* layerItemsFromTar(
+  entries: AsyncIterable<TarEntry>,
+  scan: LayerTarScan,
+  where: string,
+  now: bigint,
+): AsyncGenerator<LayerItem> {
+  const made = new Map<string, LayerEntry['kind']>();
+  const engineDir = (path: string): LayerEntry => ({
+    path,
+    kind: 'directory',
+    mode: 0o755,
+    uid: 0,
+    gid: 0,
+    mtime: now,
+    atime: now,
+    size: 0,
+    xattrs: scan.opaqueDirs.has(path) ? [OPAQUE_XATTR] : [],
+  });
+  made.set('.', 'directory');
+  yield { entry: engineDir('.') };
+
+  for await (const te of entries) {
+    const h = te.header;
+    if (h.type === 'pax-global') continue;
+    const path = layerPath(h.name, where);
+    if (path === '.') continue; // Unpack: an existing directory named "." is skipped
+
+    // Missing parents, as MkdirAllAndChownNew makes them.
+    const missing: string[] = [];
+    for (let p = parentOf(path); p !== '.' && !made.has(p); p = parentOf(p)) missing.unshift(p);
+    for (const p of missing) {
+      made.set(p, 'directory');
+      yield { entry: engineDir(p) };
+    }
+    const parentKind = made.get(parentOf(path));
+    if (parentKind !== 'directory') throw new Error(`${where}: ${h.name} is inside ${parentOf(path)}, which is not a directory`);
+
+    const w = whiteoutKind(path);
+    if (w === 'opaque') continue; // the xattr is on its directory already (scan)
+    if (w === 'whiteout') {
+      const target = `${parentOf(path) === '.' ? '' : parentOf(path) + '/'}${baseOf(path).slice(WHITEOUT_PREFIX.length)}`;
+      if (made.has(target)) throw new Error(`${where}: ${h.name} deletes ${target}, which the same layer also adds (the engine refuses this layer)`);
+      made.set(target, 'char-device');
+      const { mtime, atime } = entryTimes(h, false);
+      yield {
+        entry: { path: target, kind: 'char-device', mode: 0, uid: h.uid, gid: h.gid, mtime, atime, size: 0, devMajor: 0, devMinor: 0, xattrs: [] },
+      };
+      continue;
+    }
+
+    const existing = made.get(path);
+    if (existing !== undefined && !(existing === 'directory' && h.type === 'directory')) {
+      throw new Error(`${where}: ${h.name} appears twice in the layer (the engine refuses duplicate entries)`);
+    }
+    const { mtime, atime } = entryTimes(h, h.type === 'symlink');
+    const xattrs = h.xattrs.filter((x) => !(x.name === OPAQUE_XATTR.name && scan.opaqueDirs.has(path)));
+    if (h.type === 'directory' && scan.opaqueDirs.has(path)) xattrs.push(OPAQUE_XATTR);
+    const base: LayerEntry = { path, kind: 'file', mode: h.mode & 0o7777, uid: h.uid, gid: h.gid, mtime, atime, size: 0, xattrs };
+    switch (h.type) {
+      case 'file':
+        made.set(path, 'file');
+        yield { entry: { ...base, kind: 'file', size: h.size }, content: te.content };
+        break;
+      case 'directory':
+        made.set(path, 'directory');
+        yield { entry: { ...base, kind: 'directory' } };
+        break;
+      case 'symlink':
+        made.set(path, 'symlink');
+        yield { entry: { ...base, kind: 'symlink', linkTarget: h.linkname } };
+        break;
+      case 'hardlink': {
+        const target = layerPath(h.linkname, where);
+        const kind = made.get(target);
+        if (kind === undefined || kind === 'directory') {
+          throw new Error(`${where}: hard link ${h.name} points to ${h.linkname}, which is not an earlier file of the layer`);
+        }
+        made.set(path, 'hardlink');
+        yield { entry: { ...base, kind: 'hardlink', linkTarget: target } };
+        break;
+      }
+      case 'char-device':
+      case 'block-device':
+        made.set(path, h.type);
+        yield { entry: { ...base, kind: h.type, devMajor: h.devmajor, devMinor: h.devminor } };
+        break;
+      case 'fifo':
+        made.set(path, 'fifo');
+        yield { entry: { ...base, kind: 'fifo' } };
+        break;
+      default:
+        throw new Error(`${where}: ${h.name} has tar type ${h.type}, which a layer cannot hold`);
+    }
+  }
+}

@@ -1,0 +1,390 @@
+/**
+ * `transplant verify`: checks an image store the way the engine will use it, with no engine.
+ *
+ * Engine root (a directory, a resin-data, the resin-data of a disk image):
+ * - every image config re-hashed against its ID (image/fs.go drops mismatches);
+ * - every layer's metadata well-formed (layer/filestore.go: `diff`, `size`, `cache-id`,
+ *   `parent`, no trailing newline) and its ChainID consistent with `diff` and `parent`
+ *   (layer/layer.go CreateChainID), its parent present;
+ * - every image's whole chain present (image/store.go restores only those);
+ * - overlay2: `diff/` present, `link` well-formed with `l/<link>` → `../<cacheID>/diff`,
+ *   `lower` naming the parents' links, immediate parent first (overlay2/overlay.go);
+ * - every layer's content rebuilt from `tar-split.json.gz` and the files of `diff/`
+ *   (layer_store.go assembleTarTo, as `docker save` does), each file's size and CRC checked,
+ *   the stream hashed against the DiffID; whiteouts (`.wh.<name>` in the tar) must be
+ *   character devices 0/0 in diff/, opaque markers (`<dir>/.wh..wh..opq`) must be
+ *   `trusted.overlay.opaque=y` on the directory (pkg/archive/archive_linux.go);
+ * - repositories.json parses and names only images that are present.
+ * Bundle: configs against IDs (while opening), then each layer rebuilt from the bundle's
+ * tar-split and its diff entries (files spooled to a temp dir, as the tar order can differ
+ * from the bundle's) and hashed against its DiffID.
+ */
+import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
+import { chainIds as chainIdsOf, sha256Digest } from '../engine/digest.js';
+import { IMAGEDB_CONTENT, LAYERDB_SHA, LINKS, REPOSITORIES, cacheDir, diffDir, layerDir, linkPath, linkTarget } from '../engine/layout.js';
+import { parseLayerFiles, type LayerRecord } from '../engine/layerdb.js';
+import { parseRepositories, type Repositories } from '../engine/repositories.js';
+import { FILE, TarSplitFileError, assembledDigest, cleanTarPath, readTarSplit, type FileOpener } from '../engine/tar-split.js';
+import { selectImages } from '../selection/select.js';
+import { configPlatform, type SourceImage } from '../sources/source.js';
+import type { StoreReader } from '../sources/store-reader.js';
+import type { TreeWriter } from '../targets/tree-writer.js';
+import type { BundleSource } from '../bundle/read.js';
+import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from '../sources/layer-tar.js';
+
+export interface VerifyReport {
+  /** What was checked, for messages. */
+  target: string;
+  images: number;
+  layers: number;
+  /** One line per problem; empty when everything holds. */
+  problems: string[];
+  ok: boolean;
+}
+
+/** What a layer file is, for the whiteout checks. */
+export interface FileKind {
+  kind: 'file' | 'directory' | 'symlink' | 'char-device' | 'other' | 'missing';
+  rdev?: { major: number; minor: number };
+  opaque?: boolean;
+}
+
+/** Reading diff/ files: paths are relative to the reader's root (bytes, since tar names may not be UTF-8). */
+export interface LayerFileAccess {
+  open(rel: Buffer): AsyncIterable<Buffer>;
+  inspect?(rel: Buffer): Promise<FileKind>;
+}
+
+export interface VerifyOptions {
+  /** Image selectors (reference, ID, ID prefix): check only these and their layers. */
+  images?: readonly string[];
+  /** How to read layer files; default: through reader.readFile (whole files), or the host when the reader has a `root`. */
+  files?: LayerFileAccess;
+  /** Skip rebuilding layer content (metadata only). */
+  metadataOnly?: boolean;
+  /** Called before each layer's content is rebuilt. */
+  progress?: (message: string) => void;
+}
+
+const MAX_PROBLEMS_PER_LAYER = 5;
+
+/** Host access for a reader rooted at a host directory (HostReader has `root`). */
+export function hostFileAccess(root: string): LayerFileAccess {
+  const abs = (rel: Buffer): Buffer => Buffer.concat([Buffer.from(root + '/'), rel]);
+  return {
+    open: (rel) => createReadStream(abs(rel), { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>,
+    inspect: async (rel) => {
+      let st;
+      try {
+        st = await fs.lstat(abs(rel), { bigint: true });
+      } catch {
+        return { kind: 'missing' };
+      }
+      if (st.isCharacterDevice()) {
+        const { deviceNumbers } = await import('../sources/diff-tree.js');
+        return { kind: 'char-device', rdev: deviceNumbers(st.rdev) };
+      }
+      if (st.isDirectory()) {
+        const { listXattrs } = await import('../fsx/index.js');
+        const opaque = listXattrs(abs(rel)).some((x) => x.name === 'trusted.overlay.opaque' && x.value.toString('latin1') === 'y');
+        return { kind: 'directory', opaque };
+      }
+      return { kind: st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : 'other' };
+    },
+  };
+}
+
+function readerFileAccess(reader: StoreReader): LayerFileAccess {
+  const root = (reader as { root?: unknown }).root;
+  if (typeof root === 'string') return hostFileAccess(root);
+  return {
+    open: (rel) =>
+      (async function* () {
+        const data = await reader.readFile(rel.toString('utf8'));
+        if (!data) throw new Error('no such file');
+        yield data;
+      })(),
+  };
+}
+
+/** Engine-side path of a tar name inside a layer's diff/ (filepath.Join(diff, name)); undefined when it escapes. */
+function inLayer(name: string): string | undefined {
+  const c = cleanTarPath('/' + name).slice(1);
+  return c.startsWith('..') ? undefined : c;
+}
+
+/**
+ * Checks an engine data root (`prefix` inside `reader`, '' when the reader is rooted at it).
+ * Never throws for what it finds wrong: every problem is a line of the report.
+ */
+export async function verifyEngineRoot(reader: StoreReader, prefix: string, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const at = (p: string): string => (prefix ? `${prefix}/${p}` : p);
+  const files = options.files ?? readerFileAccess(reader);
+  const where = reader.description;
+  const problems: string[] = [];
+
+  // Images.
+  const images: SourceImage[] = [];
+  for (const hex of ((await reader.readdir(at(IMAGEDB_CONTENT))) ?? []).sort()) {
+    if (!/^[0-9a-f]{64}$/.test(hex)) {
+      problems.push(`image store: unexpected file ${IMAGEDB_CONTENT}/${hex}`);
+      continue;
+    }
+    const id = `sha256:${hex}`;
+    const config = await reader.readFile(at(`${IMAGEDB_CONTENT}/${hex}`));
+    if (!config) {
+      problems.push(`image ${id}: its config is not a readable file`);
+      continue;
+    }
+    if (sha256Digest(config) !== id) {
+      problems.push(`image ${id}: its config hashes to ${sha256Digest(config)} (the engine drops this image)`);
+      continue;
+    }
+    try {
+      const p = configPlatform(config);
+      images.push({ id, config, references: [], chainIds: chainIdsOf(p.diffIds), architecture: p.architecture, os: p.os });
+    } catch (e) {
+      problems.push(`image ${id}: ${(e as Error).message}`);
+    }
+  }
+
+  // References.
+  let repos: Repositories = {};
+  try {
+    repos = parseRepositories(await reader.readFile(at(REPOSITORIES)), `${where}: ${REPOSITORIES}`);
+  } catch (e) {
+    problems.push((e as Error).message);
+  }
+  const present = new Set(images.map((i) => i.id));
+  for (const [, refs] of Object.entries(repos)) {
+    for (const [key, id] of Object.entries(refs)) {
+      const img = images.find((i) => i.id === id);
+      if (img) img.references.push(key);
+      else if (!present.has(id)) problems.push(`repositories.json: ${key} names image ${id}, which is not in the image store`);
+    }
+  }
+
+  // Which images and layers to check.
+  let selected = images;
+  if (options.images && options.images.length > 0) selected = selectImages(options.images, images, where);
+  const wanted = new Set<string>();
+  for (const img of selected) for (const c of img.chainIds) wanted.add(c);
+  const allLayers = ((await reader.readdir(at(LAYERDB_SHA))) ?? []).filter((h) => /^[0-9a-f]{64}$/.test(h)).map((h) => `sha256:${h}`);
+  const layerIds = options.images && options.images.length > 0 ? [...wanted] : [...new Set([...allLayers, ...wanted])];
+
+  // Layer metadata.
+  const records = new Map<string, LayerRecord>();
+  const links = new Map<string, string>();
+  for (const chainId of layerIds.sort()) {
+    const dir = at(layerDir(chainId));
+    if ((await reader.kindOf(dir)) !== 'directory') continue; // reported per image below
+    const read = (n: string): Promise<Buffer | undefined> => reader.readFile(`${dir}/${n}`);
+    let rec: LayerRecord;
+    try {
+      rec = parseLayerFiles(chainId, { diff: await read('diff'), size: await read('size'), 'cache-id': await read('cache-id'), parent: await read('parent') }, 'layer store');
+    } catch (e) {
+      problems.push((e as Error).message.replace(/^layer store: /, '') + ' (a trailing newline or a missing file makes the engine skip it)');
+      continue;
+    }
+    const expect = rec.parent ? sha256Digest(`${rec.parent} ${rec.diffId}`) : rec.diffId;
+    if (expect !== chainId) problems.push(`layer ${chainId}: its diff and parent make the ChainID ${expect}`);
+    const descriptor = await read('descriptor.json');
+    if (descriptor) {
+      try {
+        JSON.parse(descriptor.toString('utf8'));
+      } catch {
+        problems.push(`layer ${chainId}: descriptor.json is not valid JSON`);
+      }
+    }
+    records.set(chainId, rec);
+  }
+  for (const rec of records.values()) {
+    if (rec.parent && !records.has(rec.parent) && (await reader.kindOf(at(layerDir(rec.parent)))) !== 'directory') {
+      problems.push(`layer ${rec.chainId}: its parent ${rec.parent} is missing`);
+    }
+  }
+  for (const img of selected) {
+    for (const c of img.chainIds) {
+      if (!records.has(c)) {
+        problems.push(`image ${img.id}${img.references[0] ? ` (${img.references[0]})` : ''}: layer ${c} is missing or broken, so the engine drops the image`);
+        break;
+      }
+    }
+  }
+
+  // overlay2 directories, links and lower chains.
+  for (const rec of records.values()) {
+    const l = `layer ${rec.chainId} (overlay2/${rec.cacheId})`;
+    if ((await reader.kindOf(at(diffDir(rec.cacheId)))) !== 'directory') {
+      problems.push(`${l}: diff/ is missing`);
+      continue;
+    }
+    const link = (await reader.readFile(at(`${cacheDir(rec.cacheId)}/link`)))?.toString('latin1');
+    if (link === undefined || !/^[A-Z2-7]{26}$/.test(link)) {
+      problems.push(`${l}: link file missing or malformed${link !== undefined ? ` (${JSON.stringify(link.slice(0, 40))})` : ''}`);
+      continue;
+    }
+    links.set(rec.chainId, link);
+    const readlink = (reader as Partial<Pick<TreeWriter, 'readlink'>>).readlink?.bind(reader);
+    const target = readlink ? await readlink(at(linkPath(link))) : undefined;
+    const kind = await reader.kindOf(at(linkPath(link)));
+    if (kind !== 'symlink') problems.push(`${l}: ${LINKS}/${link} is missing (every container start would fail)`);
+    else if (target !== undefined && target !== linkTarget(rec.cacheId)) problems.push(`${l}: ${LINKS}/${link} points to ${target}, not ${linkTarget(rec.cacheId)}`);
+  }
+  for (const rec of records.values()) {
+    if (!links.has(rec.chainId)) continue;
+    const lower = (await reader.readFile(at(`${cacheDir(rec.cacheId)}/lower`)))?.toString('latin1');
+    const l = `layer ${rec.chainId} (overlay2/${rec.cacheId})`;
+    if (!rec.parent) {
+      if (lower !== undefined) problems.push(`${l}: a base layer with a lower file`);
+      continue;
+    }
+    const chain: string[] = [];
+    let complete = true;
+    for (let p: string | undefined = rec.parent; p; p = records.get(p)?.parent) {
+      const pl = links.get(p);
+      if (!pl) {
+        complete = false;
+        break;
+      }
+      chain.push(`l/${pl}`);
+    }
+    if (lower === undefined) problems.push(`${l}: lower file missing`);
+    else if (complete && lower !== chain.join(':')) problems.push(`${l}: lower is ${JSON.stringify(lower.slice(0, 200))}, expected ${JSON.stringify(chain.join(':').slice(0, 200))}`);
+  }
+
+  // Content.
+  if (!options.metadataOnly) {
+    for (const rec of records.values()) {
+      if (!links.has(rec.chainId) && (await reader.kindOf(at(diffDir(rec.cacheId)))) !== 'directory') continue;
+      const ts = await reader.readFile(at(`${layerDir(rec.chainId)}/tar-split.json.gz`));
+      if (!ts) {
+        problems.push(`layer ${rec.chainId}: no tar-split.json.gz (docker save, push and balena deltas of it would fail)`);
+        continue;
+      }
+      options.progress?.(`rebuilding layer ${rec.chainId}`);
+      const diff = at(diffDir(rec.cacheId));
+      problems.push(...(await checkLayerContent(rec.chainId, rec.diffId, ts, diff, files)));
+    }
+  }
+  return { target: where, images: selected.length, layers: records.size, problems, ok: problems.length === 0 };
+}
+
+/** Rebuilds one layer from its tar-split and its files under `diff` (reader-relative); returns problems. */
+async function checkLayerContent(chainId: string, diffId: string, tarSplit: Buffer, diff: string, files: LayerFileAccess): Promise<string[]> {
+  const problems: string[] = [];
+  const layer = `layer ${chainId}`;
+  const rel = (name: string): Buffer | undefined => {
+    const p = inLayer(name);
+    return p === undefined ? undefined : Buffer.from(p === '' ? diff : `${diff}/${p}`);
+  };
+  const opener: FileOpener = (name) => {
+    const r = rel(name);
+    if (!r) throw new Error('its name leaves the layer');
+    return files.open(r);
+  };
+  try {
+    const r = await assembledDigest(tarSplit, opener, layer);
+    if (r.diffId !== diffId) problems.push(`${layer}: its rebuilt content hashes to ${r.diffId}, not to its DiffID ${diffId} (docker save would fail)`);
+  } catch (e) {
+    if (e instanceof TarSplitFileError) problems.push(`${layer}: file ${e.file}: ${e.message.slice(e.message.indexOf(e.file) + e.file.length).replace(/^:?\s*/, '')}`);
+    else problems.push((e as Error).message);
+    return problems;
+  }
+  // Whiteouts and opaque markers, which carry no content in the tar.
+  if (files.inspect) {
+    for await (const e of readTarSplit(tarSplit, layer)) {
+      if (e.type !== FILE) continue;
+      const name = e.name.toString('utf8');
+      const p = inLayer(name);
+      if (p === undefined) continue;
+      const base = p.slice(p.lastIndexOf('/') + 1);
+      const dir = p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '';
+      if (base === WHITEOUT_OPAQUE) {
+        const k = await files.inspect(Buffer.from(dir ? `${diff}/${dir}` : diff));
+        if (k.kind !== 'directory' || !k.opaque) problems.push(`${layer}: ${dir || '.'} must be an opaque directory (trusted.overlay.opaque=y) for ${name}`);
+      } else if (base.startsWith(WHITEOUT_PREFIX)) {
+        const target = (dir ? `${dir}/` : '') + base.slice(WHITEOUT_PREFIX.length);
+        const k = await files.inspect(Buffer.from(`${diff}/${target}`));
+        if (k.kind !== 'char-device' || k.rdev?.major !== 0 || k.rdev?.minor !== 0) {
+          problems.push(`${layer}: ${target} must be a whiteout (character device 0/0) for ${name}, found ${k.kind}`);
+        }
+      }
+      if (problems.length >= MAX_PROBLEMS_PER_LAYER) break;
+    }
+  }
+  return problems;
+}
+
+/**
+ * Checks a bundle: configs against IDs (BundleSource.open already refuses mismatches), then
+ * each layer's content rebuilt from its tar-split and its diff entries.
+ */
+export async function verifyBundle(bundle: BundleSource, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const problems: string[] = [];
+  const manifest = bundle.getManifest();
+  const images = await bundle.images();
+  const selected = options.images && options.images.length > 0 ? selectImages(options.images, images, bundle.description) : images;
+  const wanted = new Set(selected.flatMap((i) => i.chainIds));
+  const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-verify-'));
+  let layers = 0;
+  try {
+    for (const l of manifest.layers) {
+      if (!wanted.has(l.chainId)) continue;
+      layers++;
+      const expect = l.parent ? sha256Digest(`${l.parent} ${l.diffId}`) : l.diffId;
+      if (expect !== l.chainId) problems.push(`layer ${l.chainId}: its DiffID and parent make the ChainID ${expect}`);
+      const meta = await bundle.layer(l.chainId);
+      const dir = path.join(scratch, l.chainId.slice(7));
+      await fs.mkdir(dir);
+      // Spool regular files (tar order may differ from the bundle's), remember whiteouts and opaque dirs.
+      const kinds = new Map<string, FileKind>();
+      const fileOf = new Map<string, string>();
+      let n = 0;
+      for await (const { entry, content } of bundle.layerItems(l.chainId)) {
+        if (entry.kind === 'file' && content) {
+          const f = path.join(dir, String(n++));
+          await pipeline(Readable.from(content), createWriteStream(f));
+          fileOf.set(entry.path, f);
+          kinds.set(entry.path, { kind: 'file' });
+        } else if (entry.kind === 'hardlink' && entry.linkTarget !== undefined) {
+          const f = fileOf.get(entry.linkTarget);
+          if (f) fileOf.set(entry.path, f);
+          kinds.set(entry.path, { kind: 'file' });
+        } else if (entry.kind === 'char-device') {
+          kinds.set(entry.path, { kind: 'char-device', rdev: { major: entry.devMajor ?? 0, minor: entry.devMinor ?? 0 } });
+        } else if (entry.kind === 'directory') {
+          kinds.set(entry.path, { kind: 'directory', opaque: entry.xattrs.some((x) => x.name === 'trusted.overlay.opaque' && x.value.toString('latin1') === 'y') });
+        } else {
+          kinds.set(entry.path, { kind: entry.kind === 'symlink' ? 'symlink' : 'other' });
+        }
+      }
+      if (!meta.tarSplit) {
+        problems.push(`layer ${l.chainId}: the bundle carries no tar-split for it (docker save and push of it would fail)`);
+      } else {
+        const access: LayerFileAccess = {
+          open: (rel) => {
+            const p = rel.toString('utf8').replace(/^diff\/?/, '') || '.';
+            const f = fileOf.get(p);
+            if (!f) throw new Error('no such file in the bundle');
+            return createReadStream(f) as AsyncIterable<Buffer>;
+          },
+          inspect: async (rel) => kinds.get(rel.toString('utf8').replace(/^diff\/?/, '') || '.') ?? { kind: 'missing' },
+        };
+        options.progress?.(`rebuilding layer ${l.chainId}`);
+        problems.push(...(await checkLayerContent(l.chainId, l.diffId, meta.tarSplit, 'diff', access)));
+      }
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+    await bundle.drain();
+  } catch (e) {
+    problems.push((e as Error).message);
+  } finally {
+    await fs.rm(scratch, { recursive: true, force: true });
+  }
+  return { target: bundle.description, images: selected.length, layers, problems, ok: problems.length === 0 };
+}
