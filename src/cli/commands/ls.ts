@@ -1,33 +1,8 @@
 /** transplant ls: the images a directory, bundle or disk image holds. */
 import { formatBytes } from '../../inject/inject.js';
-import { isSupervisorImage } from '../../selection/select.js';
-import type { ImageSource } from '../../sources/source.js';
+import { listImages, type ImageListing } from '../../sources/listing.js';
 import { openSource, sniff } from '../open-source.js';
 import type { Output } from '../output.js';
-
-export interface ImageListing {
-  id: string;
-  references: string[];
-  architecture: string;
-  os: string;
-  size: number;
-  layers: number;
-  supervisor: boolean;
-}
-
-export async function listImages(source: ImageSource): Promise<ImageListing[]> {
-  const out: ImageListing[] = [];
-  const sizes = new Map<string, number>();
-  for (const img of await source.images()) {
-    let size = 0;
-    for (const chainId of img.chainIds) {
-      if (!sizes.has(chainId)) sizes.set(chainId, (await source.layer(chainId)).size);
-      size += sizes.get(chainId) as number;
-    }
-    out.push({ id: img.id, references: img.references, architecture: img.architecture, os: img.os, size, layers: img.chainIds.length, supervisor: isSupervisorImage(img) });
-  }
-  return out;
-}
 
 export function formatListing(images: readonly ImageListing[]): string {
   if (images.length === 0) return '(no images)';
