@@ -10,7 +10,6 @@ import { extractCommand } from './commands/extract.js';
 import { injectCommand, type InjectCommandOptions } from './commands/inject.js';
 import { preloadCommand, type PreloadOptions } from './commands/preload.js';
 import { lsCommand } from './commands/ls.js';
-import { verifyCommand } from './commands/verify.js';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
@@ -40,13 +39,18 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
   program
     .command('extract')
     .description('Copy images from an engine data root (or a bundle) into a bundle file.')
-    .requiredOption('--from <source>', 'an engine data root, a directory holding one as docker/ or var/lib/docker/, or a bundle')
+    .requiredOption(
+      '--from <source>',
+      "an engine data root (or a directory holding one as docker/ or var/lib/docker/), a tarball of one (.tar, .tar.gz, .tar.zst; '-' for standard input), a bundle, or a device: ssh://[user@]host[:port][/engine-root]",
+    )
+    .option('--identity <key-file>', 'with --from ssh://…: the private key to log in with (default: the ssh-agent, then ~/.ssh/id_*)')
+    .option('--insecure-host-key', 'with --from ssh://…: do not check the host key against ~/.ssh/known_hosts')
     .option('--image <ref-or-id>', 'an image to take: name[:tag], name@sha256:<digest>, an image ID or a unique ID prefix (12+ hex); repeatable', collect, [])
     .option('--apps <file>', 'also take every service image of the first release of every app in this apps.json / device state')
     .option('-o, --output <bundle>', "the bundle file to write ('-' for standard output)")
     .option('--dry-run', 'print what would go into the bundle and write nothing')
     .option('--json', 'print results as JSON')
-    .action(async (opts: { from: string; image: string[]; apps?: string; output?: string; dryRun?: boolean; json?: boolean }) => {
+    .action(async (opts: { from: string; image: string[]; apps?: string; output?: string; dryRun?: boolean; json?: boolean; identity?: string; insecureHostKey?: boolean }) => {
       await run((out) => extractCommand(opts, out), opts.json);
     });
 
@@ -75,16 +79,6 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .option('--json', 'print the listing as JSON')
     .action(async (target: string, opts: { json?: boolean }) => {
       await run((out) => lsCommand(target, opts, out), opts.json);
-    });
-
-  program
-    .command('verify')
-    .description('Check an engine data root, resin-data, balenaOS disk image or bundle as the engine would use it: configs, layer metadata, links, and every layer rebuilt and hashed against its DiffID.')
-    .argument('<target>', 'an engine data root or resin-data directory, a disk image, or a bundle')
-    .option('--image <ref-or-id>', 'check only these images and their layers; repeatable', collect, [])
-    .option('--json', 'print the report as JSON')
-    .action(async (target: string, opts: { image: string[]; json?: boolean }) => {
-      await run((out) => verifyCommand(target, opts, out), opts.json);
     });
 
   return program;

@@ -19,11 +19,14 @@ export interface ExtractOptions {
   output?: string;
   dryRun?: boolean;
   json?: boolean;
+  /** --from ssh://…: private key file, and whether to skip the known_hosts check. */
+  identity?: string;
+  insecureHostKey?: boolean;
 }
 
 export async function extractCommand(opts: ExtractOptions, out: Output): Promise<void> {
   if (!opts.output && !opts.dryRun) throw new UsageError('extract needs --output <bundle> (or --dry-run)');
-  const source = await openSource(opts.from);
+  const source = await openSource(opts.from, { identity: opts.identity, insecureHostKey: opts.insecureHostKey });
   try {
     const all = await source.images();
     if (opts.image.length === 0 && !opts.apps) {
