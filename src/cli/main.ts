@@ -10,6 +10,7 @@ import { extractCommand } from './commands/extract.js';
 import { injectCommand, type InjectCommandOptions } from './commands/inject.js';
 import { preloadCommand, type PreloadOptions } from './commands/preload.js';
 import { lsCommand } from './commands/ls.js';
+import { verifyCommand } from './commands/verify.js';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
@@ -79,6 +80,16 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .option('--json', 'print the listing as JSON')
     .action(async (target: string, opts: { json?: boolean }) => {
       await run((out) => lsCommand(target, opts, out), opts.json);
+    });
+
+  program
+    .command('verify')
+    .description('Check an engine data root, resin-data, balenaOS disk image or bundle as the engine would use it: configs, layer metadata, links, and every layer rebuilt and hashed against its DiffID.')
+    .argument('<target>', 'an engine data root or resin-data directory, a disk image, or a bundle')
+    .option('--image <ref-or-id>', 'check only these images and their layers; repeatable', collect, [])
+    .option('--json', 'print the report as JSON')
+    .action(async (target: string, opts: { image: string[]; json?: boolean }) => {
+      await run((out) => verifyCommand(target, opts, out), opts.json);
     });
 
   return program;
