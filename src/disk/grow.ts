@@ -4,15 +4,10 @@ import { spawnSync } from 'node:child_process';
 
 const CHUNK = 1024 * 1024;
 
+const ZERO = Buffer.alloc(CHUNK);
+
 function isZero(buf: Buffer, length: number): boolean {
-  for (let i = 0; i < length; i += 8) {
-    if (i + 8 <= length) {
-      if (buf.readBigUInt64LE(i) !== 0n) return false;
-    } else {
-      for (let k = i; k < length; k++) if (buf[k] !== 0) return false;
-    }
-  }
-  return true;
+  return buf.compare(ZERO, 0, length, 0, length) === 0;
 }
 
 /**

@@ -2,7 +2,6 @@
  * Typed view of the parts of the `ext2fs` npm package (balena's WASM build of
  * libext2fs) this project uses. The package ships no type definitions.
  */
-import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 
 export interface Ext2Stats {
@@ -77,34 +76,6 @@ export function openExt2(fs: Ext2Fs, path: string, flags: number, mode: number):
 }
 export function inodeNumberOf(fd: number): Promise<number> {
   return binding.stat_ino(fd);
-}
-
-/**
- * A disk for the binding made of synchronous positional I/O on one file
- * descriptor: about six times faster than file-disk's FileDisk here.
- */
-export function syncFileDisk(fd: number): Ext2Disk {
-  return {
-    async read(buf, bufOffset, length, position) {
-      let done = 0;
-      while (done < length) {
-        const n = fs.readSync(fd, buf, bufOffset + done, length - done, position + done);
-        if (n === 0) {
-          buf.fill(0, bufOffset + done, bufOffset + length);
-          break;
-        }
-        done += n;
-      }
-      return { bytesRead: length, buffer: buf };
-    },
-    async write(buf, bufOffset, length, position) {
-      let done = 0;
-      while (done < length) done += fs.writeSync(fd, buf, bufOffset + done, length - done, position + done);
-      return { bytesWritten: length, buffer: buf };
-    },
-    async discard() {},
-    async flush() {},
-  };
 }
 
 export function errnoCode(err: unknown): string | undefined {

@@ -3,11 +3,12 @@ import * as path from 'node:path';
 import type { LayerEntry } from '../layer/entry.js';
 import type { FreeSpace, TreeWriter } from './tree-writer.js';
 import {
-  errnoCode, inodeNumberOf, mountExt2, openExt2, syncFileDisk, umountExt2,
+  errnoCode, inodeNumberOf, mountExt2, openExt2, umountExt2,
   O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_TRUNC, O_WRONLY,
   type Ext2Fs, type Ext2Promises,
 } from '../ext4/ext2fs-binding.js';
 import { ImageFile } from '../ext4/image-file.js';
+import { CachedFileDisk } from '../ext4/cached-disk.js';
 import { Ext4Records } from '../ext4/fs-records.js';
 import { applyInodeEdit, inodeXattrRoom, type InodeEdit } from '../ext4/inode-edit.js';
 import { checkWritable, parseSuperblock, type Superblock } from '../ext4/superblock.js';
@@ -21,6 +22,8 @@ export interface Ext4TreeWriterOptions {
 
 /** The WASM heap of the binding is 16 MiB: a single larger write aborts it (see the ext4 doc). */
 const CHUNK = 1024 * 1024;
+/** Write-back cache under the binding (src/ext4/cached-disk.ts); TRANSPLANT_EXT4_CACHE_MB overrides (0: none). */
+const CACHE_BYTES = Number(process.env.TRANSPLANT_EXT4_CACHE_MB ?? '16') * 1024 * 1024;
 
 const KIND_MODE: Record<string, number> = {
   file: S_IFREG,
@@ -33,6 +36,7 @@ const KIND_MODE: Record<string, number> = {
 
 interface Session {
   fd: number;
+  disk: CachedFileDisk;
   fs: Ext2Fs;
   p: Ext2Promises;
 }
@@ -76,8 +80,9 @@ export class Ext4TreeWriter implements TreeWriter {
       const sb = this.readSb(fd);
       checkWritable(sb, this.description);
       this.inodeSize = sb.inodeSize;
-      const fsys = await mountExt2(syncFileDisk(fd), this.fsOffset);
-      this.session = { fd, fs: fsys, p: fsys.promises };
+      const disk = new CachedFileDisk(fd, CACHE_BYTES);
+      const fsys = await mountExt2(disk, this.fsOffset);
+      this.session = { fd, disk, fs: fsys, p: fsys.promises };
       return this.session;
     } catch (err) {
       fs.closeSync(fd);
@@ -100,6 +105,7 @@ export class Ext4TreeWriter implements TreeWriter {
     this.session = undefined;
     try {
       await umountExt2(s.fs);
+      s.disk.flushSync();
       this.applyEdits(s.fd);
       fs.fsyncSync(s.fd);
     } finally {
