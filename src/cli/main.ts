@@ -23,6 +23,11 @@ function targetOptions(command: Command): Command {
     .option('--output <image>', 'with --disk: write the result here and leave the input image untouched')
     .option('--apps <file>', 'write this target state as apps.json at the root of resin-data (a v3 apps.json, the API device state or the dashboard copy), after checking every service image will resolve')
     .option('--pin-device', 'set pinDevice in apps.json')
+    .option('--static-ip <address/prefix[,gateway]>', 'a static address for the device (a NetworkManager keyfile in resin-boot/system-connections/); one per IP family', collect, [])
+    .option('--interface <name>', 'with --static-ip: the interface (default eth0)')
+    .option('--dns <address>', 'with --static-ip: a DNS server; repeatable', collect, [])
+    .option('--network-file <keyfile>', 'a NetworkManager keyfile to put into resin-boot/system-connections/ (checked first)')
+    .option('--resin-boot <dir>', 'a mounted resin-boot partition for the network settings (with --disk, the image\'s own is written)')
     .option('--force', 'write even though an engine seems to be running on the target')
     .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing')
     .option('--json', 'print results as JSON');

@@ -9,6 +9,9 @@ import { findLiveEngine } from '../../targets/live-engine.js';
 import { HostTreeWriter } from '../../targets/host-fs.js';
 import type { TreeWriter } from '../../targets/tree-writer.js';
 import { openSource } from '../open-source.js';
+import { bootLocation, writeSystemConnection, type BootLocation } from '../../balena/boot-partition.js';
+import { checkKeyfile, staticIpKeyfile } from '../../balena/network.js';
+import { archMatches, platformOf } from '../../balena/arch.js';
 import { readApps, referencesForApps, writeApps } from '../../preload/apps.js';
 import type { AppsJson } from '../../balena/apps-json.js';
 import { LayerProgressLine } from '../progress.js';
@@ -27,6 +30,11 @@ export interface InjectCommandOptions extends TargetOptions {
   image: string[];
   apps?: string;
   pinDevice?: boolean;
+  staticIp?: string[];
+  interface?: string;
+  dns?: string[];
+  networkFile?: string;
+  resinBoot?: string;
   dryRun?: boolean;
   json?: boolean;
 }
@@ -37,6 +45,10 @@ export interface OpenTarget {
   /** The engine data root inside the writer's root. */
   prefix: string;
   beforeWrite?: (plan: InjectPlan) => Promise<void>;
+  /** The device type of a disk image (resin-boot's device-type.json). */
+  device?: { arch: string; slug: string };
+  /** Where resin-boot is written (the disk image's work copy), for network keyfiles. */
+  boot?: BootLocation;
   commit(): Promise<void>;
   abort(): Promise<void>;
 }
@@ -56,11 +68,14 @@ export async function openTarget(opts: TargetOptions): Promise<OpenTarget> {
   if (given.length !== 1) throw new UsageError('give exactly one target: --resin-data <dir>, --engine-root <dir> or --disk <image>');
   if (opts.output && !opts.disk) throw new UsageError('--output goes with --disk');
   if (opts.disk) {
-    const { openDiskTarget } = await import('../../disk/disk-target.js');
+    const { openDiskTarget, readDeviceArch } = await import('../../disk/disk-target.js');
+    const device = await readDeviceArch(opts.disk);
     const disk = await openDiskTarget(opts.disk, { output: opts.output });
     return {
       writer: disk.writer,
       prefix: 'docker',
+      device,
+      boot: await bootLocation(disk.workPath),
       beforeWrite: async (plan) => {
         await disk.ensureRoom(plan.bytes, plan.inodes);
       },
@@ -79,6 +94,19 @@ export async function openTarget(opts: TargetOptions): Promise<OpenTarget> {
   }
   const writer = new HostTreeWriter(dir);
   return { writer, prefix, commit: () => writer.close(), abort: () => writer.close() };
+}
+
+/** Refuses images a device of this type cannot run, unless --force. */
+function checkArchitecture(images: readonly SourceImage[], device: { arch: string; slug: string }, force: boolean, out: Output): void {
+  for (const image of images) {
+    const platform = platformOf(image.config);
+    const ok = archMatches(device.arch, platform);
+    const what = `${image.references[0] ?? image.id.slice(7, 19)} is ${platform.architecture}${platform.variant ? `/${platform.variant}` : ''}, the image is for ${device.slug} (${device.arch})`;
+    if (ok === false) {
+      if (!force) throw new Error(`${what}: the device could not run it; pass --force to inject it anyway`);
+      out.warn(what);
+    } else if (ok === undefined) out.warn(`unknown device architecture ${device.arch}; not checking ${image.references[0] ?? image.id}`);
+  }
 }
 
 export function describePlan(plan: InjectPlan): string {
@@ -111,18 +139,52 @@ export function planJson(plan: InjectPlan): unknown {
   };
 }
 
+/** The NetworkManager keyfile the options ask for, checked before anything is written. */
+async function keyfileFrom(opts: InjectCommandOptions): Promise<{ fileName: string; content: string } | undefined> {
+  const staticIp = opts.staticIp ?? [];
+  if (staticIp.length > 0 && opts.networkFile) throw new UsageError('give --static-ip or --network-file, not both');
+  if (staticIp.length === 0 && !opts.networkFile) {
+    if (opts.interface || (opts.dns ?? []).length > 0) throw new UsageError('--interface and --dns go with --static-ip');
+    return undefined;
+  }
+  if (!opts.resinBoot && !opts.disk) throw new UsageError('network settings go into resin-boot: give --resin-boot <dir> or --disk <image>');
+  if (opts.networkFile) {
+    let text: string;
+    try {
+      text = await fs.readFile(opts.networkFile, 'utf8');
+    } catch {
+      throw new Error(`--network-file ${opts.networkFile}: cannot read it`);
+    }
+    return checkKeyfile(text, opts.networkFile);
+  }
+  return staticIpKeyfile({ specs: staticIp, interfaceName: opts.interface, dns: opts.dns });
+}
+
 export async function injectFrom(source: ImageSource, images: SourceImage[], opts: InjectCommandOptions, out: Output, apps?: AppsJson): Promise<void> {
   if (apps && opts.engineRoot) throw new UsageError('--apps writes apps.json at the root of resin-data: use --resin-data or --disk');
+  if (opts.resinBoot && opts.disk) throw new UsageError('--resin-boot goes with --resin-data or --engine-root; with --disk, resin-boot inside the image is written');
+  const keyfile = await keyfileFrom(opts);
+  const resinBoot = opts.resinBoot ? await bootLocation(opts.resinBoot) : undefined;
   const target = await openTarget(opts);
   let done = false;
   try {
+    if (target.device) checkArchitecture(images, target.device, opts.force === true, out);
+    const boot = resinBoot ?? target.boot;
+    const finish = async (writer: TreeWriter): Promise<void> => {
+      if (apps) await writeApps(writer, apps);
+      if (keyfile && boot) {
+        await writeSystemConnection(boot, keyfile);
+        network = `${boot.kind === 'directory' ? boot.path : 'resin-boot'}/system-connections/${keyfile.fileName}`;
+      }
+    };
+    let network: string | undefined;
     const result = await injectImages(source, images, target.writer, target.prefix, {
       dryRun: opts.dryRun,
       progress: new LayerProgressLine('inject'),
       warn: (m) => out.warn(m),
       beforeWrite: target.beforeWrite,
       extraReferences: apps ? (store) => referencesForApps(apps, images, store) : undefined,
-      finish: apps ? (writer) => writeApps(writer, apps) : undefined,
+      finish: apps || keyfile ? finish : undefined,
     });
     if (opts.dryRun) {
       await target.abort();
@@ -133,10 +195,11 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
     await target.commit();
     done = true;
     const copied = result.plan.layers.filter((l) => l.action === 'copy').length;
-    out.data({ ...(planJson(result.plan) as object), changed: result.changed }, () =>
-      result.changed
+    const extras = [apps ? 'apps.json written' : '', network ? `network settings in ${network}` : ''].filter(Boolean);
+    out.data({ ...(planJson(result.plan) as object), changed: result.changed, appsJson: apps !== undefined, network }, () =>
+      (result.changed
         ? `injected ${images.length} images into ${target.writer.description}: ${copied} layers copied, ${result.plan.layers.length - copied} reused, ${result.plan.references.added.length} references added`
-        : `nothing to do: ${target.writer.description} already holds every image and reference`,
+        : `${target.writer.description} already holds every image and reference`) + (extras.length > 0 ? `; ${extras.join('; ')}` : ''),
     );
   } finally {
     if (!done) await target.abort();
