@@ -11,7 +11,8 @@
  * from 0. Disassembly (tar/asm/disassemble.go): before each file entry, one segment with the
  * raw bytes read since the previous entry (the previous content's padding, then every header
  * block including pax/GNU extension headers); at the end one segment with the last padding
- * and the end-of-archive blocks, then one segment with whatever follows (even when nothing does).
+ * and the end-of-archive blocks, then whatever follows in segments of at most 1 MiB (one per
+ * read), then an empty segment (the read that returned EOF).
  * Assembly (tar/asm/assemble.go) writes segments verbatim and, for each file entry with a
  * size, the file's bytes, checking their CRC.
  */
@@ -377,6 +378,8 @@ export function cleanTarPath(p: string): string {
   return s === '' ? '.' : s;
 }
 
+const PADDING_CHUNK = 1 << 20; // disassemble.go paddingChunkSize
+
 export interface DisassembleResult {
   /** tar-split.json.gz bytes. */
   tarSplit: Buffer;
@@ -447,13 +450,14 @@ export async function disassembleTar(
       }
       w.file(rawTarName(entry.headerBytes), h.size, crc?.digest());
     }
-    // End of archive: the last padding and the zero blocks in one segment, then the rest in
-    // one more segment, written even when empty (the tar-split vendored by moby 20.10 and
-    // balena-engine reads the remainder with ioutil.ReadAll; newer tar-split uses 1 MiB chunks).
+    // End of archive: the last padding and the zero blocks in one segment; then what follows,
+    // one segment per read of at most 1 MiB, and the empty segment of the read that hit EOF
+    // (disassemble.go adds every read's bytes, even none, until io.EOF).
     const trailer = parser.trailer;
     const endBlocks = Math.min(trailer.length, 2 * BLOCK);
     w.segment(Buffer.concat([parser.lastPadding, trailer.subarray(0, endBlocks)]));
-    w.segment(trailer.subarray(endBlocks), true);
+    for (let off = endBlocks; off < trailer.length; off += PADDING_CHUNK) w.segment(trailer.subarray(off, off + PADDING_CHUNK));
+    w.segment(Buffer.alloc(0), true);
     const { diffId, bytes } = hashed.result();
     return { tarSplit: await w.finish(), diffId, bytes };
   } finally {
