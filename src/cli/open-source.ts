@@ -8,11 +8,12 @@ import { BundleSource } from '../bundle/read.js';
 import { MANIFEST_NAME } from '../bundle/format.js';
 import { EngineRootSource } from '../sources/engine-root.js';
 import { RootfsTarballSource } from '../sources/rootfs-tarball.js';
+import { DockerArchiveSource, isImageArchiveDir, isImageArchiveEntry } from '../sources/docker-archive.js';
 import type { ImageSource } from '../sources/source.js';
 import { TarParser } from '../tar/parse.js';
 import { decompressHead } from '../stream/decompress.js';
 
-export type SourceKind = 'engine-root' | 'bundle' | 'data-root-tarball' | 'device' | 'disk-image' | 'unknown';
+export type SourceKind = 'engine-root' | 'bundle' | 'docker-archive' | 'data-root-tarball' | 'device' | 'disk-image' | 'unknown';
 
 export interface OpenSourceOptions {
   /** ssh://: a private key file (else the ssh-agent of SSH_AUTH_SOCK, else ~/.ssh/id_*). */
@@ -67,7 +68,8 @@ async function tarKind(head: Buffer): Promise<SourceKind> {
   try {
     const first = await parser.next();
     if (!first) return 'unknown';
-    return first.header.name === MANIFEST_NAME ? 'bundle' : 'data-root-tarball';
+    if (first.header.name === MANIFEST_NAME) return 'bundle';
+    return isImageArchiveEntry(first.header.name) ? 'docker-archive' : 'data-root-tarball';
   } catch {
     // A header cut off by the end of the head (a long pax record) still means tar.
     return plain.length >= 512 && plain.toString('latin1', 257, 262) === 'ustar' ? 'data-root-tarball' : 'unknown';
@@ -87,7 +89,7 @@ export async function sniff(file: string): Promise<SourceKind> {
     } catch {
       throw new Error(`${file}: no such file or directory`);
     }
-    if (st.isDirectory()) return 'engine-root';
+    if (st.isDirectory()) return (await isImageArchiveDir(file)) ? 'docker-archive' : 'engine-root';
     const fh = await fs.open(file, 'r');
     try {
       const buf = Buffer.alloc(HEAD);
@@ -110,6 +112,8 @@ export async function openSource(file: string, options: OpenSourceOptions = {}):
       return EngineRootSource.open(file);
     case 'bundle':
       return BundleSource.open(file);
+    case 'docker-archive':
+      return DockerArchiveSource.open(file);
     case 'data-root-tarball':
       return RootfsTarballSource.open(file);
     case 'device': {
@@ -120,7 +124,7 @@ export async function openSource(file: string, options: OpenSourceOptions = {}):
       throw new Error(`${file} is a disk image; use it as a target (--disk) or list it with transplant ls`);
     default:
       throw new Error(
-        `${file === '-' ? 'standard input' : file} is neither an engine data root directory, a transplant bundle, nor a tarball of a data root (.tar, .tar.gz, .tar.zst)`,
+        `${file === '-' ? 'standard input' : file} is neither an engine data root directory, a transplant bundle, a docker save / OCI image archive, nor a tarball of a data root (.tar, .tar.gz, .tar.zst)`,
       );
   }
 }

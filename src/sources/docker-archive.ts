@@ -12,12 +12,11 @@
  * make the layer's tar-split and check its DiffID (layer()), once to write its files
  * (layerItems()), each converted to overlay2's diff/ form the way `docker load` does.
  */
-import { spawn } from 'node:child_process';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import { decompress, detectCompression, type Compression } from '../stream/decompress.js';
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds as chainIdsOf, isDigest, sha256Digest } from '../engine/digest.js';
 import { cleanTarPath, disassembleTar, hashing } from '../engine/tar-split.js';
@@ -64,40 +63,19 @@ async function peek(stream: AsyncIterable<Buffer>, n: number): Promise<{ head: B
   };
 }
 
-function gunzip(stream: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
-  const z = createGunzip();
-  pipeline(Readable.from(stream), z, () => undefined);
-  return fromReadable(z);
-}
-
-/** zstd through the zstd command (Debian package zstd), streamed. */
-async function* unzstd(stream: AsyncIterable<Buffer>, where: string): AsyncGenerator<Buffer> {
-  const child = spawn('zstd', ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')).slice(-2000));
-  const exited = new Promise<number>((resolve, reject) => {
-    child.once('error', (e: NodeJS.ErrnoException) =>
-      reject(new Error(e.code === 'ENOENT' ? `${where} is zstd-compressed and the zstd command is not installed: install zstd` : `${where}: cannot run zstd (${e.message})`)),
-    );
-    child.once('close', (code) => resolve(code ?? 1));
-  });
-  exited.catch(() => undefined);
-  pipeline(Readable.from(stream), child.stdin, () => undefined);
-  try {
-    for await (const c of child.stdout) yield c as Buffer;
-  } finally {
-    if (child.exitCode === null) child.kill();
-  }
-  const code = await exited;
-  if (code !== 0) throw new Error(`${where}: zstd cannot decompress it (${stderr.trim().split('\n').pop() ?? `exit ${code}`})`);
-}
-
-/** A blob as an uncompressed stream: gzip and zstd are recognised by their magic bytes. */
+/** A blob as an uncompressed stream: gzip, zstd (and xz, bzip2) recognised by their magic bytes. */
 export async function decompressed(stream: AsyncIterable<Buffer>, where: string): Promise<AsyncIterable<Buffer>> {
-  const p = await peek(stream, 4);
-  if (p.head.length >= 2 && p.head[0] === 0x1f && p.head[1] === 0x8b) return gunzip(p.stream);
-  if (p.head.length === 4 && p.head.readUInt32LE(0) === 0xfd2fb528) return unzstd(p.stream, where);
-  return p.stream;
+  const p = await peek(stream, 6);
+  const kind = detectCompression(p.head);
+  if (kind === 'none') return p.stream;
+  const inner = decompress(Readable.from(p.stream), kind);
+  return (async function* () {
+    try {
+      yield* inner;
+    } catch (err) {
+      throw new Error(`${where}: ${(err as Error).message}`);
+    }
+  })();
 }
 
 // ---- the archive's files -----------------------------------------------------------------
@@ -122,16 +100,20 @@ class TarFiles implements ArchiveFiles {
 
   private constructor(
     private readonly file: string,
-    private readonly gzipped: boolean,
+    private readonly compression: Compression,
   ) {}
 
-  private raw(): AsyncIterable<Buffer> {
-    const s = fromReadable(createReadStream(this.file, { highWaterMark: 1 << 20 }));
-    return this.gzipped ? gunzip(s) : s;
+  private get gzipped(): boolean {
+    return this.compression !== 'none';
   }
 
-  static async open(file: string, gzipped: boolean): Promise<TarFiles> {
-    const t = new TarFiles(file, gzipped);
+  private raw(): AsyncIterable<Buffer> {
+    return decompress(createReadStream(this.file, { highWaterMark: 1 << 20 }), this.compression);
+  }
+
+  static async open(file: string, compression: Compression): Promise<TarFiles> {
+    const t = new TarFiles(file, compression);
+    const gzipped = t.gzipped;
     const parser = new TarParser(t.raw());
     let cached = 0;
     try {
@@ -142,7 +124,7 @@ class TarFiles implements ArchiveFiles {
         const h = e.header;
         if (h.type === 'file') {
           t.index.set(name, { kind: 'file', offset: parser.position, size: h.size });
-          // Small files are kept when the archive cannot be read at an offset (gzip).
+          // Small files are kept when the archive cannot be read at an offset (compressed).
           if (gzipped && h.size <= SMALL && cached + h.size <= CACHE_LIMIT) {
             const data = await collect(e.content, SMALL, name);
             if (data[0] === 0x7b || data[0] === 0x5b || name === 'oci-layout') {
@@ -207,7 +189,7 @@ class TarFiles implements ArchiveFiles {
         if (got !== size) throw new Error(`${file}: ${name} is cut short (truncated archive)`);
       })();
     }
-    // A gzip stream has no offsets: decompress again up to the entry.
+    // A compressed stream has no offsets: decompress again up to the entry.
     const self = this;
     return (async function* () {
       const parser = new TarParser(self.raw());
@@ -267,6 +249,24 @@ class DirFiles implements ArchiveFiles {
       }
     })();
   }
+}
+
+// ---- recognising archives ------------------------------------------------------------------
+
+/**
+ * True for the first entry name of a docker save archive (`<64 hex>/`, `<64 hex>.json`,
+ * `manifest.json`, `repositories`) or an OCI layout tar (`blobs/`, `index.json`, `oci-layout`).
+ */
+export function isImageArchiveEntry(name: string): boolean {
+  const n = archiveName(name);
+  return /^[0-9a-f]{64}(\.json|\/.*)?$/.test(n) || /^(blobs(\/.*)?|index\.json|oci-layout|manifest\.json|repositories)$/.test(n);
+}
+
+/** True for a directory holding an OCI layout or an unpacked docker save archive (and no engine root). */
+export async function isImageArchiveDir(dir: string): Promise<boolean> {
+  const has = async (n: string): Promise<boolean> => fs.access(path.join(dir, n)).then(() => true, () => false);
+  if (await has('image/overlay2')) return false;
+  return (await has('oci-layout')) || ((await has('index.json')) && (await has('blobs'))) || (await has('manifest.json'));
 }
 
 // ---- manifests ---------------------------------------------------------------------------
@@ -348,13 +348,13 @@ export class DockerArchiveSource implements ImageSource {
       if (st.isDirectory()) files = await DirFiles.open(at);
       else {
         const fh = await fs.open(at, 'r');
-        const head = Buffer.alloc(2);
+        const head = Buffer.alloc(6);
         try {
-          await fh.read(head, 0, 2, 0);
+          await fh.read(head, 0, 6, 0);
         } finally {
           await fh.close();
         }
-        files = await TarFiles.open(at, head[0] === 0x1f && head[1] === 0x8b);
+        files = await TarFiles.open(at, detectCompression(head));
       }
       const source = new DockerArchiveSource(file === '-' ? 'standard input' : file, files, spool);
       await source.readManifests();
