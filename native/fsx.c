@@ -27,12 +27,12 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+/* "No such attribute": ENODATA on Linux (man 2 getxattr), ENOATTR on macOS. */
 #ifdef __APPLE__
-#ifndef ENODATA
-#define ENODATA ENOATTR
-#endif
+#define XATTR_MISSING ENOATTR
 #else
 #include <sys/sysmacros.h>
+#define XATTR_MISSING ENODATA
 #endif
 
 /* ---- errors ---------------------------------------------------------------- */
@@ -219,7 +219,7 @@ static bool not_supported(int err) {
 static int read_value(const char *path, const char *name, char **out, size_t *out_len) {
   for (;;) {
     ssize_t n = sys_lgetxattr(path, name, NULL, 0);
-    if (n < 0) return errno == ENODATA ? 0 : -1;
+    if (n < 0) return errno == XATTR_MISSING ? 0 : -1;
     char *buf = n > 0 ? malloc((size_t)n) : NULL;
     if (n > 0 && !buf) {
       errno = ENOMEM;
@@ -230,7 +230,7 @@ static int read_value(const char *path, const char *name, char **out, size_t *ou
       int err = errno;
       free(buf);
       if (err == ERANGE) continue;
-      if (err == ENODATA) return 0;
+      if (err == XATTR_MISSING) return 0;
       errno = err;
       return -1;
     }
