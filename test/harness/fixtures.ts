@@ -65,11 +65,12 @@ const DIR_NS_MTIME = '1600000000.987654321';
 const LINK_NS_MTIME = '1400000000.000000001';
 /** After 2038 (beyond a signed 32-bit time). */
 const FUTURE_MTIME = '4102444800.000000500';
-const LONG_DIR = 'data/long/' + 'a'.repeat(60);
+const LONG_DIR = 'long/' + 'a'.repeat(60);
 const LONG_NAME = 'b'.repeat(150) + '.txt';
-const LONG_LINK_TARGET = '../../' + 'c'.repeat(40) + '/' + 'd'.repeat(80) + '/target';
-const NON_ASCII_FILE = 'data/ünïcødé-名前.txt';
-const NON_ASCII_DIR = 'data/каталог';
+const LONG_LINK_DIR = 'c'.repeat(40) + '/' + 'd'.repeat(80);
+const LONG_LINK_TARGET = '../../' + LONG_LINK_DIR + '/target';
+const NON_ASCII_FILE = 'ünïcødé-名前.txt';
+const NON_ASCII_DIR = 'каталог';
 
 export const MARKER = (key: string): string => `transplant-marker-${key}`;
 
@@ -116,10 +117,87 @@ function sh(script: string, cwd: string): void {
   runOk('/bin/bash', ['-euo', 'pipefail', '-c', script], { cwd, timeoutMs: 120_000 });
 }
 
+const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * Shell lines (run as root in the staging dir) that make `dir` hold every kind of file and
+ * attribute a layer can carry. Used for the base layer (`data`) and for an upper layer
+ * added with ADD (`rich`), so that a layer the target does not share is just as rich.
+ */
+function richTreeScript(dir: string): string[] {
+  const p = (rel: string): string => q(`${dir}/${rel}`);
+  return [
+    `mkdir -p ${p('sub')} ${p('sgid-dir')} ${p('sticky-dir')} ${p(LONG_DIR)} ${p(NON_ASCII_DIR)} ${p(LONG_LINK_DIR)}`,
+    `: > ${p('empty')}`,
+    `printf 'hard linked content\\n' > ${p('hl-a')}`,
+    `ln ${p('hl-a')} ${p('hl-b')}`,
+    `ln ${p('hl-a')} ${p('sub/hl-c')}`,
+    `ln -s /etc/passwd ${p('abs-link')}`,
+    `ln -s ../etc/passwd ${p('rel-link')}`,
+    `ln -s /nonexistent/target ${p('dangling-link')}`,
+    `ln -s ${q(LONG_LINK_TARGET)} ${p('long-link')}`,
+    `printf 'long target\\n' > ${p(LONG_LINK_DIR + '/target')}`,
+    `printf 'xattrs\\n' > ${p('xattr-file')}`,
+    `setfattr -n user.color -v blue ${p('xattr-file')}`,
+    `setfattr -n user.binary -v 0x00ff10 ${p('xattr-file')}`,
+    `setfattr -n user.dir -v on ${p('sub')}`,
+    `printf '#!/bin/sh\\necho cap\\n' > ${p('cap-file')}`,
+    `chmod 0755 ${p('cap-file')}`,
+    `printf 'suid\\n' > ${p('suid')}`,
+    `chmod 4755 ${p('suid')}`,
+    `chmod 1777 ${p('sticky-dir')}`,
+    `printf 'big ids\\n' > ${p('bigid')}`,
+    `chown 100000:200000 ${p('bigid')}`,
+    `chown 70000:70001 ${p('sgid-dir')}`,
+    `chmod 2775 ${p('sgid-dir')}`,
+    `printf 'ns time\\n' > ${p('ns-time')}`,
+    `printf 'long\\n' > ${p(LONG_DIR + '/' + LONG_NAME)}`,
+    `printf 'non ascii\\n' > ${p(NON_ASCII_FILE)}`,
+    `printf 'файл\\n' > ${p(NON_ASCII_DIR + '/файл')}`,
+    `mkfifo ${p('fifo')}`,
+    `mknod ${p('dev-null')} c 1 3`,
+    `printf 'future\\n' > ${p('future')}`,
+    // Capabilities after the owner of cap-file is final: chown(2) clears them.
+    `setcap cap_net_raw+ep ${p('cap-file')}`,
+    `touch -d @${FUTURE_MTIME} ${p('future')}`,
+    `touch -d @${BASE_NS_MTIME} ${p('ns-time')} ${p('hl-a')}`,
+    `touch -h -d @${LINK_NS_MTIME} ${p('rel-link')}`,
+    // Directory times last (creating entries changes them).
+    `touch -d @${DIR_NS_MTIME} ${p('sub')}`,
+  ];
+}
+
+/** What richTreeScript promises, checked in a layer's diff dir snapshot. */
+function richTreeProblems(snap: Snapshot, dir: string, problems: string[]): void {
+  const e = (rel: string, what: string, ok: (r: FileRecord) => boolean): void =>
+    expectAttr(problems, snap, `${dir}/${rel}`, what, ok);
+  e('rel-link', 'relative symlink with ns mtime', (r) => r.link === '../etc/passwd' && r.mtime === LINK_NS_MTIME);
+  e('abs-link', 'absolute symlink', (r) => r.link === '/etc/passwd');
+  e('dangling-link', 'dangling symlink', (r) => r.link === '/nonexistent/target');
+  e('long-link', 'symlink target over 100 bytes', (r) => r.link === LONG_LINK_TARGET);
+  e('empty', 'empty file', (r) => r.type === 'f' && r.size === 0);
+  e('hl-a', 'hard link group of 3', (r) => r.nlink === 3 && r.mtime === BASE_NS_MTIME);
+  e('hl-b', 'hard link to hl-a', (r) => r.linkGroup === `${dir}/hl-a`);
+  e('sub/hl-c', 'hard link to hl-a', (r) => r.linkGroup === `${dir}/hl-a`);
+  e('xattr-file', 'user.* xattrs', (r) => r.xattrs.includes('user.color=0x626c7565') && r.xattrs.includes('user.binary=0x00ff10'));
+  e('sub', 'user.* xattr on a directory and ns dir mtime', (r) => r.xattrs.includes('user.dir=0x6f6e') && r.mtime === DIR_NS_MTIME);
+  e('cap-file', 'security.capability', (r) => r.xattrs.includes('security.capability=0x'));
+  e('suid', 'setuid mode', (r) => r.mode === '4755');
+  e('sgid-dir', 'setgid directory, uid/gid 70000:70001', (r) => r.mode === '2775' && r.uid === 70000 && r.gid === 70001);
+  e('sticky-dir', 'sticky directory', (r) => r.mode === '1777');
+  e('bigid', 'uid/gid above 65535', (r) => r.uid === 100000 && r.gid === 200000);
+  e('ns-time', 'nanosecond mtime', (r) => r.mtime === BASE_NS_MTIME);
+  e('future', 'mtime after 2038', (r) => r.mtime === FUTURE_MTIME);
+  e(`${LONG_DIR}/${LONG_NAME}`, 'path over 100 bytes', (r) => r.type === 'f');
+  e(NON_ASCII_FILE, 'non-ASCII name', (r) => r.type === 'f');
+  e(`${NON_ASCII_DIR}/файл`, 'non-ASCII directory', (r) => r.type === 'f');
+  e('fifo', 'FIFO', (r) => r.type === 'p');
+  e('dev-null', 'char device 1:3', (r) => r.type === 'c' && r.rdev === '1:3');
+}
+
 /** The base layer's files, prepared as root in a staging directory. */
 function stageBase(stage: string): void {
   fs.mkdirSync(stage, { recursive: true });
-  const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
   fs.mkdirSync(path.join(stage, 'bin'));
   fs.copyFileSync('/bin/busybox', path.join(stage, 'bin/busybox'));
   fs.chmodSync(path.join(stage, 'bin/busybox'), 0o755);
@@ -132,56 +210,57 @@ function stageBase(stage: string): void {
   }
   sh(
     [
-      'mkdir -p etc tmp root data/sub data/delete-dir/inner data/replace-me/sub data/sgid-dir data/sticky-dir',
-      `mkdir -p ${q(LONG_DIR)} ${q(NON_ASCII_DIR)} ${q('data/' + 'c'.repeat(40) + '/' + 'd'.repeat(80))}`,
+      'mkdir -p etc tmp root data/delete-dir/inner data/replace-me/sub',
       'chmod 1777 tmp',
       "printf 'root:x:0:0:root:/root:/bin/sh\\nbig:x:100000:200000::/tmp:/bin/sh\\n' > etc/passwd",
       "printf 'root:x:0:\\nbig:x:200000:\\n' > etc/group",
-      ': > data/empty',
       "printf 'hello\\n' > data/hello.txt",
-      "printf 'hard linked content\\n' > data/hl-a",
-      'ln data/hl-a data/hl-b',
-      'ln data/hl-a data/sub/hl-c',
-      'ln -s /etc/passwd data/abs-link',
-      'ln -s ../etc/passwd data/rel-link',
-      'ln -s /nonexistent/target data/dangling-link',
-      `ln -s ${q(LONG_LINK_TARGET)} data/long-link`,
-      `printf 'long target\\n' > ${q('data/' + 'c'.repeat(40) + '/' + 'd'.repeat(80) + '/target')}`,
-      "printf 'xattrs\\n' > data/xattr-file",
-      'setfattr -n user.color -v blue data/xattr-file',
-      'setfattr -n user.binary -v 0x00ff10 data/xattr-file',
-      'setfattr -n user.dir -v on data/sub',
-      "printf '#!/bin/sh\\necho cap\\n' > data/cap-file",
-      'chmod 0755 data/cap-file',
-      "printf 'suid\\n' > data/suid",
-      'chmod 4755 data/suid',
-      'chmod 2775 data/sgid-dir',
-      'chmod 1777 data/sticky-dir',
-      "printf 'big ids\\n' > data/bigid",
-      'chown 100000:200000 data/bigid',
-      'chown 70000:70001 data/sgid-dir',
-      'chmod 2775 data/sgid-dir',
-      "printf 'ns time\\n' > data/ns-time",
-      `printf 'long\\n' > ${q(LONG_DIR + '/' + LONG_NAME)}`,
-      `printf 'non ascii\\n' > ${q(NON_ASCII_FILE)}`,
-      `printf 'файл\\n' > ${q(NON_ASCII_DIR + '/файл')}`,
-      'mkfifo data/fifo',
-      'mknod data/dev-null c 1 3',
       "printf 'delete me\\n' > data/delete-me",
       "printf 'inner\\n' > data/delete-dir/inner/file",
       "printf 'old 1\\n' > data/replace-me/old-1",
       "printf 'old 2\\n' > data/replace-me/sub/old-2",
-      // Capabilities last among the attribute changes of cap-file: chown clears them.
-      'setcap cap_net_raw+ep data/cap-file',
-      "printf 'future\\n' > data/future",
-      `touch -d @${FUTURE_MTIME} data/future`,
-      `touch -d @${BASE_NS_MTIME} data/ns-time data/hl-a`,
-      `touch -h -d @${LINK_NS_MTIME} data/rel-link`,
-      // Directory times last (creating entries changes them).
-      `touch -d @${DIR_NS_MTIME} data/sub`,
+      ...richTreeScript('data'),
     ].join('\n'),
     stage,
   );
+}
+
+/**
+ * An image made of the base layer and a second layer as rich as the base one, loaded with
+ * `docker load` from an archive written here (manifest.json, config, layer tars). The
+ * engine applies a loaded layer with the same code as an import (pkg/archive
+ * createTarFile), which keeps ns times and every xattr; a builder ADD loses both.
+ */
+function loadRichImage(d: Dockerd, work: string, baseTar: string, ref: string, key: string): void {
+  const stage = path.join(work, 'rich-stage');
+  const archive = path.join(work, 'rich-image');
+  fs.mkdirSync(stage, { recursive: true });
+  fs.mkdirSync(path.join(archive, 'base'), { recursive: true });
+  fs.mkdirSync(path.join(archive, 'rich'), { recursive: true });
+  sh(['mkdir rich', ...richTreeScript('rich')].join('\n'), stage);
+  const richTar = path.join(archive, 'rich', 'layer.tar');
+  runOk('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '--sort=name', '-C', stage, '-cf', richTar, 'rich']);
+  fs.rmSync(stage, { recursive: true, force: true });
+  fs.copyFileSync(baseTar, path.join(archive, 'base', 'layer.tar'));
+  const sha = (f: string): string => 'sha256:' + runOk('sha256sum', [f]).stdout.slice(0, 64);
+  const [arch, osName] = d.docker(['image', 'inspect', '--format', '{{.Architecture}} {{.Os}}', 'fixture/base:latest']).trim().split(' ');
+  const config = JSON.stringify({
+    architecture: arch,
+    os: osName,
+    config: { Cmd: ['/bin/sh', '-c', `echo ${MARKER(key)}`] },
+    rootfs: { type: 'layers', diff_ids: [sha(baseTar), sha(richTar)] },
+  });
+  const configName = createHash('sha256').update(config).digest('hex') + '.json';
+  fs.writeFileSync(path.join(archive, configName), config);
+  fs.writeFileSync(
+    path.join(archive, 'manifest.json'),
+    JSON.stringify([{ Config: configName, RepoTags: [ref], Layers: ['base/layer.tar', 'rich/layer.tar'] }]),
+  );
+  const tarball = path.join(work, 'rich-image.tar');
+  runOk('tar', ['-C', archive, '-cf', tarball, '.']);
+  d.docker(['load', '-q', '-i', tarball], { timeoutMs: 300_000 });
+  fs.rmSync(archive, { recursive: true, force: true });
+  fs.rmSync(tarball);
 }
 
 function dockerfile(from: string, runs: string[], key: string): string {
@@ -224,27 +303,9 @@ export function fixtureAttributeProblems(sourceRoot: string, images: Fixtures['i
   const e = (p: string, what: string, ok: (r: FileRecord) => boolean): void => expectAttr(problems, base, p, what, ok);
   e('bin/busybox', 'regular file 0755', (r) => r.type === 'f' && r.mode === '0755');
   e('bin/sh', 'absolute symlink', (r) => r.type === 'l' && r.link === '/bin/busybox');
-  e('data/rel-link', 'relative symlink with ns mtime', (r) => r.link === '../etc/passwd' && r.mtime === LINK_NS_MTIME);
-  e('data/abs-link', 'absolute symlink', (r) => r.link === '/etc/passwd');
-  e('data/long-link', 'symlink target over 100 bytes', (r) => r.link === LONG_LINK_TARGET);
-  e('data/empty', 'empty file', (r) => r.type === 'f' && r.size === 0);
-  e('data/hl-a', 'hard link group of 3', (r) => r.nlink === 3 && r.mtime === BASE_NS_MTIME);
-  e('data/hl-b', 'hard link to hl-a', (r) => r.linkGroup === 'data/hl-a');
-  e('data/sub/hl-c', 'hard link to hl-a', (r) => r.linkGroup === 'data/hl-a');
-  e('data/xattr-file', 'user.* xattrs', (r) => r.xattrs.includes('user.color=0x626c7565') && r.xattrs.includes('user.binary=0x00ff10'));
-  e('data/sub', 'user.* xattr on a directory and ns dir mtime', (r) => r.xattrs.includes('user.dir=0x6f6e') && r.mtime === DIR_NS_MTIME);
-  e('data/cap-file', 'security.capability', (r) => r.xattrs.includes('security.capability=0x'));
-  e('data/suid', 'setuid mode', (r) => r.mode === '4755');
-  e('data/sgid-dir', 'setgid directory, uid/gid 70000:70001', (r) => r.mode === '2775' && r.uid === 70000 && r.gid === 70001);
-  e('data/sticky-dir', 'sticky directory', (r) => r.mode === '1777');
-  e('data/bigid', 'uid/gid above 65535', (r) => r.uid === 100000 && r.gid === 200000);
-  e('data/ns-time', 'nanosecond mtime', (r) => r.mtime === BASE_NS_MTIME);
-  e('data/future', 'mtime after 2038', (r) => r.mtime === FUTURE_MTIME);
-  e(`${LONG_DIR}/${LONG_NAME}`, 'path over 100 bytes', (r) => r.type === 'f');
-  e(NON_ASCII_FILE, 'non-ASCII name', (r) => r.type === 'f');
-  e(`${NON_ASCII_DIR}/файл`, 'non-ASCII directory', (r) => r.type === 'f');
-  e('data/fifo', 'FIFO', (r) => r.type === 'p');
-  e('data/dev-null', 'char device 1:3', (r) => r.type === 'c' && r.rdev === '1:3');
+  richTreeProblems(base, 'data', problems);
+  const d1 = snapshotTree(layerDiffDir(sourceRoot, chainIds(images.appD.diffIds)[1] as string));
+  richTreeProblems(d1, 'rich', problems);
   const nsTimes = [...base.values()].filter((r) => !/\.0{9}$/.test(r.mtime)).length;
   if (nsTimes < 10) problems.push(`only ${nsTimes} files of the base layer have sub-second mtimes`);
 
@@ -302,7 +363,8 @@ async function buildFixtures(): Promise<Fixtures> {
     build(d, tags.appC, dockerfile('fixture/app-a:1.0', [
       'mkdir -p /data/c/deeper && echo c > /data/c/deeper/file && ln -s ../c/deeper/file /data/c/rel && rm /data/replace-me/new-file',
     ], 'appC'));
-    build(d, tags.appD, dockerfile('fixture/base:latest', ['echo d > /data/d-file && chmod 4711 /data/d-file'], 'appD'));
+    // appD: an upper layer as rich as the base one (in a target that shares the base, it is copied).
+    loadRichImage(d, work, baseTar, tags.appD[0] as string, 'appD');
     build(d, tags.unselected, dockerfile('fixture/base:latest', ['echo unselected > /data/u-file'], 'unselected'));
     build(d, [supervisorRef], dockerfile('fixture/base:latest', ['echo supervisor > /supervisor.txt'], 'supervisor'));
     d.docker(['save', '-o', supervisorTar, supervisorRef], { timeoutMs: 300_000 });
