@@ -8,12 +8,12 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { openDiskTarget, readDeviceArch, inspectBalenaImage } from '../src/disk/disk-target.js';
+import { estimateRoom, openDiskTarget, readDeviceArch, inspectBalenaImage } from '../src/disk/disk-target.js';
 import { crc32c } from '../src/ext4/crc32c.js';
 import { encodeTime } from '../src/ext4/inode.js';
 import { ImageFile } from '../src/ext4/image-file.js';
 import { readPartitionTable } from '../src/disk/partition-table.js';
-import { buildBalenaImage, extractPartition, requireImageTools, sfdiskPartitions, type BalenaImage } from './harness/balena-image.js';
+import { buildBalenaImage, defaultDataDir, extractPartition, requireImageTools, sfdiskPartitions, type BalenaImage } from './harness/balena-image.js';
 import { compareMounted, fullTree, writeTree } from './harness/layer-tree.js';
 import { requireTools, run, runOk } from './harness/exec.js';
 import { tempDir } from './harness/fixtures.js';
@@ -132,6 +132,66 @@ describe('writing into a balenaOS image', () => {
       }
     });
   }
+
+  const variants: Array<[string, string[]]> = [
+    ['4 KiB blocks', ['-b', '4096']],
+    ['no metadata_csum', ['-O', '^metadata_csum']],
+    ['metadata_csum_seed', ['-O', 'metadata_csum_seed', '-U', 'random']],
+  ];
+  for (const [name, mkfsArgs] of variants) {
+    test(`${name}, writing next to htree directories: clean and exact`, async () => {
+      const dir = path.join(work, `variant-${name.replace(/\W+/g, '-')}`);
+      const img = buildBalenaImage(dir, 'v.img', {
+        table: 'gpt', dataMiB: 48, dataMkfsArgs: mkfsArgs, indexDirs: true, dataDir: defaultDataDir(path.join(dir, 'tree'), 1500),
+      });
+      const tree = await fullTree(600);
+      const target = await openDiskTarget(img.path);
+      await writeTree(target.writer, 'docker/overlay2/new/diff', tree);
+      // A whiteout straight into the (indexed) overlay2 directory, then a hard link to it elsewhere.
+      const wh = { path: 'zz-whiteout', kind: 'char-device' as const, mode: 0, uid: 0, gid: 0, mtime: 5n, atime: 5n, size: 0, xattrs: [], devMajor: 0, devMinor: 0 };
+      await target.writer.writeEntry('docker/overlay2', wh);
+      await target.writer.writeEntry('docker', { ...wh, path: 'wh-link', kind: 'hardlink', linkTarget: 'overlay2/zz-whiteout' });
+      await target.commit();
+      assert.equal(fsck(img.path), undefined);
+      const mnt = mountData(img.path);
+      try {
+        assert.deepEqual(compareMounted(path.join(mnt, 'docker/overlay2/new/diff'), tree.expected).slice(0, 30), []);
+        const st = fs.lstatSync(path.join(mnt, 'docker/overlay2/zz-whiteout'));
+        assert.ok(st.isCharacterDevice() && st.rdev === 0);
+        assert.equal(fs.lstatSync(path.join(mnt, 'docker/wh-link')).ino, st.ino);
+        assert.equal(fs.readdirSync(path.join(mnt, 'docker/overlay2')).length, 1500 + 3);
+        assert.match(runOk('find', [path.join(mnt, 'docker'), '-maxdepth', '2', '-name', 'zz-whiteout', '-type', 'c']).stdout, /zz-whiteout/);
+      } finally {
+        unmount(mnt);
+      }
+    });
+  }
+
+  test('a full file system gives one clear error, and estimateRoom agrees with ensureRoom', async () => {
+    const img = buildBalenaImage(path.join(work, 'full'), 'full.img', { table: 'mbr', dataMiB: 8 });
+    const estimate = estimateRoom(img.path, 30 * 1024 * 1024, 500);
+    assert.ok(estimate.growBy > 0 && estimate.freeBytes < 8 * 1024 * 1024);
+    const target = await openDiskTarget(img.path);
+    try {
+      await target.writer.mkdirp('d', 0o755);
+      const size = 20 * 1024 * 1024;
+      await assert.rejects(
+        target.writer.writeEntry('d', { path: 'big', kind: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 0n, atime: 0n, size, xattrs: [] }, (async function* () {
+          const b = Buffer.alloc(1024 * 1024, 1);
+          for (let i = 0; i < 20; i++) yield b;
+        })()),
+        /no space left for d\/big \(out of blocks\); the target must be grown first/,
+      );
+    } finally {
+      await target.abort();
+    }
+    const again = await openDiskTarget(img.path);
+    try {
+      assert.deepEqual(await again.ensureRoom(30 * 1024 * 1024, 500), { grewBy: estimate.growBy });
+    } finally {
+      await again.abort();
+    }
+  });
 
   test('the writing works as an ordinary user (nobody), on a file that user owns', async () => {
     const dir = path.join(work, 'user');

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ImageFile } from '../ext4/image-file.js';
-import { checkWritable, readSuperblock } from '../ext4/superblock.js';
+import { checkWritable, readSuperblock, type Superblock } from '../ext4/superblock.js';
 import { Ext4TreeWriter } from '../targets/ext4-tree-writer.js';
 import { findPartition, growLastPartition, readPartitionTable, type Partition, type PartitionTable } from './partition-table.js';
 import { copyImageFile, growExt4 } from './grow.js';
@@ -139,34 +139,11 @@ class DiskTargetImpl implements DiskTarget {
   /** Bytes the partition must grow by (0 when everything fits). */
   private growthNeeded(bytes: number, inodes: number): number {
     const image = ImageFile.open(this.workPath, false);
-    let sb;
     try {
-      sb = readSuperblock(image, this.partition.offset)!;
+      return growthNeeded(readSuperblock(image, this.partition.offset)!, bytes, inodes);
     } finally {
       image.close();
     }
-    const bs = sb.blockSize;
-    const neededBlocks =
-      Math.ceil(bytes / bs) + // content
-      inodes + // partial last block of every file, one block per directory or long symlink
-      Math.ceil((inodes * 40) / bs) + // directory entries
-      Math.ceil((bytes * 0.01) / bs) + // extent-tree and index blocks
-      Math.ceil((8 * MiB) / bs); // engine metadata (layerdb, imagedb, repositories.json)
-    const availableBlocks = Math.max(0, sb.freeBlocksCount - sb.reservedBlocksCount);
-    const blockDeficit = Math.max(0, neededBlocks - availableBlocks) * bs;
-    const neededInodes = inodes + 64;
-    const bytesPerInode = (sb.blocksCount * bs) / sb.inodesCount;
-    const inodeDeficit = Math.max(0, neededInodes - sb.freeInodesCount) * bytesPerInode;
-    if (blockDeficit === 0 && inodeDeficit === 0) return 0;
-    // What one new block group costs: its inode table, two bitmaps, and (at most) a
-    // backup superblock and descriptor table (ext4 block_group layout, sparse_super).
-    const groupBytes = sb.blocksPerGroup * bs;
-    const overhead = (sb.inodesPerGroup * sb.inodeSize + 2 * bs + bs + Math.ceil((sb.groupCount * 2 * sb.descSize) / bs) * bs) / groupBytes;
-    const usable = Math.max(0.5, 1 - overhead);
-    // Reserved blocks scale with the size too (s_r_blocks_count / s_blocks_count).
-    const reservedShare = sb.reservedBlocksCount / sb.blocksCount;
-    const grow = Math.max(blockDeficit / (usable - reservedShare), inodeDeficit);
-    return Math.ceil(grow);
   }
 
   private async grow(bytes: number): Promise<void> {
@@ -219,6 +196,49 @@ class DiskTargetImpl implements DiskTarget {
     this.state = 'aborted';
     await this.writer.discard();
     fs.rmSync(this.workPath, { force: true });
+  }
+}
+
+/**
+ * Bytes resin-data must grow by to hold `bytes` of content in `inodes` new inodes
+ * (0 when it fits), with the margins described at DiskTarget.ensureRoom.
+ */
+export function growthNeeded(sb: Superblock, bytes: number, inodes: number): number {
+  const bs = sb.blockSize;
+  const neededBlocks =
+    Math.ceil(bytes / bs) + // content
+    inodes + // partial last block of every file, one block per directory or long symlink
+    Math.ceil((inodes * 40) / bs) + // directory entries
+    Math.ceil((bytes * 0.01) / bs) + // extent-tree and index blocks
+    Math.ceil((8 * MiB) / bs); // engine metadata (layerdb, imagedb, repositories.json)
+  const availableBlocks = Math.max(0, sb.freeBlocksCount - sb.reservedBlocksCount);
+  const blockDeficit = Math.max(0, neededBlocks - availableBlocks) * bs;
+  const neededInodes = inodes + 64;
+  const bytesPerInode = (sb.blocksCount * bs) / sb.inodesCount;
+  const inodeDeficit = Math.max(0, neededInodes - sb.freeInodesCount) * bytesPerInode;
+  if (blockDeficit === 0 && inodeDeficit === 0) return 0;
+  // What one new block group costs: its inode table, two bitmaps, and (at most) a
+  // backup superblock and descriptor table (ext4 block_group layout, sparse_super).
+  const groupBytes = sb.blocksPerGroup * bs;
+  const overhead = (sb.inodesPerGroup * sb.inodeSize + 3 * bs + Math.ceil((sb.groupCount * 2 * sb.descSize) / bs) * bs) / groupBytes;
+  const usable = Math.max(0.5, 1 - overhead);
+  // Reserved blocks scale with the size too (s_r_blocks_count / s_blocks_count).
+  const reservedShare = sb.reservedBlocksCount / sb.blocksCount;
+  return Math.ceil(Math.max(blockDeficit / (usable - reservedShare), inodeDeficit));
+}
+
+/** For a dry run: what resin-data of an image holds free now, and how much the image would grow. Reads only. */
+export function estimateRoom(imagePath: string, bytes: number, inodes: number): { freeBytes: number; freeInodes: number; growBy: number } {
+  const { data, table } = inspectBalenaImage(imagePath);
+  const image = ImageFile.open(imagePath, false);
+  try {
+    const sb = readSuperblock(image, data.offset)!;
+    const grow = growthNeeded(sb, bytes, inodes);
+    const size = image.size();
+    const growBy = grow === 0 ? 0 : Math.ceil((size + grow + (table.kind === 'gpt' ? MiB : 0)) / IMAGE_ALIGN) * IMAGE_ALIGN - size;
+    return { freeBytes: sb.freeBlocksCount * sb.blockSize, freeInodes: sb.freeInodesCount, growBy };
+  } finally {
+    image.close();
   }
 }
 

@@ -81,3 +81,11 @@ export function inodeNumberOf(fd: number): Promise<number> {
 export function errnoCode(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
 }
+
+/** libext2fs error codes (e2fsprogs lib/ext2fs/ext2_err.et.in, base 2133571328) the writer meets. */
+export const EXT2_ET_BLOCK_ALLOC_FAIL = 2133571400;
+export const EXT2_ET_INODE_ALLOC_FAIL = 2133571401;
+
+export function errnoNumber(err: unknown): number | undefined {
+  return typeof err === 'object' && err !== null && 'errno' in err ? Number((err as { errno: unknown }).errno) : undefined;
+}

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import type { LayerEntry } from '../layer/entry.js';
 import type { FreeSpace, TreeWriter } from './tree-writer.js';
 import {
-  errnoCode, inodeNumberOf, mountExt2, openExt2, umountExt2,
+  errnoCode, errnoNumber, inodeNumberOf, EXT2_ET_BLOCK_ALLOC_FAIL, EXT2_ET_INODE_ALLOC_FAIL, mountExt2, openExt2, umountExt2,
   O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_TRUNC, O_WRONLY,
   type Ext2Fs, type Ext2Promises,
 } from '../ext4/ext2fs-binding.js';
@@ -275,6 +275,10 @@ export class Ext4TreeWriter implements TreeWriter {
   // ---- engine metadata -------------------------------------------------------
 
   async mkdirp(rel: string, mode: number): Promise<void> {
+    return this.guard(rel, () => this.mkdirpImpl(rel, mode));
+  }
+
+  private async mkdirpImpl(rel: string, mode: number): Promise<void> {
     const s = await this.mount();
     const p = this.full(rel);
     if (p === '/') return;
@@ -307,6 +311,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async writeFile(rel: string, data: Buffer, mode: number): Promise<void> {
+    return this.guard(rel, () => this.writeFileImpl(rel, data, mode));
+  }
+
+  private async writeFileImpl(rel: string, data: Buffer, mode: number): Promise<void> {
     const s = await this.mount();
     const p = this.full(rel);
     await this.parentIno(s, p);
@@ -331,6 +339,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async symlink(target: string, rel: string): Promise<void> {
+    return this.guard(rel, () => this.symlinkImpl(target, rel));
+  }
+
+  private async symlinkImpl(target: string, rel: string): Promise<void> {
     const s = await this.mount();
     const p = this.full(rel);
     await this.parentIno(s, p);
@@ -341,6 +353,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async rename(fromRel: string, toRel: string): Promise<void> {
+    return this.guard(fromRel, () => this.renameImpl(fromRel, toRel));
+  }
+
+  private async renameImpl(fromRel: string, toRel: string): Promise<void> {
     const s = await this.mount();
     const from = this.full(fromRel);
     const to = this.full(toRel);
@@ -371,6 +387,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async remove(rel: string): Promise<void> {
+    return this.guard(rel, () => this.removeImpl(rel));
+  }
+
+  private async removeImpl(rel: string): Promise<void> {
     const s = await this.mount();
     const p = this.full(rel);
     if (p === '/') throw new Error(`${this.description}: refusing to remove the root`);
@@ -405,6 +425,31 @@ export class Ext4TreeWriter implements TreeWriter {
   // ---- layer content ---------------------------------------------------------
 
   async writeEntry(root: string, entry: LayerEntry, content?: AsyncIterable<Buffer>): Promise<void> {
+    return this.guard(root === '' || root === '.' ? entry.path : `${root}/${entry.path}`, () => this.writeEntryImpl(root, entry, content));
+  }
+
+  /**
+   * Turns the binding's errors into one line: libext2fs' allocation failures mean the
+   * file system is full; anything else names the path and the failing call.
+   */
+  private async guard<T>(rel: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      const n = errnoNumber(err);
+      if (n === EXT2_ET_BLOCK_ALLOC_FAIL || n === EXT2_ET_INODE_ALLOC_FAIL) {
+        throw new Error(
+          `${this.description}: no space left for ${rel} (out of ${n === EXT2_ET_BLOCK_ALLOC_FAIL ? 'blocks' : 'inodes'}); the target must be grown first (ensureRoom)`,
+        );
+      }
+      if (err instanceof Error && err.name === 'ErrnoException') {
+        throw new Error(`${this.description}: cannot write ${rel}: ${err.message.replace(/ args: .*$/, '')}`);
+      }
+      throw err;
+    }
+  }
+
+  private async writeEntryImpl(root: string, entry: LayerEntry, content?: AsyncIterable<Buffer>): Promise<void> {
     const p = this.join(root, entry.path);
     const where = `${this.description}:${p}`;
     // Everything that can be refused is checked before anything is written.
@@ -417,6 +462,16 @@ export class Ext4TreeWriter implements TreeWriter {
     });
     for (const [v, what] of [[entry.uid, 'uid'], [entry.gid, 'gid']] as const) {
       if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new Error(`${where}: ${what} ${v} out of range`);
+    }
+    if (!Number.isInteger(entry.mode) || entry.mode < 0) throw new Error(`${where}: invalid mode ${entry.mode}`);
+    for (const x of entry.xattrs) {
+      if (x.name === '' || x.name.includes('\0')) throw new Error(`${where}: invalid extended attribute name ${JSON.stringify(x.name)}`);
+    }
+    if (entry.kind === 'symlink' && entry.linkTarget !== undefined && (entry.linkTarget === '' || entry.linkTarget.includes('\0'))) {
+      throw new Error(`${where}: invalid symlink target`);
+    }
+    if ((entry.path === '.' || entry.path === '') && entry.kind !== 'directory') {
+      throw new Error(`${where}: the root of a tree must be a directory, not a ${entry.kind}`);
     }
     const s = await this.mount();
     const need = inodeXattrBytes(xattrs);

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { requireTools, runOk } from './exec.js';
+import { requireTools, run, runOk } from './exec.js';
 
 export interface BalenaImageOptions {
   /** Partition table; default 'mbr'. */
@@ -19,6 +19,8 @@ export interface BalenaImageOptions {
   dataMkfsArgs?: string[];
   /** A flasher image: flash-boot, flash-rootA, flash-rootB and no data partition. */
   flasher?: boolean;
+  /** Index resin-data's directories (e2fsck -fyD), making htree directories of large ones. */
+  indexDirs?: boolean;
   deviceType?: { slug: string; arch: string };
 }
 
@@ -37,9 +39,10 @@ export function requireImageTools(): void {
 }
 
 /** The default content of resin-data on a fresh balenaOS image. */
-export function defaultDataDir(workDir: string): string {
+export function defaultDataDir(workDir: string, overlayDirs = 0): string {
   const d = path.join(workDir, 'data-tree');
   fs.mkdirSync(path.join(d, 'docker', 'overlay2', 'l'), { recursive: true, mode: 0o710 });
+  for (let i = 0; i < overlayDirs; i++) fs.mkdirSync(path.join(d, 'docker', 'overlay2', `existing-layer-directory-${i}`, 'diff'), { recursive: true });
   fs.mkdirSync(path.join(d, 'docker', 'image', 'overlay2', 'layerdb', 'sha256'), { recursive: true });
   fs.writeFileSync(path.join(d, 'docker', 'image', 'overlay2', 'repositories.json'), '{"Repositories":{}}');
   fs.mkdirSync(path.join(d, 'resin-data'), { recursive: true });
@@ -128,6 +131,10 @@ export function buildBalenaImage(workDir: string, name: string, opts: BalenaImag
         args.push('-i', '8192', '-d', opts.dataDir ?? defaultDataDir(path.join(workDir, `${name}.tree`)), ...(opts.dataMkfsArgs ?? []));
       }
       runOk('mkfs.ext4', [...args, fsFile, `${where.size / 1024}k`]);
+      if (p.label === 'resin-data' && opts.indexDirs) {
+        const r = run('e2fsck', ['-fyD', fsFile]);
+        if (r.code > 1) throw new Error(`harness: e2fsck -fyD failed: ${r.stdout}${r.stderr}`);
+      }
     }
     runOk('dd', [`if=${fsFile}`, `of=${img}`, 'bs=1M', `seek=${where.offset}`, 'oflag=seek_bytes', 'conv=notrunc,sparse', 'status=none']);
     fs.rmSync(fsFile, { force: true });
