@@ -45,6 +45,11 @@ export class EngineRootSource implements ImageSource {
       throw new Error(`${dir}: no such directory`);
     }
     if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
+    // Only root sees trusted.* xattrs (overlay's opaque markers) and can read every file:
+    // reading a data root as anyone else would silently lose data.
+    if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+      throw new Error(`reading the engine data root in ${dir} needs root (its files carry trusted.* xattrs and foreign owners); run as root, or make a tarball of it as root and use that`);
+    }
     const source = await EngineRootSource.over(new HostReader(dir), dir);
     return new EngineRootSource(dir, source.reader, source.prefix, path.join(dir, source.prefix));
   }
