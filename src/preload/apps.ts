@@ -56,7 +56,14 @@ export function imagesForApps(apps: AppsJson, images: readonly SourceImage[], so
   const missing: string[] = [];
   for (const svc of serviceImages(apps)) {
     const found = lookupLikeSupervisor(svc.image, view);
-    const image = found.imageId ? images.find((i) => i.id === found.imageId) : undefined;
+    let id = found.imageId;
+    if (id === undefined) {
+      // Not found by the supervisor's own steps, but the planner may still make it resolve
+      // (same manifest digest under another repository): take the image it would point at.
+      const [plan] = planReferences([svc.image], view).plans;
+      if (plan?.status === 'add-reference') id = plan.imageId;
+    }
+    const image = id ? images.find((i) => i.id === id) : undefined;
     if (!image) {
       missing.push(`${svc.image} (service ${svc.service} of app ${svc.app})`);
       continue;
@@ -90,4 +97,41 @@ export async function writeApps(writer: TreeWriter, apps: AppsJson): Promise<voi
   const tmp = `.apps.json.tmp-${randomBytes(4).toString('hex')}`;
   await writer.writeFile(tmp, Buffer.from(serializeAppsJson(apps)), 0o644);
   await writer.rename(tmp, 'apps.json');
+}
+
+export interface AppsStatus {
+  /** apps.json could not be read as a v3 target state. */
+  error?: string;
+  services: { app: string; service: string; image: string; imageId?: string; via?: string }[];
+}
+
+/**
+ * What `transplant ls` says of the apps.json at the root of a resin-data tree: each service
+ * image and whether the supervisor will find it. Undefined when there is no apps.json.
+ */
+export async function appsStatus(reader: Pick<TreeWriter, 'readFile'>, images: readonly SourceImage[], repositories: ImageStoreView['repositories']): Promise<AppsStatus | undefined> {
+  const raw = await reader.readFile('apps.json');
+  if (!raw) return undefined;
+  let apps: AppsJson;
+  try {
+    apps = normalizeTargetState(JSON.parse(raw.toString('utf8')) as unknown, 'apps.json');
+  } catch (e) {
+    return { error: (e as Error).message.split('\n')[0], services: [] };
+  }
+  const view = storeViewOf([], { repositories, imageIds: new Set(images.map((i) => i.id)) });
+  return {
+    services: serviceImages(apps).map((s) => {
+      const found = lookupLikeSupervisor(s.image, view);
+      return { app: s.app, service: s.service, image: s.image, imageId: found.imageId, via: found.via };
+    }),
+  };
+}
+
+export function formatAppsStatus(status: AppsStatus): string {
+  if (status.error) return `apps.json: unusable (${status.error})`;
+  const lines = [`apps.json: ${status.services.length} service${status.services.length === 1 ? '' : 's'}`];
+  for (const s of status.services) {
+    lines.push(`  ${s.service}: ${s.image} -> ${s.imageId ? `${s.imageId.slice(7, 19)} (${s.via})` : 'DOES NOT RESOLVE: the supervisor would abandon the preload'}`);
+  }
+  return lines.join('\n');
 }
