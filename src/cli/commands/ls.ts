@@ -1,6 +1,9 @@
-/** transplant ls: the images a directory, bundle or disk image holds. */
+/** transplant ls: the images a directory, bundle or disk image holds, and its apps.json. */
 import { formatBytes } from '../../inject/inject.js';
+import { appsStatus, formatAppsStatus, type AppsStatus } from '../../preload/apps.js';
+import { EngineRootSource } from '../../sources/engine-root.js';
 import { listImages, type ImageListing } from '../../sources/listing.js';
+import { HostReader, type StoreReader } from '../../sources/store-reader.js';
 import { openSource, sniff } from '../open-source.js';
 import type { Output } from '../output.js';
 
@@ -12,11 +15,34 @@ export function formatListing(images: readonly ImageListing[]): string {
   return [head, ...rows].map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]))).join('  ')).join('\n');
 }
 
+/** Images of a resin-data-like tree, and the apps.json at its root when the engine root is its docker/. */
+async function listTree(reader: StoreReader, description: string): Promise<{ images: ImageListing[]; apps?: AppsStatus }> {
+  const source = await EngineRootSource.over(reader, description);
+  const images = await listImages(source);
+  const apps = source.prefix === 'docker' ? await appsStatus(reader, await source.images(), await source.references()) : undefined;
+  return { images, apps };
+}
+
+function show(out: Output, result: { images: ImageListing[]; apps?: AppsStatus }): void {
+  if (result.apps === undefined) out.data(result.images, () => formatListing(result.images));
+  else out.data({ images: result.images, appsJson: result.apps }, () => `${formatListing(result.images)}\n\n${formatAppsStatus(result.apps as AppsStatus)}`);
+}
+
 export async function lsCommand(target: string, opts: { json?: boolean }, out: Output): Promise<void> {
-  if ((await sniff(target)) === 'disk-image') {
-    const { listDiskImage } = await import('../../disk/list.js');
-    const images = await listDiskImage(target);
-    out.data(images, () => formatListing(images));
+  const kind = await sniff(target);
+  if (kind === 'disk-image') {
+    const { DiskImageReader } = await import('../../disk/read-only.js');
+    const reader = await DiskImageReader.open(target);
+    try {
+      show(out, await listTree(reader, reader.description));
+    } finally {
+      await reader.close();
+    }
+    return;
+  }
+  if (kind === 'engine-root') {
+    // Metadata only: listing needs no root, unlike reading layer files.
+    show(out, await listTree(new HostReader(target), target));
     return;
   }
   const source = await openSource(target);
