@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { Dockerd } from './harness/dockerd.js';
 import { repoRoot, run, type RunResult } from './harness/exec.js';
 import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from './harness/fixtures.js';
-import { chainIds, layerCacheId, treeDigest } from './harness/judge.js';
+import { chainIds, layerCacheId, overlayProblems, treeDigest } from './harness/judge.js';
 import { verifyInjectedEngineRoot } from './harness/verify.js';
 
 const T = { timeout: 600_000 };
@@ -184,6 +184,9 @@ test('inject --resin-data: a real engine finds, runs and saves every image, file
   });
   assert.deepEqual(problems, [], problems.join('\n'));
   assert.equal(treeDigest(fx.sourceRoot), sourceDigestBefore, 'the source is unchanged');
+  // ls reads a resin-data directory (its engine root is docker/).
+  const listed = lsJson(inj.resinData).map((i) => i.id).sort();
+  assert.deepEqual(listed, [...selected.map((i) => i.id), fx.supervisor.id].sort(), 'ls of the resin-data lists the injected images and the supervisor');
 });
 
 test('inject: the same bundle a second time changes nothing', T, async () => {
@@ -253,6 +256,7 @@ test('inject refuses a target whose engine is running (without --force) and leav
     await d.stop();
   }
   assertOneLineError(r, 'inject --resin-data under a live engine');
+  assert.match(r.stderr, /engine|dockerd|running/i, `the error says an engine is running\n${show(r)}`);
   assert.deepEqual(after, before, 'the target is unchanged');
   d.cleanup();
 });
@@ -261,4 +265,79 @@ test('bad usage exits 2', T, async () => {
   const { bundle } = await getExtracted();
   assert.equal(transplant(['inject', bundle]).code, 2, 'inject without a target is bad usage');
   assert.equal(transplant(['ls']).code, 2, 'ls without an argument is bad usage');
+});
+
+/**
+ * Gives a layer the target already has (the supervisor's top layer) the cache ID and link
+ * ID that a source layer with descendants uses, so that the injection must pick new ones
+ * and rewrite the `lower` files above it.
+ */
+function collide(targetRoot: string, targetChain: string, sourceRoot: string, sourceChain: string): { cacheId: string; link: string } {
+  const db = (root: string, chain: string): string => path.join(root, 'image', 'overlay2', 'layerdb', 'sha256', chain.slice(7));
+  const ov = (root: string, ...p: string[]): string => path.join(root, 'overlay2', ...p);
+  const tCache = fs.readFileSync(path.join(db(targetRoot, targetChain), 'cache-id'), 'utf8');
+  const sCache = fs.readFileSync(path.join(db(sourceRoot, sourceChain), 'cache-id'), 'utf8');
+  const tLink = fs.readFileSync(ov(targetRoot, tCache, 'link'), 'utf8');
+  const sLink = fs.readFileSync(ov(sourceRoot, sCache, 'link'), 'utf8');
+  assert.ok(!fs.existsSync(ov(targetRoot, sCache)) && !fs.existsSync(ov(targetRoot, 'l', sLink)), 'no collision before');
+  fs.renameSync(ov(targetRoot, tCache), ov(targetRoot, sCache));
+  fs.writeFileSync(path.join(db(targetRoot, targetChain), 'cache-id'), sCache);
+  fs.rmSync(ov(targetRoot, 'l', tLink));
+  fs.writeFileSync(ov(targetRoot, sCache, 'link'), sLink);
+  fs.symlinkSync(`../${sCache}/diff`, ov(targetRoot, 'l', sLink));
+  return { cacheId: sCache, link: sLink };
+}
+
+test('inject: cache IDs and link IDs that collide with the target\'s are replaced, lower files follow', T, async () => {
+  const { fx, work, bundle, selected } = await getExtracted();
+  const resinData = path.join(work, 'collide', 'resin-data');
+  copyTree(fx.targetResinData, resinData);
+  const engineRoot = path.join(resinData, 'docker');
+  const supChains = chainIds(fx.supervisor.diffIds);
+  const appAChains = chainIds(fx.images.appA.diffIds);
+  // appA's second layer has descendants (appA's third, appC's layers).
+  const taken = collide(engineRoot, supChains[supChains.length - 1] as string, fx.sourceRoot, appAChains[1] as string);
+  assert.deepEqual(overlayProblems(engineRoot), [], 'the prepared target is consistent');
+  const reused = new Map<string, string>();
+  for (const chain of supChains) reused.set(chain, layerCacheId(engineRoot, chain) as string);
+  const r = transplant(['inject', bundle, '--resin-data', resinData]);
+  assert.equal(r.code, 0, `inject\n${show(r)}`);
+  assert.notEqual(layerCacheId(engineRoot, appAChains[1] as string), taken.cacheId, 'the colliding cache ID was not reused for another layer');
+  const problems = await verifyInjectedEngineRoot({
+    engineRoot,
+    sourceRoot: fx.sourceRoot,
+    injected: selected,
+    preexisting: [fx.supervisor],
+    reusedCacheIds: reused,
+    scratchDir: work,
+  });
+  assert.deepEqual(problems, [], problems.join('\n'));
+});
+
+test('inject: into a target that already holds some of the images (a smaller bundle first)', T, async () => {
+  const { fx, work, bundle, selected } = await getExtracted();
+  const small = path.join(work, 'small.bundle');
+  const e = transplant(['extract', '--from', fx.sourceRoot, '--image', 'fixture/app-a:1.0', '--image', 'fixture/app-d:3.1', '--output', small]);
+  assert.equal(e.code, 0, show(e));
+  const resinData = path.join(work, 'partial', 'resin-data');
+  copyTree(fx.targetResinData, resinData);
+  const engineRoot = path.join(resinData, 'docker');
+  const first = transplant(['inject', small, '--resin-data', resinData]);
+  assert.equal(first.code, 0, show(first));
+  const reused = new Map<string, string>();
+  for (const img of [fx.images.appA, fx.images.appD, fx.supervisor]) {
+    for (const chain of chainIds(img.diffIds)) reused.set(chain, layerCacheId(engineRoot, chain) as string);
+  }
+  const second = transplant(['inject', bundle, '--resin-data', resinData]);
+  assert.equal(second.code, 0, show(second));
+  const problems = await verifyInjectedEngineRoot({
+    engineRoot,
+    sourceRoot: fx.sourceRoot,
+    injected: selected,
+    preexisting: [fx.supervisor],
+    reusedCacheIds: reused,
+    absentRefs: fx.images.unselected.refs,
+    scratchDir: work,
+  });
+  assert.deepEqual(problems, [], problems.join('\n'));
 });

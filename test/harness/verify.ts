@@ -47,24 +47,26 @@ export async function verifyInjectedEngineRoot(o: VerifyOptions): Promise<string
   const preexistingChains = new Set((o.preexisting ?? []).flatMap((i) => chainIds(i.diffIds)));
   const compared = new Set<string>();
   for (const img of o.injected) {
-    for (const chain of chainIds(img.diffIds)) {
+    const chains = chainIds(img.diffIds);
+    for (const [i, chain] of chains.entries()) {
+      const label = `layer ${i + 1}/${chains.length} of ${img.key} (${chain.slice(0, 19)})`;
       if (compared.has(chain)) continue;
       compared.add(chain);
       const reused = o.reusedCacheIds?.get(chain);
       const now = layerCacheId(o.engineRoot, chain);
       if (now === undefined) {
-        problems.push(`layer ${chain} of ${img.key} is missing from the target layerdb`);
+        problems.push(`${label} is missing from the target layerdb`);
         continue;
       }
       if (reused !== undefined && now !== reused) {
-        problems.push(`layer ${chain} was already in the target as overlay2/${reused} but now uses overlay2/${now} (not reused)`);
+        problems.push(`${label} was already in the target as overlay2/${reused} but now uses overlay2/${now} (not reused)`);
       }
       // A layer the target already had came from its own `docker load`, which sets no time on diff/ itself.
       const diffs = compareLayerFiles(layerDiffDir(o.sourceRoot, chain), layerDiffDir(o.engineRoot, chain), {
         ignoreRootAttributes: preexistingChains.has(chain),
       });
-      for (const d of diffs.slice(0, 20)) problems.push(`layer ${chain} (${img.key}): ${d}`);
-      if (diffs.length > 20) problems.push(`layer ${chain} (${img.key}): … ${diffs.length - 20} more differences`);
+      for (const d of diffs.slice(0, 20)) problems.push(`${label}: ${d}`);
+      if (diffs.length > 20) problems.push(`${label}: … ${diffs.length - 20} more differences`);
     }
   }
 
