@@ -149,8 +149,9 @@ class DiskTargetImpl implements DiskTarget {
   private async grow(bytes: number): Promise<void> {
     const image = ImageFile.open(this.workPath, true);
     let newPart: Partition;
+    let oldSize: number;
     try {
-      const oldSize = image.size();
+      oldSize = image.size();
       const gptTail = this.table.kind === 'gpt' ? MiB : 0; // backup GPT after a 1 MiB-aligned end
       const newSize = Math.ceil((oldSize + bytes + gptTail) / IMAGE_ALIGN) * IMAGE_ALIGN;
       fs.ftruncateSync(image.fd, newSize);
@@ -159,7 +160,7 @@ class DiskTargetImpl implements DiskTarget {
     } finally {
       image.close();
     }
-    await growExt4(this.workPath, newPart.offset, newPart.size, `${path.basename(this.imagePath)}:${DATA_LABEL}`);
+    await growExt4(this.workPath, newPart.offset, this.partition.size, newPart.size, oldSize, `${path.basename(this.imagePath)}:${DATA_LABEL}`);
     this.partition = newPart;
   }
 

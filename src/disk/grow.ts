@@ -13,9 +13,10 @@ function isZero(buf: Buffer, length: number): boolean {
 /**
  * Copies `length` bytes from `from` at `fromOffset` to `to` at `toOffset`, leaving holes
  * where the source has zeros (unless `compare`, which writes only what differs from
- * what `to` already holds — for copying a file system back into an image).
+ * what `to` already holds — for copying a file system back into an image; `to` is
+ * known to hold zeros from byte `knownZeroFrom` on, which is then not read).
  */
-function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number, compare: boolean): void {
+function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number, compare: boolean, knownZeroFrom = Infinity): void {
   const a = Buffer.allocUnsafe(CHUNK);
   const b = compare ? Buffer.allocUnsafe(CHUNK) : undefined;
   for (let done = 0; done < length; ) {
@@ -30,7 +31,9 @@ function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: n
       got += r;
     }
     let write: boolean;
-    if (b) {
+    if (b && toOffset + done >= knownZeroFrom) {
+      write = !isZero(a, n);
+    } else if (b) {
       let have = 0;
       while (have < n) {
         const r = fs.readSync(toFd, b, have, n - have, toOffset + done + have);
@@ -107,16 +110,14 @@ function runTool(tool: string, args: string[], where: string): { code: number; o
  * so the file system is copied into a plain sparse file beside the image, checked,
  * resized there and copied back (only the blocks that changed are written).
  */
-export async function growExt4(imagePath: string, offset: number, newSize: number, where: string): Promise<void> {
+export async function growExt4(imagePath: string, offset: number, oldSize: number, newSize: number, oldImageSize: number, where: string): Promise<void> {
   const tmp = `${imagePath}.resize-${process.pid}`;
   const imgFd = fs.openSync(imagePath, 'r+');
   try {
     const tmpFd = fs.openSync(tmp, 'w+', 0o600);
     try {
       fs.ftruncateSync(tmpFd, newSize);
-      // The old file system is at most the new size; copying newSize bytes also copies the
-      // (zero) tail of the grown partition, which costs nothing as holes.
-      copyRange(imgFd, offset, tmpFd, 0, newSize, false);
+      copyRange(imgFd, offset, tmpFd, 0, oldSize, false);
     } finally {
       fs.closeSync(tmpFd);
     }
@@ -129,7 +130,8 @@ export async function growExt4(imagePath: string, offset: number, newSize: numbe
     if (resize.code !== 0) throw new Error(`${where}: resize2fs failed: ${resize.output.split('\n').slice(-2).join(' ')}`);
     const backFd = fs.openSync(tmp, 'r');
     try {
-      copyRange(backFd, 0, imgFd, offset, newSize, true);
+      // Past the old end of the image file the image holds only the zeros of ftruncate.
+      copyRange(backFd, 0, imgFd, offset, newSize, true, oldImageSize);
     } finally {
       fs.closeSync(backFd);
     }
