@@ -1,0 +1,143 @@
+/**
+ * `transplant verify`: passes on a good engine root and bundle, and names what is wrong after
+ * one byte of one layer file changes, a whiteout is replaced, a metadata file gains a
+ * newline, a link disappears or a config changes.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { repoRoot, run, type RunResult } from './harness/exec.js';
+import { copyTree, getFixtures, tempDir } from './harness/fixtures.js';
+import { chainIds, layerDiffDir, layerdbDir } from './harness/judge.js';
+import { HostReader } from '../src/sources/store-reader.js';
+import { verifyEngineRoot } from '../src/verify/verify.js';
+
+function transplant(args: string[]): RunResult {
+  return run(process.execPath, [path.join(repoRoot(), 'bin', 'transplant'), ...args], { timeoutMs: 300_000 });
+}
+
+function show(r: RunResult): string {
+  return `exit ${r.code}\nstdout: ${r.stdout.slice(0, 3000)}\nstderr: ${r.stderr.slice(0, 3000)}`;
+}
+
+/** Runs verify, expects failure with one error line, and returns stdout + stderr for matching. */
+function failing(target: string): string {
+  const r = transplant(['verify', target]);
+  assert.equal(r.code, 1, show(r));
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, show(r));
+  assert.match(lines[0] as string, /^error: verification of .* failed: /, show(r));
+  return r.stdout + r.stderr;
+}
+
+test('verify: a good engine root passes (CLI, JSON and the exported function), one changed byte is named', { timeout: 600_000 }, async () => {
+  const fx = await getFixtures();
+  const root = path.join(tempDir('tpvf-'), 'docker');
+  copyTree(fx.sourceRoot, root);
+
+  const ok = transplant(['verify', root]);
+  assert.equal(ok.code, 0, show(ok));
+  assert.match(ok.stdout, /OK$/m);
+  const json = transplant(['verify', root, '--json']);
+  assert.equal(json.code, 0, show(json));
+  const report = JSON.parse(json.stdout) as { ok: boolean; images: number; layers: number; problems: string[] };
+  assert.equal(report.ok, true);
+  assert.ok(report.images >= 6 && report.layers >= 7, json.stdout);
+  const one = JSON.parse(transplant(['verify', root, '--image', 'fixture/app-a:1.0', '--json']).stdout) as { images: number; layers: number };
+  assert.deepEqual([one.images, one.layers], [1, 3]);
+  const direct = await verifyEngineRoot(new HostReader(root), '');
+  assert.deepEqual(direct.problems, []);
+  // The parent directory (as a resin-data holding docker/) is found too.
+  assert.equal(transplant(['verify', path.dirname(root)]).code, 0);
+
+  // One byte of one file of the base layer.
+  const [baseChain] = chainIds(fx.images.base.diffIds);
+  const hello = path.join(layerDiffDir(root, baseChain as string), 'data', 'hello.txt');
+  const original = fs.readFileSync(hello);
+  const st = fs.statSync(hello);
+  const changed = Buffer.from(original);
+  changed[0] ^= 0x20;
+  fs.writeFileSync(hello, changed);
+  fs.utimesSync(hello, st.atime, st.mtime);
+  const out = failing(root);
+  assert.match(out, /data\/hello\.txt/, out);
+  assert.match(out, new RegExp(baseChain as string), out);
+  const r = await verifyEngineRoot(new HostReader(root), '');
+  assert.ok(r.problems.some((p) => p.includes('data/hello.txt') && p.includes('checksum')), r.problems.join('\n'));
+  fs.writeFileSync(hello, original);
+  assert.equal(transplant(['verify', root]).code, 0);
+});
+
+test('verify: a replaced whiteout, a newline in a metadata file, a missing link and a changed config are each named', { timeout: 600_000 }, async () => {
+  const fx = await getFixtures();
+  const root = path.join(tempDir('tpvf-'), 'docker');
+  copyTree(fx.sourceRoot, root);
+  const aChains = chainIds(fx.images.appA.diffIds);
+
+  // Whiteout → regular file (its tar entry has no content, so only the whiteout check can see it).
+  const wh = path.join(layerDiffDir(root, aChains[1] as string), 'data', 'delete-me');
+  assert.ok(fs.lstatSync(wh).isCharacterDevice());
+  fs.rmSync(wh);
+  fs.writeFileSync(wh, '');
+  let out = failing(root);
+  assert.match(out, /data\/delete-me must be a whiteout/, out);
+  fs.rmSync(wh);
+  run('mknod', [wh, 'c', '0', '0']);
+  assert.equal(transplant(['verify', root]).code, 0);
+
+  // Opaque directory loses its marker.
+  const opaque = path.join(layerDiffDir(root, aChains[1] as string), 'data', 'replace-me');
+  run('setfattr', ['-x', 'trusted.overlay.opaque', opaque]);
+  out = failing(root);
+  assert.match(out, /data\/replace-me must be an opaque directory/, out);
+  run('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', opaque]);
+
+  // A trailing newline in `size`.
+  const size = path.join(layerdbDir(root), 'sha256', (aChains[2] as string).slice(7), 'size');
+  const sizeText = fs.readFileSync(size, 'utf8');
+  fs.writeFileSync(size, sizeText + '\n');
+  out = failing(root);
+  assert.match(out, new RegExp(`layer ${aChains[2]} has no valid size file`), out);
+  fs.writeFileSync(size, sizeText);
+
+  // A missing l/ link.
+  const cacheId = fs.readFileSync(path.join(layerdbDir(root), 'sha256', (aChains[1] as string).slice(7), 'cache-id'), 'utf8');
+  const link = fs.readFileSync(path.join(root, 'overlay2', cacheId, 'link'), 'utf8');
+  fs.rmSync(path.join(root, 'overlay2', 'l', link));
+  out = failing(root);
+  assert.match(out, new RegExp(`overlay2/l/${link} is missing`), out);
+  fs.symlinkSync(`../${cacheId}/diff`, path.join(root, 'overlay2', 'l', link));
+
+  // A config that no longer matches its ID.
+  const config = path.join(root, 'image', 'overlay2', 'imagedb', 'content', 'sha256', fx.images.appD.id.slice(7));
+  const bytes = fs.readFileSync(config);
+  fs.writeFileSync(config, Buffer.concat([bytes, Buffer.from(' ')]));
+  out = failing(root);
+  assert.match(out, new RegExp(`image ${fx.images.appD.id}: its config hashes to`), out);
+  fs.writeFileSync(config, bytes);
+
+  const ok = transplant(['verify', root]);
+  assert.equal(ok.code, 0, show(ok));
+});
+
+test('verify: a bundle passes, and one changed byte of a layer file in it is named', { timeout: 600_000 }, async () => {
+  const fx = await getFixtures();
+  const work = tempDir('tpvb-');
+  const bundle = path.join(work, 'a.tar');
+  const x = transplant(['extract', '--from', fx.sourceRoot, '--image', 'fixture/app-a:1.0', '-o', bundle]);
+  assert.equal(x.code, 0, show(x));
+  const ok = transplant(['verify', bundle, '--json']);
+  assert.equal(ok.code, 0, show(ok));
+  const report = JSON.parse(ok.stdout) as { ok: boolean; layers: number };
+  assert.deepEqual([report.ok, report.layers], [true, 3]);
+
+  const data = fs.readFileSync(bundle);
+  const at = data.indexOf(Buffer.from('hard linked content\n'));
+  assert.ok(at > 0, 'the bundle holds data/hl-a');
+  data[at] = 'H'.charCodeAt(0);
+  const bad = path.join(work, 'bad.tar');
+  fs.writeFileSync(bad, data);
+  const out = failing(bad);
+  assert.match(out, /data\/hl-a/, out);
+});
