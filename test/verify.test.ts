@@ -7,7 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { repoRoot, run, type RunResult } from './harness/exec.js';
+import { repoRoot, run, runOk, type RunResult } from './harness/exec.js';
+import { Dockerd } from './harness/dockerd.js';
+import { buildBalenaImage, requireImageTools } from './harness/balena-image.js';
 import { copyTree, getFixtures, tempDir } from './harness/fixtures.js';
 import { chainIds, layerDiffDir, layerdbDir } from './harness/judge.js';
 import { HostReader } from '../src/sources/store-reader.js';
@@ -140,4 +142,46 @@ test('verify: a bundle passes, and one changed byte of a layer file in it is nam
   fs.writeFileSync(bad, data);
   const out = failing(bad);
   assert.match(out, /data\/hl-a/, out);
+});
+
+test('verify: a balenaOS disk image is checked without mounting, left unchanged, and a changed byte in it is named', { timeout: 600_000 }, async () => {
+  requireImageTools();
+  const work = tempDir('tpvd-');
+  // A small engine root made by a real engine (docker import of a layer with a whiteout and an opaque dir).
+  const stage = path.join(work, 'stage');
+  fs.mkdirSync(path.join(stage, 'etc'), { recursive: true });
+  fs.mkdirSync(path.join(stage, 'gone'));
+  fs.writeFileSync(path.join(stage, 'etc', 'hello'), 'hello disk\n');
+  fs.writeFileSync(path.join(stage, 'etc', 'big'), Buffer.alloc(3 << 20, 'b'));
+  fs.writeFileSync(path.join(stage, 'gone', '.wh..wh..opq'), '');
+  fs.writeFileSync(path.join(stage, 'gone', '.wh.deleted'), '');
+  const layerTar = path.join(work, 'layer.tar');
+  runOk('tar', ['--format=posix', '--numeric-owner', '--sort=name', '-C', stage, '-cf', layerTar, '.']);
+  const tree = path.join(work, 'tree');
+  const engine = path.join(tree, 'docker');
+  fs.mkdirSync(path.join(tree, 'resin-data'), { recursive: true });
+  fs.writeFileSync(path.join(tree, 'remove_me_to_reset'), '');
+  const d = await Dockerd.start({ dataRoot: engine });
+  try {
+    d.docker(['import', layerTar, 'disk/test:1']);
+  } finally {
+    await d.stop();
+  }
+  d.cleanup();
+
+  const img = buildBalenaImage(work, 'a.img', { dataDir: tree });
+  const before = runOk('sha256sum', [img.path]).stdout.slice(0, 64);
+  const ok = transplant(['verify', img.path]);
+  assert.equal(ok.code, 0, show(ok));
+  assert.match(ok.stdout, /a\.img:resin-data: 1 image\(s\), 1 layer\(s\) checked: OK/, show(ok));
+  assert.equal(runOk('sha256sum', [img.path]).stdout.slice(0, 64), before, 'verify changed the disk image');
+
+  const layerdb = path.join(engine, 'image', 'overlay2', 'layerdb', 'sha256');
+  const chain = fs.readdirSync(layerdb).find((h) => /^[0-9a-f]{64}$/.test(h)) as string;
+  const cacheId = fs.readFileSync(path.join(layerdb, chain, 'cache-id'), 'utf8');
+  const hello = path.join(engine, 'overlay2', cacheId, 'diff', 'etc', 'hello');
+  fs.writeFileSync(hello, 'jello disk\n');
+  const bad = buildBalenaImage(work, 'b.img', { dataDir: tree });
+  const out = failing(bad.path);
+  assert.match(out, /file \.\/etc\/hello: does not match the checksum/, out);
 });
