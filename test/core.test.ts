@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { Dockerd } from './harness/dockerd.js';
 import { repoRoot, run, type RunResult } from './harness/exec.js';
 import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from './harness/fixtures.js';
-import { chainIds, layerCacheId, overlayProblems, treeDigest } from './harness/judge.js';
+import { chainIds, diffSnapshots, layerCacheId, metadataProblems, overlayProblems, snapshotTree, treeDigest } from './harness/judge.js';
 import { verifyInjectedEngineRoot } from './harness/verify.js';
 
 const T = { timeout: 600_000 };
@@ -340,4 +340,46 @@ test('inject: into a target that already holds some of the images (a smaller bun
     scratchDir: work,
   });
   assert.deepEqual(problems, [], problems.join('\n'));
+});
+
+test('inject: a truncated bundle fails with one line and leaves the target as it was', T, async () => {
+  const { fx, work, bundle } = await getExtracted();
+  const cut = path.join(work, 'cut.bundle');
+  fs.copyFileSync(bundle, cut);
+  // Past the manifest and the first layers: the failure comes in the middle of writing.
+  fs.truncateSync(cut, Math.floor(fs.statSync(bundle).size * 0.7));
+  const resinData = path.join(work, 'cut', 'resin-data');
+  copyTree(fx.targetResinData, resinData);
+  const before = snapshotTree(resinData);
+  const r = transplant(['inject', cut, '--resin-data', resinData]);
+  assertOneLineError(r, 'inject of a truncated bundle');
+  // Directory times may change (something was written and taken back); nothing else may.
+  assert.deepEqual(diffSnapshots(before, snapshotTree(resinData), { directoryTimes: false }), []);
+  const engineRoot = path.join(resinData, 'docker');
+  assert.deepEqual(overlayProblems(engineRoot), []);
+  assert.deepEqual(metadataProblems(engineRoot), []);
+
+  const missing = transplant(['inject', path.join(work, 'no-such.bundle'), '--resin-data', resinData]);
+  assertOneLineError(missing, 'inject of a missing bundle');
+  const noRoot = transplant(['extract', '--from', path.join(work, 'no-such-root'), '--image', 'x', '--output', path.join(work, 'x.bundle')]);
+  assertOneLineError(noRoot, 'extract from a missing directory');
+  const noLs = transplant(['ls', path.join(work, 'no-such-thing')]);
+  assertOneLineError(noLs, 'ls of a missing path');
+});
+
+test('inject: a bundle with one flipped content byte is refused and the target left as it was', T, async () => {
+  const { fx, work, bundle } = await getExtracted();
+  const bad = path.join(work, 'flipped.bundle');
+  const bytes = fs.readFileSync(bundle);
+  const at = bytes.indexOf('hard linked content');
+  assert.ok(at > 0, 'the bundle holds the content of data/hl-a');
+  bytes[at] = (bytes[at] as number) ^ 0x20; // 'h' -> 'H': same size, every tar header intact
+  fs.writeFileSync(bad, bytes);
+  const resinData = path.join(work, 'flipped', 'resin-data');
+  copyTree(fx.bareEngineRoot, path.join(resinData, 'docker'));
+  const before = snapshotTree(resinData);
+  // The layer no longer matches its DiffID (tar-split CRC-64 per file, sha256 of the stream).
+  const r = transplant(['inject', bad, '--engine-root', path.join(resinData, 'docker')]);
+  assertOneLineError(r, 'inject of a corrupted bundle');
+  assert.deepEqual(diffSnapshots(before, snapshotTree(resinData), { directoryTimes: false }), []);
 });
