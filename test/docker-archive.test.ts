@@ -181,6 +181,11 @@ test('OCI layout (gzip and zstd layers, containerd name annotations) as a tar: l
   const lsDir = transplant(['ls', oci, '--json']);
   assert.equal(lsDir.code, 0, show(lsDir));
   assert.equal((JSON.parse(lsDir.stdout) as unknown[]).length, s.images.length);
+  // Standard input is spooled to a temp file (an archive is read more than once) and said so.
+  const stdin = run(process.execPath, [path.join(repoRoot(), 'bin', 'transplant'), 'ls', '-', '--json'], { input: fs.readFileSync(s.archive), timeoutMs: 300_000 });
+  assert.equal(stdin.code, 0, show(stdin));
+  assert.equal((JSON.parse(stdin.stdout) as unknown[]).length, s.images.length);
+  assert.match(stdin.stderr, /^warning: reading an image archive from standard input: spooling it to /, show(stdin));
   const gz = path.join(s.work, 'images.tar.gz');
   fs.writeFileSync(gz, runOk('gzip', ['-c', '-1', s.archive]).stdoutBytes);
   const lsGz = transplant(['ls', gz, '--json']);
