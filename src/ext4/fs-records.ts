@@ -1,6 +1,6 @@
 import type { ImageFile } from './image-file.js';
 import { inodeSeed, I_BLOCK, I_FLAGS, I_GENERATION, I_SIZE_LO, I_SIZE_HIGH, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, setInodeChecksum } from './inode.js';
-import { crc32c } from './crc32c.js';
+import { crc32c, crc32cU32 } from './crc32c.js';
 import { readSuperblock, INCOMPAT_64BIT, type Superblock } from './superblock.js';
 
 /**
@@ -143,6 +143,16 @@ export class Ext4Records {
       }
     }
     return false;
+  }
+
+  /** h_checksum of an external xattr block: crc32c(fs seed, le64 block number, block with h_checksum zero). */
+  xattrBlockChecksum(block: number, data: Buffer): number | undefined {
+    if (this.sb.csumSeed === undefined) return undefined;
+    const copy = Buffer.from(data);
+    copy.writeUInt32LE(0, 16);
+    let crc = crc32cU32(this.sb.csumSeed, block % 2 ** 32);
+    crc = crc32cU32(crc, Math.floor(block / 2 ** 32));
+    return crc32c(crc, copy);
   }
 
   private refreshDirTail(data: Buffer, dirIno: number, generation: number): void {

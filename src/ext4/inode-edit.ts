@@ -2,10 +2,10 @@ import type { Ext4Records } from './fs-records.js';
 import {
   EXT4_EXTENTS_FL, EXT4_INDEX_FL, EXT4_INLINE_DATA_FL, GOOD_OLD_INODE_SIZE,
   I_ATIME, I_ATIME_EXTRA, I_BLOCKS_HI, I_BLOCKS_LO, I_CTIME, I_CTIME_EXTRA, I_EXTRA_ISIZE,
-  I_FILE_ACL_HI, I_FILE_ACL_LO, I_FLAGS, I_MODE, I_MTIME, I_MTIME_EXTRA, I_SIZE_HIGH, I_SIZE_LO,
+  I_BLOCK, I_FILE_ACL_HI, I_FILE_ACL_LO, I_FLAGS, I_MODE, I_MTIME, I_MTIME_EXTRA, I_SIZE_HIGH, I_SIZE_LO,
   S_IFBLK, S_IFCHR, S_IFIFO, S_IFMT, fileTypeOfMode, writeDeviceNumbers, writeOwner, writeTime,
 } from './inode.js';
-import { inodeXattrBytes, writeInodeXattrs, type EncodedXattr } from './xattr.js';
+import { buildXattrBlock, inodeXattrBytes, writeInodeXattrs, type EncodedXattr } from './xattr.js';
 
 /** What the ext2fs binding cannot set, recorded per inode and written after a clean unmount. */
 export interface InodeEdit {
@@ -21,6 +21,13 @@ export interface InodeEdit {
   /** char/block devices. */
   devMajor?: number;
   devMinor?: number;
+  /**
+   * Attributes that do not fit in the inode go to an external block. The block was
+   * allocated by the binding as the only data block of `holderIno`, an otherwise unused
+   * file; the first application moves it (`block` is then set) and empties the holder,
+   * which the writer unlinks in a later session.
+   */
+  xattrBlock?: { holderIno: number; block?: number; xattrs: EncodedXattr[] };
   /** Directory entries naming this inode whose file_type byte must follow a type change. */
   dirents: Array<{ dirIno: number; name: Buffer }>;
 }
@@ -56,6 +63,21 @@ export function applyInodeEdit(fs: Ext4Records, ino: number, edit: InodeEdit): v
     throw new Error(`inode ${ino}: extended attributes need ${inodeXattrBytes(edit.xattrs)} bytes, the inode holds ${region.length}`);
   }
 
+  const bs = fs.sb.blockSize;
+  let fileAcl = inode.readUInt32LE(I_FILE_ACL_LO) + inode.readUInt16LE(I_FILE_ACL_HI) * 2 ** 32;
+  let blocks = inode.readUInt32LE(I_BLOCKS_LO) + inode.readUInt16LE(I_BLOCKS_HI) * 2 ** 32;
+  if (edit.xattrBlock) {
+    const xb = edit.xattrBlock;
+    if (xb.block === undefined) xb.block = takeHolderBlock(fs, xb.holderIno);
+    if (fileAcl !== 0 && fileAcl !== xb.block) throw new Error(`inode ${ino} already has an extended attribute block`);
+    const data = buildXattrBlock(xb.xattrs, bs, (b) => fs.xattrBlockChecksum(xb.block!, b) ?? 0);
+    fs.writeBlock(xb.block, data);
+    if (fileAcl !== xb.block) blocks += bs / 512; // i_blocks counts 512-byte sectors, the xattr block included
+    fileAcl = xb.block;
+    inode.writeUInt32LE(fileAcl % 2 ** 32, I_FILE_ACL_LO);
+    inode.writeUInt16LE(Math.floor(fileAcl / 2 ** 32), I_FILE_ACL_HI);
+  }
+
   inode.writeUInt16LE(edit.mode & 0xffff, I_MODE);
   writeOwner(inode, edit.uid, edit.gid);
   writeTime(inode, I_ATIME, I_ATIME_EXTRA, edit.atime);
@@ -66,8 +88,7 @@ export function applyInodeEdit(fs: Ext4Records, ino: number, edit: InodeEdit): v
     // Special files carry no data: no extent tree (an extents flag makes e2fsck call it
     // an illegal device), i_block zero except the device numbers, size and blocks 0
     // (e2fsck pass1 e2fsck_pass1_check_device_inode; fs/ext4/inode.c ext4_iget).
-    const fileAcl = inode.readUInt32LE(I_FILE_ACL_LO) + inode.readUInt16LE(I_FILE_ACL_HI);
-    if (inode.readUInt32LE(I_BLOCKS_LO) !== 0 && fileAcl === 0) {
+    if (blocks !== (fileAcl ? bs / 512 : 0)) {
       throw new Error(`inode ${ino}: a device node or FIFO must be created as an empty file`);
     }
     inode.writeUInt32LE(inode.readUInt32LE(I_FLAGS) & ~(EXT4_EXTENTS_FL | EXT4_INDEX_FL | EXT4_INLINE_DATA_FL), I_FLAGS);
@@ -75,11 +96,9 @@ export function applyInodeEdit(fs: Ext4Records, ino: number, edit: InodeEdit): v
     if (type !== S_IFIFO) writeDeviceNumbers(inode, edit.devMajor ?? 0, edit.devMinor ?? 0);
     inode.writeUInt32LE(0, I_SIZE_LO);
     inode.writeUInt32LE(0, I_SIZE_HIGH);
-    if (fileAcl === 0) {
-      inode.writeUInt32LE(0, I_BLOCKS_LO);
-      inode.writeUInt16LE(0, I_BLOCKS_HI);
-    }
   }
+  inode.writeUInt32LE(blocks % 2 ** 32, I_BLOCKS_LO);
+  inode.writeUInt16LE(Math.floor(blocks / 2 ** 32), I_BLOCKS_HI);
 
   writeInodeXattrs(region, edit.xattrs);
   fs.writeInode(ino, inode);
@@ -92,4 +111,28 @@ export function applyInodeEdit(fs: Ext4Records, ino: number, edit: InodeEdit): v
       }
     }
   }
+}
+
+/**
+ * Takes the single data block of a holder file and leaves the holder an empty file:
+ * an extent header with no entries (or an all-zero block map), size 0, no blocks.
+ * The block stays marked in use in the bitmap, now owned through i_file_acl.
+ */
+function takeHolderBlock(fs: Ext4Records, holderIno: number): number {
+  const holder = fs.readInode(holderIno);
+  const blocks = fs.dataBlocks(holder);
+  if (blocks.length !== 1) throw new Error(`xattr holder inode ${holderIno} has ${blocks.length} blocks, expected 1`);
+  if (holder.readUInt32LE(I_FLAGS) & EXT4_EXTENTS_FL) {
+    if (holder.readUInt16LE(I_BLOCK + 6) !== 0) throw new Error(`xattr holder inode ${holderIno} has a deep extent tree`);
+    holder.writeUInt16LE(0, I_BLOCK + 2); // eh_entries
+    holder.fill(0, I_BLOCK + 12, I_BLOCK + 60);
+  } else {
+    holder.fill(0, I_BLOCK, I_BLOCK + 60);
+  }
+  holder.writeUInt32LE(0, I_SIZE_LO);
+  holder.writeUInt32LE(0, I_SIZE_HIGH);
+  holder.writeUInt32LE(0, I_BLOCKS_LO);
+  holder.writeUInt16LE(0, I_BLOCKS_HI);
+  fs.writeInode(holderIno, holder);
+  return blocks[0];
 }

@@ -126,3 +126,59 @@ export function writeInodeXattrs(region: Buffer, xattrs: EncodedXattr[]): void {
   }
   // The end marker (4 zero bytes at entryOff) is already zero.
 }
+
+/** Size of struct ext4_xattr_header at the start of an external xattr block. */
+const BLOCK_HEADER = 32;
+
+/** Bytes the attributes take in an external xattr block (header, entries, end marker, values). */
+export function blockXattrBytes(xattrs: EncodedXattr[]): number {
+  let n = BLOCK_HEADER + 4;
+  for (const x of xattrs) n += ENTRY_HEADER + pad4(x.name.length) + pad4(x.value.length);
+  return n;
+}
+
+/**
+ * An external xattr block (fs/ext4/xattr.h struct ext4_xattr_header; xattr.c):
+ * header { h_magic 0xEA020000, h_refcount 1, h_blocks 1, h_hash, h_checksum },
+ * entries sorted by (name index, name length, name) — the kernel's lookup in a block
+ * stops at the first entry that sorts after the name — then values packed from the
+ * block's end, each padded to 4, e_value_offs counted from the block start.
+ * h_hash combines the entry hashes (ext4_xattr_rehash). `checksum` fills h_checksum:
+ * crc32c(fs seed, le64 block number, block with h_checksum zero) (ext4_xattr_block_csum).
+ */
+export function buildXattrBlock(
+  xattrs: EncodedXattr[],
+  blockSize: number,
+  checksum?: (block: Buffer) => number,
+): Buffer {
+  if (blockXattrBytes(xattrs) > blockSize) throw new Error('extended attributes do not fit in one block');
+  const sorted = [...xattrs].sort((a, b) => a.index - b.index || a.name.length - b.name.length || Buffer.compare(a.name, b.name));
+  const block = Buffer.alloc(blockSize);
+  block.writeUInt32LE(XATTR_MAGIC, 0);
+  block.writeUInt32LE(1, 4); // h_refcount
+  block.writeUInt32LE(1, 8); // h_blocks
+  let entryOff = BLOCK_HEADER;
+  let valueEnd = blockSize;
+  let blockHash = 0;
+  for (const x of sorted) {
+    const hash = xattrHash(x.name, x.value);
+    let valueOffs = 0;
+    if (x.value.length) {
+      valueEnd -= pad4(x.value.length);
+      valueOffs = valueEnd;
+      x.value.copy(block, valueEnd);
+    }
+    block.writeUInt8(x.name.length, entryOff);
+    block.writeUInt8(x.index, entryOff + 1);
+    block.writeUInt16LE(valueOffs, entryOff + 2);
+    block.writeUInt32LE(0, entryOff + 4);
+    block.writeUInt32LE(x.value.length, entryOff + 8);
+    block.writeUInt32LE(hash, entryOff + 12);
+    x.name.copy(block, entryOff + ENTRY_HEADER);
+    entryOff += ENTRY_HEADER + pad4(x.name.length);
+    blockHash = ((blockHash << 16) ^ (blockHash >>> 16) ^ hash) >>> 0;
+  }
+  block.writeUInt32LE(blockHash, 12);
+  if (checksum) block.writeUInt32LE(checksum(block), 16);
+  return block;
+}

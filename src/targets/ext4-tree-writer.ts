@@ -13,7 +13,7 @@ import { Ext4Records } from '../ext4/fs-records.js';
 import { applyInodeEdit, inodeXattrRoom, type InodeEdit } from '../ext4/inode-edit.js';
 import { checkWritable, parseSuperblock, type Superblock } from '../ext4/superblock.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG } from '../ext4/inode.js';
-import { encodeXattr, inodeXattrBytes } from '../ext4/xattr.js';
+import { blockXattrBytes, encodeXattr, inodeXattrBytes } from '../ext4/xattr.js';
 
 export interface Ext4TreeWriterOptions {
   /** For messages, e.g. `balena.img:resin-data`. */
@@ -65,6 +65,9 @@ export class Ext4TreeWriter implements TreeWriter {
   private readonly chunk = Buffer.allocUnsafe(CHUNK);
   private readonly now = BigInt(Date.now()) * 1_000_000n;
   private inodeSize = 256;
+  private blockSize = 4096;
+  /** Files whose single block becomes an external xattr block (see makeXattrHolder). */
+  private readonly holders: Array<{ path: string; ino: number }> = [];
 
   constructor(readonly imagePath: string, readonly fsOffset: number, options: Ext4TreeWriterOptions = {}) {
     this.description = options.description ?? `${imagePath}@${fsOffset}`;
@@ -80,6 +83,7 @@ export class Ext4TreeWriter implements TreeWriter {
       const sb = this.readSb(fd);
       checkWritable(sb, this.description);
       this.inodeSize = sb.inodeSize;
+      this.blockSize = sb.blockSize;
       const disk = new CachedFileDisk(fd, CACHE_BYTES);
       const fsys = await mountExt2(disk, this.fsOffset);
       this.session = { fd, disk, fs: fsys, p: fsys.promises };
@@ -130,6 +134,15 @@ export class Ext4TreeWriter implements TreeWriter {
   async close(): Promise<void> {
     if (this.closed) return;
     await this.suspend();
+    if (this.holders.length > 0) {
+      // The xattr blocks have moved to their inodes: unlink the emptied holders.
+      const s = await this.mount();
+      for (const h of this.holders) {
+        if (await this.lstatIn(s, h.path)) await s.p.unlink(h.path);
+      }
+      this.holders.length = 0;
+      await this.suspend();
+    }
     this.closed = true;
   }
 
@@ -475,9 +488,10 @@ export class Ext4TreeWriter implements TreeWriter {
     }
     const s = await this.mount();
     const need = inodeXattrBytes(xattrs);
-    if (need > inodeXattrRoom(this.inodeSize)) {
+    const external = need > inodeXattrRoom(this.inodeSize);
+    if (external && blockXattrBytes(xattrs) > this.blockSize) {
       throw new Error(
-        `${where}: its extended attributes need ${need} bytes but only ${inodeXattrRoom(this.inodeSize)} fit inside an inode; external xattr blocks are not supported yet`,
+        `${where}: its extended attributes need ${blockXattrBytes(xattrs)} bytes, more than one ${this.blockSize}-byte block holds (values on their own inodes are not supported)`,
       );
     }
     if (entry.kind === 'hardlink') {
@@ -494,9 +508,10 @@ export class Ext4TreeWriter implements TreeWriter {
       atime: entry.atime,
       mtime: entry.mtime,
       ctime: this.now,
-      xattrs,
+      xattrs: external ? [] : xattrs,
       dirents: [],
     };
+    if (external) edit.xattrBlock = { holderIno: await this.makeXattrHolder(s), xattrs };
     let ino: number;
     switch (entry.kind) {
       case 'directory':
@@ -525,6 +540,27 @@ export class Ext4TreeWriter implements TreeWriter {
       }
     }
     this.edits.set(ino, edit);
+  }
+
+  /**
+   * A hidden file at the root holding exactly one allocated block, which the record
+   * edit after unmount turns into the external xattr block of an inode (the binding
+   * has no xattr calls, but it allocates blocks). The emptied holder is unlinked in a
+   * later session (close()).
+   */
+  private async makeXattrHolder(s: Session): Promise<number> {
+    const p = `/.transplant-xattr-${process.pid}-${this.holders.length}-${Date.now()}`;
+    const fd = await openExt2(s.fs, p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+    try {
+      const zero = Buffer.alloc(this.blockSize);
+      const { bytesWritten } = await s.p.write(fd, zero, 0, zero.length, null);
+      if (bytesWritten !== zero.length) throw new Error(`${this.description}: short write (file system full?)`);
+      const ino = await inodeNumberOf(fd);
+      this.holders.push({ path: p, ino });
+      return ino;
+    } finally {
+      await s.p.close(fd);
+    }
   }
 
   /** Removes whatever is at p (a whole tree for a directory). */

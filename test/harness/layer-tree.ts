@@ -63,6 +63,21 @@ export const CAPABILITY = (() => {
   return b;
 })();
 
+/** A POSIX ACL in the VFS xattr format (posix_acl_xattr.h): user::rwx user:1234:r-- group::r-x mask::r-x other::r--. */
+export const ACL = (() => {
+  const entries: Array<[number, number, number]> = [
+    [0x01, 7, 0xffffffff], [0x02, 4, 1234], [0x04, 5, 0xffffffff], [0x10, 5, 0xffffffff], [0x20, 4, 0xffffffff],
+  ];
+  const b = Buffer.alloc(4 + entries.length * 8);
+  b.writeUInt32LE(2, 0);
+  entries.forEach(([tag, perm, id], i) => {
+    b.writeUInt16LE(tag, 4 + i * 8);
+    b.writeUInt16LE(perm, 6 + i * 8);
+    b.writeUInt32LE(id, 8 + i * 8);
+  });
+  return b;
+})();
+
 const T0 = 1_700_000_000_123_456_789n;
 
 /** The full-coverage tree. `manyFiles` entries go into one directory. */
@@ -98,6 +113,10 @@ export async function fullTree(manyFiles = 3000): Promise<BuiltTree> {
   add({ path: 'bin/sticky', kind: 'directory', mode: 0o1777 });
   add({ path: 'bin/link', kind: 'symlink', mode: 0o777, linkTarget: 'su', uid: 100000, gid: 200000 });
   add({ path: 'bin/longlink', kind: 'symlink', mode: 0o777, linkTarget: 'x/'.repeat(100) + 'end' });
+  // More than fits inside a 256-byte inode: an external xattr block (a POSIX ACL, converted
+  // to ext4's disk format and back by the kernel, and a long user attribute).
+  add({ path: 'bin/acl', kind: 'file', mode: 0o754, uid: 1, gid: 2, size: 10, xattrs: [x('system.posix_acl_access', ACL), x('user.big', 'v'.repeat(300)), x('security.capability', CAPABILITY)] }, 6);
+  add({ path: 'bin/acl-dir', kind: 'directory', mode: 0o755, xattrs: [x('system.posix_acl_default', ACL), x('trusted.overlay.opaque', 'y'), x('user.long', 'w'.repeat(120))] });
   add({ path: 'opaque', kind: 'directory', mode: 0o750, xattrs: [x('trusted.overlay.opaque', 'y'), x('user.note', 'hello')] });
   add({ path: 'opaque/gone', kind: 'char-device', mode: 0, devMajor: 0, devMinor: 0 });
   add({ path: 'opaque/gone-too', kind: 'hardlink', linkTarget: 'opaque/gone' });
