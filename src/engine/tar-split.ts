@@ -25,35 +25,61 @@ import { BLOCK, parsePaxRecords } from '../tar/header.js';
 // ---- CRC-64/ISO -----------------------------------------------------------------------
 
 /**
- * Go's crc64.MakeTable(crc64.ISO): reflected polynomial 0xD800000000000000. Every entry of
- * that table has only its top 16 bits set, so the table is kept as 16-bit values and the
- * 64-bit state as two 32-bit halves.
+ * Go's crc64.MakeTable(crc64.ISO): reflected polynomial 0xD800000000000000, here as
+ * slicing-by-8 tables (T[k][i] = CRC of byte i followed by k zero bytes), each 64-bit
+ * entry kept as two 32-bit halves (HI, LO) at index k * 256 + i.
  */
-const CRC_TOP = (() => {
-  const t = new Uint32Array(256);
+const [CRC_HI, CRC_LO] = (() => {
+  const hi = new Int32Array(8 * 256);
+  const lo = new Int32Array(8 * 256);
+  const t0: bigint[] = [];
   for (let i = 0; i < 256; i++) {
     let crc = BigInt(i);
     for (let k = 0; k < 8; k++) crc = crc & 1n ? (crc >> 1n) ^ 0xd800000000000000n : crc >> 1n;
-    if ((crc & 0x0000ffffffffffffn) !== 0n) throw new Error('crc64 table assumption broken');
-    t[i] = Number(crc >> 48n);
+    t0.push(crc);
   }
-  return t;
+  for (let i = 0; i < 256; i++) {
+    let crc = t0[i];
+    for (let k = 0; k < 8; k++) {
+      hi[k * 256 + i] = Number(crc >> 32n) | 0;
+      lo[k * 256 + i] = Number(crc & 0xffffffffn) | 0;
+      crc = (crc >> 8n) ^ t0[Number(crc & 0xffn)];
+    }
+  }
+  return [hi, lo];
 })();
 
 /** Streaming CRC-64/ISO as Go's hash/crc64 computes it; digest() is big-endian like hash.Sum. */
 export class Crc64 {
-  // State is the complemented CRC (Go's update: crc = ^crc … return ^crc), kept complemented throughout.
-  private hi = 0xffffffff;
-  private lo = 0xffffffff;
+  // The state is kept complemented (Go's update: crc = ^crc … return ^crc), as int32 halves.
+  private hi = -1;
+  private lo = -1;
 
   update(data: Uint8Array): this {
     let hi = this.hi;
     let lo = this.lo;
-    const t = CRC_TOP;
-    for (let i = 0; i < data.length; i++) {
+    const H = CRC_HI;
+    const L = CRC_LO;
+    const n = data.length;
+    let i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const a = lo ^ (data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24));
+      const b = hi ^ (data[i + 4] | (data[i + 5] << 8) | (data[i + 6] << 16) | (data[i + 7] << 24));
+      const i7 = 1792 + (a & 0xff);
+      const i6 = 1536 + ((a >>> 8) & 0xff);
+      const i5 = 1280 + ((a >>> 16) & 0xff);
+      const i4 = 1024 + (a >>> 24);
+      const i3 = 768 + (b & 0xff);
+      const i2 = 512 + ((b >>> 8) & 0xff);
+      const i1 = 256 + ((b >>> 16) & 0xff);
+      const i0 = b >>> 24;
+      hi = H[i7] ^ H[i6] ^ H[i5] ^ H[i4] ^ H[i3] ^ H[i2] ^ H[i1] ^ H[i0];
+      lo = L[i7] ^ L[i6] ^ L[i5] ^ L[i4] ^ L[i3] ^ L[i2] ^ L[i1] ^ L[i0];
+    }
+    for (; i < n; i++) {
       const idx = (lo ^ data[i]) & 0xff;
-      lo = ((lo >>> 8) | (hi << 24)) >>> 0;
-      hi = ((hi >>> 8) ^ (t[idx] << 16)) >>> 0;
+      lo = ((lo >>> 8) | (hi << 24)) ^ L[idx];
+      hi = (hi >>> 8) ^ H[idx];
     }
     this.hi = hi;
     this.lo = lo;
