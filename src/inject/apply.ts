@@ -36,6 +36,7 @@ import { layerFiles } from '../engine/layerdb.js';
 import { serializeRepositories } from '../engine/repositories.js';
 import { contentOrderOf } from '../bundle/write.js';
 import type { InjectPlan, PlannedLayer } from './plan.js';
+import { checked, fileRecords } from './content-check.js';
 import type { TargetStore } from './target-store.js';
 
 export interface InjectProgress {
@@ -97,11 +98,14 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     created.push(dir);
     await w.mkdirp(dir, MODE.cacheDir);
     const diff = at(diffDir(layer.cacheId));
+    const records = layer.source.tarSplit ? await fileRecords(layer.source.tarSplit, `${source.description}: layer ${layer.chainId}`) : undefined;
     let first = true;
     for await (const { entry, content } of source.layerItems(layer.chainId)) {
       if (first && entry.path !== '.') await w.mkdirp(diff, MODE.diffDir);
       first = false;
-      await w.writeEntry(diff, entry, content);
+      const record = content ? records?.get(entry.path) : undefined;
+      const body = content && record ? checked(content, record, () => `${source.description}: layer ${layer.chainId.slice(7, 19)}: ${entry.path}`) : content;
+      await w.writeEntry(diff, entry, body);
       progress?.entryWritten(entry);
     }
     if (first) await w.mkdirp(diff, MODE.diffDir);
