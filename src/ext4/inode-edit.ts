@@ -37,7 +37,7 @@ const WANT_EXTRA_ISIZE = 32;
 
 /** Room for in-inode xattrs in a freshly written inode of this size. */
 export function inodeXattrRoom(inodeSize: number): number {
-  return inodeSize - GOOD_OLD_INODE_SIZE - WANT_EXTRA_ISIZE;
+  return Math.max(0, inodeSize - GOOD_OLD_INODE_SIZE - WANT_EXTRA_ISIZE);
 }
 
 export function xattrsFit(inodeSize: number, xattrs: EncodedXattr[]): boolean {
@@ -50,15 +50,18 @@ export function applyInodeEdit(fs: Ext4Records, ino: number, edit: InodeEdit): v
   const type = edit.mode & S_IFMT;
   const oldType = inode.readUInt16LE(I_MODE) & S_IFMT;
 
-  let extra = inode.readUInt16LE(I_EXTRA_ISIZE);
-  if (extra < WANT_EXTRA_ISIZE) {
+  // 128-byte inodes (old mke2fs "small" defaults) have no large part: whole-second times
+  // only, and every extended attribute lives in an external block.
+  const large = inode.length > GOOD_OLD_INODE_SIZE;
+  let extra = large ? inode.readUInt16LE(I_EXTRA_ISIZE) : 0;
+  if (large && extra < WANT_EXTRA_ISIZE) {
     // Too small to hold the *_extra times: widen it (only safe with no in-inode xattrs yet,
     // and the region is rewritten below anyway).
     extra = WANT_EXTRA_ISIZE;
     inode.writeUInt16LE(extra, I_EXTRA_ISIZE);
     inode.fill(0, GOOD_OLD_INODE_SIZE + 2, GOOD_OLD_INODE_SIZE + extra);
   }
-  const region = inode.subarray(GOOD_OLD_INODE_SIZE + extra);
+  const region = inode.subarray(Math.min(inode.length, GOOD_OLD_INODE_SIZE + extra));
   if (inodeXattrBytes(edit.xattrs) > region.length) {
     throw new Error(`inode ${ino}: extended attributes need ${inodeXattrBytes(edit.xattrs)} bytes, the inode holds ${region.length}`);
   }
@@ -80,9 +83,9 @@ export function applyInodeEdit(fs: Ext4Records, ino: number, edit: InodeEdit): v
 
   inode.writeUInt16LE(edit.mode & 0xffff, I_MODE);
   writeOwner(inode, edit.uid, edit.gid);
-  writeTime(inode, I_ATIME, I_ATIME_EXTRA, edit.atime);
-  writeTime(inode, I_MTIME, I_MTIME_EXTRA, edit.mtime);
-  writeTime(inode, I_CTIME, I_CTIME_EXTRA, edit.ctime);
+  writeTime(inode, I_ATIME, large ? I_ATIME_EXTRA : undefined, edit.atime);
+  writeTime(inode, I_MTIME, large ? I_MTIME_EXTRA : undefined, edit.mtime);
+  writeTime(inode, I_CTIME, large ? I_CTIME_EXTRA : undefined, edit.ctime);
 
   if (type === S_IFCHR || type === S_IFBLK || type === S_IFIFO) {
     // Special files carry no data: no extent tree (an extents flag makes e2fsck call it
@@ -100,7 +103,7 @@ export function applyInodeEdit(fs: Ext4Records, ino: number, edit: InodeEdit): v
   inode.writeUInt32LE(blocks % 2 ** 32, I_BLOCKS_LO);
   inode.writeUInt16LE(Math.floor(blocks / 2 ** 32), I_BLOCKS_HI);
 
-  writeInodeXattrs(region, edit.xattrs);
+  if (region.length > 0) writeInodeXattrs(region, edit.xattrs);
   fs.writeInode(ino, inode);
 
   if (type !== oldType || edit.dirents.length > 0) {

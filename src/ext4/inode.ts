@@ -85,7 +85,19 @@ export function encodeTime(ns: bigint): { seconds: number; extra: number } {
   return { seconds: Number(BigInt.asUintN(32, lo)), extra: ((Number(nsec) << 2) | epoch) >>> 0 };
 }
 
-export function writeTime(inode: Buffer, secOff: number, extraOff: number, ns: bigint): void {
+/**
+ * Writes a time; without an `_extra` field (128-byte inodes) only whole seconds, clamped
+ * to the signed 32-bit range as the kernel does (fs/ext4/ext4.h EXT4_INODE_SET_XTIME).
+ */
+export function writeTime(inode: Buffer, secOff: number, extraOff: number | undefined, ns: bigint): void {
+  if (extraOff === undefined) {
+    let sec = ns / 1_000_000_000n;
+    if (ns < 0n && ns % 1_000_000_000n !== 0n) sec -= 1n;
+    if (sec > 0x7fffffffn) sec = 0x7fffffffn;
+    if (sec < -0x80000000n) sec = -0x80000000n;
+    inode.writeInt32LE(Number(sec), secOff);
+    return;
+  }
   const t = encodeTime(ns);
   inode.writeUInt32LE(t.seconds, secOff);
   inode.writeUInt32LE(t.extra, extraOff);

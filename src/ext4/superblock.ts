@@ -177,8 +177,8 @@ export function checkWritable(sb: Superblock, where: string): void {
   if (!(sb.featureIncompat & INCOMPAT_FILETYPE)) {
     throw new Error(`${where}: the ext4 file system lacks the filetype feature, which transplant needs`);
   }
-  if (sb.inodeSize < 256) {
-    throw new Error(`${where}: the ext4 file system has ${sb.inodeSize}-byte inodes; transplant needs 256-byte inodes for nanosecond times and extended attributes`);
+  if (sb.inodeSize < 128 || (sb.inodeSize & (sb.inodeSize - 1)) !== 0) {
+    throw new Error(`${where}: the ext4 superblock looks damaged (inode size ${sb.inodeSize})`);
   }
   if (sb.blockSize > 65536 || sb.blocksPerGroup === 0 || sb.inodesPerGroup === 0) {
     throw new Error(`${where}: the ext4 superblock looks damaged (block size ${sb.blockSize})`);
