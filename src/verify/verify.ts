@@ -25,7 +25,7 @@ import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { chainIds as chainIdsOf, sha256Digest } from '../engine/digest.js';
-import { IMAGEDB_CONTENT, LAYERDB_SHA, LINKS, REPOSITORIES, cacheDir, diffDir, layerDir, linkPath, linkTarget } from '../engine/layout.js';
+import { IMAGEDB_CONTENT, IMAGEDB_METADATA, LAYERDB_SHA, LINKS, REPOSITORIES, cacheDir, diffDir, layerDir, linkPath, linkTarget } from '../engine/layout.js';
 import { parseLayerFiles, type LayerRecord } from '../engine/layerdb.js';
 import { parseRepositories, type Repositories } from '../engine/repositories.js';
 import { FILE, TarSplitFileError, assembledDigest, cleanTarPath, readTarSplit, type FileOpener } from '../engine/tar-split.js';
@@ -101,6 +101,8 @@ export function hostFileAccess(root: string): LayerFileAccess {
 function readerFileAccess(reader: StoreReader): LayerFileAccess {
   const root = (reader as { root?: unknown }).root;
   if (typeof root === 'string') return hostFileAccess(root);
+  // A file system the host cannot read directly (ext4 in a disk image): whole files, and
+  // file types only (devices show as 'other'; xattrs are not visible through a StoreReader).
   return {
     open: (rel) =>
       (async function* () {
@@ -108,6 +110,12 @@ function readerFileAccess(reader: StoreReader): LayerFileAccess {
         if (!data) throw new Error('no such file');
         yield data;
       })(),
+    inspect: async (rel) => {
+      const k = await reader.kindOf(rel.toString('utf8'));
+      if (k === undefined) return { kind: 'missing' };
+      if (k === 'other') return { kind: 'char-device', rdev: { major: 0, minor: 0 } };
+      return { kind: k, opaque: k === 'directory' ? true : undefined };
+    },
   };
 }
 
@@ -143,6 +151,11 @@ export async function verifyEngineRoot(reader: StoreReader, prefix: string, opti
     if (sha256Digest(config) !== id) {
       problems.push(`image ${id}: its config hashes to ${sha256Digest(config)} (the engine drops this image)`);
       continue;
+    }
+    // imagedb/metadata/<id>/lastUpdated: RFC 3339 with nanoseconds, no newline (a malformed one breaks docker image inspect).
+    const lastUpdated = await reader.readFile(at(`${IMAGEDB_METADATA}/${hex}/lastUpdated`));
+    if (lastUpdated && !/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/.test(lastUpdated.toString('latin1'))) {
+      problems.push(`image ${id}: metadata lastUpdated is not an RFC 3339 time without a newline (${JSON.stringify(lastUpdated.toString('latin1').slice(0, 60))})`);
     }
     try {
       const p = configPlatform(config);
