@@ -28,6 +28,13 @@ export interface VerifyOptions {
   injected: FixtureImage[];
   /** Images the target held before (e.g. the supervisor): must still resolve and run. */
   preexisting?: FixtureImage[];
+  /**
+   * An engine root holding the preexisting images' layers as they were before the inject;
+   * those layers are compared with it instead of with sourceRoot. For targets made by
+   * mkfs.ext4 -d, which stores whole seconds and 32-bit times (e2fsprogs 1.47
+   * misc/create_inode.c), so they cannot equal the source.
+   */
+  preexistingRoot?: string;
   /** ChainID -> cache ID the target had before: those layers must have been reused, not copied. */
   reusedCacheIds?: Map<string, string>;
   /** References that must not resolve (images that were not selected). */
@@ -62,7 +69,8 @@ export async function verifyInjectedEngineRoot(o: VerifyOptions): Promise<string
         problems.push(`${label} was already in the target as overlay2/${reused} but now uses overlay2/${now} (not reused)`);
       }
       // A layer the target already had came from its own `docker load`, which sets no time on diff/ itself.
-      const diffs = compareLayerFiles(layerDiffDir(o.sourceRoot, chain), layerDiffDir(o.engineRoot, chain), {
+      const reference = o.preexistingRoot !== undefined && preexistingChains.has(chain) ? o.preexistingRoot : o.sourceRoot;
+      const diffs = compareLayerFiles(layerDiffDir(reference, chain), layerDiffDir(o.engineRoot, chain), {
         ignoreRootAttributes: preexistingChains.has(chain),
       });
       for (const d of diffs.slice(0, 20)) problems.push(`${label}: ${d}`);

@@ -1,0 +1,329 @@
+/**
+ * Issue "Inject straight into a balenaOS disk image", end to end at the CLI level: balenaOS-like
+ * MBR (logical data partition) and GPT images whose resin-data is made by mkfs.ext4 -d from a
+ * real engine root holding the supervisor image, too small for the apps; `transplant inject
+ * <bundle> --disk <img>` run as an unprivileged user (nobody); judged by sfdisk/sgdisk, e2fsck,
+ * a kernel loop mount and a real dockerd on <mount>/docker (every image resolves, runs and is
+ * saved with the source's DiffIDs; every file equals the source's in every attribute).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { buildBalenaImage, type BalenaImageOptions } from './harness/balena-image.js';
+import {
+  assertOneLineError,
+  giveToUser,
+  lsJson,
+  show,
+  spawnTransplant,
+  transplant,
+  userDir,
+} from './harness/cli.js';
+import { assertE2fsckClean, dataPartition, listDir, sha256File, tableProblems, withMountedData } from './harness/disk-judge.js';
+import { Dockerd } from './harness/dockerd.js';
+import { runOk } from './harness/exec.js';
+import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from './harness/fixtures.js';
+import { chainIds, layerCacheId } from './harness/judge.js';
+import { verifyInjectedEngineRoot } from './harness/verify.js';
+
+const T = { timeout: 600_000 };
+const AMD64 = { slug: 'genericx86-64-ext', arch: 'amd64' };
+const AARCH64 = { slug: 'raspberrypi4-64', arch: 'aarch64' };
+
+interface Setup {
+  fx: Fixtures;
+  work: string;
+  /** Owned by the unprivileged user: images and bundles it writes live here. */
+  userWork: string;
+  bundle: string;
+  selected: FixtureImage[];
+  /** ChainID -> cache ID of the supervisor's layers in the target fixture (must be reused). */
+  reused: Map<string, string>;
+  seq: number;
+}
+
+let setup: Promise<Setup> | undefined;
+
+function getSetup(): Promise<Setup> {
+  setup ??= (async () => {
+    const fx = await getFixtures();
+    const work = tempDir('tpdisk-');
+    const userWork = userDir(path.join(work, 'u'));
+    const { appA, appB, appC, appD } = fx.images;
+    const bundle = path.join(userWork, 'apps.bundle');
+    const r = transplant(['extract', '--from', fx.sourceRoot, '--image', 'fixture/app-a:1.0', '--image', 'fixture/app-b', '--image', fx.digestRef, '--image', 'fixture/app-d:3.1', '--output', bundle]);
+    assert.equal(r.code, 0, `extract\n${show(r)}`);
+    giveToUser(bundle);
+    const reused = new Map<string, string>();
+    const targetEngine = path.join(fx.targetResinData, 'docker');
+    for (const chain of chainIds(fx.supervisor.diffIds)) reused.set(chain, layerCacheId(targetEngine, chain) as string);
+    return { fx, work, userWork, bundle, selected: [appA, appB, appC, appD], reused, seq: 0 };
+  })();
+  return setup;
+}
+
+/**
+ * A balenaOS-like image whose resin-data is made (mkfs.ext4 -L resin-data -i 8192 -d) from the
+ * target fixture (docker/ with the supervisor, resin-data/, remove_me_to_reset), given to the
+ * unprivileged user in its directory.
+ */
+function buildImage(s: Setup, name: string, opts: BalenaImageOptions): string {
+  const buildDir = path.join(s.work, `build-${++s.seq}`);
+  const img = buildBalenaImage(buildDir, name, { dataDir: s.fx.targetResinData, ...opts });
+  const dest = path.join(s.userWork, name);
+  fs.renameSync(img.path, dest);
+  fs.rmSync(buildDir, { recursive: true, force: true });
+  return giveToUser(dest);
+}
+
+/** Files in the user's directory that a run left behind (work copies, resize side copies). */
+function leftovers(dir: string, before: string[]): string[] {
+  return listDir(dir).filter((f) => !before.includes(f));
+}
+
+/** Everything the issue asks of an image that images were injected into. */
+async function judgeInjectedImage(s: Setup, img: string, table: 'mbr' | 'gpt', injected: FixtureImage[], before: string): Promise<void> {
+  assert.deepEqual(tableProblems(img, table), [], `${img}: partition table`);
+  assertE2fsckClean(img, s.work);
+  // transplant ls on the image (as the user: it never needs to write).
+  const listed = lsJson(img, { asUser: true });
+  for (const want of [...injected, s.fx.supervisor]) {
+    const l = listed.find((i) => i.id === want.id);
+    assert.ok(l, `ls ${img} lists ${want.key} (${want.id})\n${JSON.stringify(listed)}`);
+    assert.deepEqual([...l.references].sort(), [...want.refs].sort(), `ls ${img}: references of ${want.key}`);
+  }
+  assert.ok(!listed.some((i) => i.id === s.fx.images.unselected.id), 'ls lists an image that was not injected');
+  await withMountedData(before, s.work, (old) =>
+    withMountedData(img, s.work, async (mnt) => {
+      assert.ok(fs.statSync(path.join(mnt, 'remove_me_to_reset')).isFile(), 'remove_me_to_reset is still there');
+      assert.ok(fs.statSync(path.join(mnt, 'resin-data')).isDirectory(), 'resin-data/ is still there');
+      assert.ok(!fs.existsSync(path.join(mnt, 'apps.json')), 'no apps.json was asked for');
+      const problems = await verifyInjectedEngineRoot({
+        engineRoot: path.join(mnt, 'docker'),
+        sourceRoot: s.fx.sourceRoot,
+        injected,
+        preexisting: [s.fx.supervisor],
+        // The supervisor's layers (written by mkfs.ext4 -d) must be as they were in the image.
+        preexistingRoot: path.join(old, 'docker'),
+        reusedCacheIds: s.reused,
+        absentRefs: s.fx.images.unselected.refs,
+        scratchDir: s.work,
+      });
+      assert.deepEqual(problems, [], problems.join('\n'));
+    }), { readOnly: true });
+}
+
+/** A copy of an image as it is now (sparse), to compare with later. */
+function keepCopy(s: Setup, img: string): string {
+  const copy = path.join(s.work, `${path.basename(img)}.before`);
+  runOk('cp', ['--sparse=always', img, copy]);
+  return copy;
+}
+
+test('inject --disk into an MBR image (logical resin-data too small for the apps), as an unprivileged user, in place', T, async () => {
+  const s = await getSetup();
+  // 4 MiB, 1 KiB blocks: 512 inodes, about 100 free after the supervisor; the apps need more.
+  const img = buildImage(s, 'balena-mbr.img', { table: 'mbr', dataMiB: 4, deviceType: AMD64 });
+  const sizeBefore = fs.statSync(img).size;
+  const dataBefore = dataPartition(img);
+  const before = keepCopy(s, img);
+  const dirBefore = listDir(s.userWork);
+  const r = transplant(['inject', s.bundle, '--disk', img], { asUser: true });
+  assert.equal(r.code, 0, `inject --disk as nobody\n${show(r)}`);
+  assert.ok(fs.statSync(img).size > sizeBefore, `the image file grew (${sizeBefore} -> ${fs.statSync(img).size})`);
+  const dataAfter = dataPartition(img);
+  assert.equal(dataAfter.offset, dataBefore.offset, 'resin-data did not move');
+  assert.ok(dataAfter.size > dataBefore.size, 'resin-data grew');
+  assert.equal(fs.statSync(img).uid, 65534, 'the image still belongs to the user');
+  assert.deepEqual(leftovers(s.userWork, dirBefore), [], 'no work copy left behind');
+  await judgeInjectedImage(s, img, 'mbr', s.selected, before);
+});
+
+test('inject --disk --output into a GPT image (4 KiB blocks, journal): the input is untouched, the output judged', T, async () => {
+  const s = await getSetup();
+  const img = buildImage(s, 'balena-gpt.img', { table: 'gpt', dataMiB: 8, dataMkfsArgs: ['-b', '4096'], deviceType: AMD64 });
+  const out = path.join(s.userWork, 'balena-gpt-out.img');
+  const shaBefore = sha256File(img);
+  const sizeBefore = fs.statSync(img).size;
+  const dirBefore = listDir(s.userWork);
+  const r = transplant(['inject', s.bundle, '--disk', img, '--output', out], { asUser: true });
+  assert.equal(r.code, 0, `inject --disk --output as nobody\n${show(r)}`);
+  assert.equal(sha256File(img), shaBefore, 'the input image is byte-for-byte unchanged');
+  assert.ok(fs.statSync(out).size > sizeBefore, 'the output is larger than the input');
+  assert.deepEqual(leftovers(s.userWork, dirBefore), [path.basename(out)], 'only the output was added');
+  await judgeInjectedImage(s, out, 'gpt', s.selected, img);
+});
+
+test('inject --disk --dry-run prints the plan and changes nothing', T, async () => {
+  const s = await getSetup();
+  const img = buildImage(s, 'balena-dry.img', { table: 'mbr', dataMiB: 4, deviceType: AMD64 });
+  const sha = sha256File(img);
+  const dirBefore = listDir(s.userWork);
+  const r = transplant(['inject', s.bundle, '--disk', img, '--dry-run'], { asUser: true });
+  assert.equal(r.code, 0, show(r));
+  for (const img2 of s.selected) assert.ok(r.stdout.includes(img2.id.slice(7, 19)), `the plan names ${img2.key}\n${r.stdout}`);
+  assert.match(r.stdout, /total: \d+ layers to copy, \d+ to reuse/, 'the plan has a total');
+  assert.match(r.stdout, /reuse \(target already has it\)/, 'the base layer the supervisor shares is reused');
+  const j = transplant(['inject', s.bundle, '--disk', img, '--dry-run', '--json'], { asUser: true });
+  assert.equal(j.code, 0, show(j));
+  const plan = JSON.parse(j.stdout) as { images: { id: string }[]; bytes: number; inodes: number };
+  assert.deepEqual(plan.images.map((i) => i.id).sort(), s.selected.map((i) => i.id).sort());
+  assert.equal(sha256File(img), sha, 'the image is unchanged');
+  assert.deepEqual(listDir(s.userWork), dirBefore, 'nothing was added beside it');
+});
+
+test('inject --disk refuses what is not a balenaOS image, a flasher image, and another architecture (unless --force), with one line, changing nothing', T, async () => {
+  const s = await getSetup();
+  const dir = s.userWork;
+  const random = path.join(dir, 'random.img');
+  runOk('dd', ['if=/dev/urandom', `of=${random}`, 'bs=1M', 'count=8', 'status=none']);
+  giveToUser(random);
+  const zeros = path.join(dir, 'zeros.img');
+  fs.writeFileSync(zeros, '');
+  fs.truncateSync(zeros, 16 * 1024 * 1024);
+  giveToUser(zeros);
+  // A disk with an MBR and one FAT partition (a USB stick, not a balenaOS image).
+  const stick = path.join(dir, 'stick.img');
+  fs.writeFileSync(stick, '');
+  fs.truncateSync(stick, 16 * 1024 * 1024);
+  runOk('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', stick], { input: 'label: dos\nstart=2048, type=c\n' });
+  giveToUser(stick);
+  const flasher = buildImage(s, 'balena-flasher.img', { flasher: true, deviceType: AMD64 });
+  const arm = buildImage(s, 'balena-arm.img', { table: 'mbr', dataMiB: 8, deviceType: AARCH64 });
+
+  const cases: [string, RegExp][] = [
+    [random, /is not a balenaOS disk image/],
+    [zeros, /is not a balenaOS disk image/],
+    [stick, /is not a balenaOS disk image|no resin-data|resin-boot/],
+    [s.bundle, /is not a balenaOS disk image/],
+    // src/disk does not write flasher images yet (openDiskTarget refuses them).
+    [flasher, /flasher/],
+    [arm, /amd64.*aarch64.*--force|aarch64.*amd64.*--force/],
+  ];
+  for (const [file, want] of cases) {
+    const sha = sha256File(file);
+    const dirBefore = listDir(dir);
+    const r = transplant(['inject', s.bundle, '--disk', file], { asUser: true });
+    assertOneLineError(r, `inject --disk ${path.basename(file)}`);
+    assert.match(r.stderr, want, `inject --disk ${path.basename(file)}: the reason\n${show(r)}`);
+    assert.equal(sha256File(file), sha, `${path.basename(file)} is unchanged`);
+    assert.deepEqual(listDir(dir), dirBefore, `nothing left beside ${path.basename(file)}`);
+  }
+
+  // --force: injected anyway, with a warning per image.
+  const r = transplant(['inject', s.bundle, '--disk', arm, '--force'], { asUser: true });
+  assert.equal(r.code, 0, `--force\n${show(r)}`);
+  for (const img of s.selected) assert.ok(r.stderr.includes(img.refs[0] as string), `a warning names ${img.refs[0]}\n${show(r)}`);
+  assert.match(r.stderr, /^warning: .*amd64.*aarch64/m);
+  assert.deepEqual(tableProblems(arm, 'mbr'), []);
+  assertE2fsckClean(arm, s.work);
+  const listed = lsJson(arm);
+  for (const img of s.selected) assert.ok(listed.some((l) => l.id === img.id), `ls lists ${img.key} after --force`);
+});
+
+/** A bundle large enough (about 90 MB, 4000 files) that an inject takes seconds. */
+async function bigBundle(s: Setup): Promise<{ bundle: string; big: FixtureImage; root: string }> {
+  const root = path.join(s.work, 'big-source');
+  copyTree(s.fx.sourceRoot, root);
+  const d = await Dockerd.start({ dataRoot: root });
+  let big: FixtureImage;
+  try {
+    d.docker(['build', '--network', 'none', '--rm', '--force-rm', '-q', '-t', 'fixture/big:1', '-'], {
+      input: [
+        'FROM fixture/base:latest',
+        'RUN mkdir /many && cd /many && for i in $(seq 1 4000); do echo "file $i" > f$i; done && dd if=/dev/urandom of=/big1 bs=1M count=40 2>/dev/null && dd if=/dev/urandom of=/big2 bs=1M count=40 2>/dev/null',
+        'CMD ["/bin/sh", "-c", "echo transplant-marker-big"]',
+        '',
+      ].join('\n'),
+      timeoutMs: 300_000,
+    });
+    const [id, layers] = d.docker(['image', 'inspect', '--format', '{{.Id}} {{json .RootFS.Layers}}', 'fixture/big:1']).trim().split(' ');
+    big = { key: 'big', id: id as string, refs: ['fixture/big:1'], marker: 'transplant-marker-big', diffIds: JSON.parse(layers as string) as string[] };
+  } finally {
+    await d.stop();
+  }
+  d.cleanup();
+  const bundle = path.join(s.userWork, 'big.bundle');
+  const r = transplant(['extract', '--from', root, '--image', 'fixture/big:1', '--image', 'fixture/app-a:1.0', '--output', bundle]);
+  assert.equal(r.code, 0, `extract of the big image\n${show(r)}`);
+  giveToUser(bundle);
+  return { bundle, big, root };
+}
+
+test('inject --disk killed (SIGKILL) midway leaves the image byte-for-byte unchanged; only its .<name>.transplant-* work copy may stay', T, async () => {
+  const s = await getSetup();
+  const { bundle, big, root } = await bigBundle(s);
+  const img = buildImage(s, 'balena-kill.img', { table: 'mbr', dataMiB: 4, deviceType: AMD64 });
+  const sha = sha256File(img);
+  const dirBefore = listDir(s.userWork);
+
+  // How long an uninterrupted run takes, on a copy (the kills then land inside it).
+  const probe = path.join(s.userWork, 'probe.img');
+  const t0 = Date.now();
+  const full = transplant(['inject', bundle, '--disk', img, '--output', probe], { asUser: true });
+  const fullMs = Date.now() - t0;
+  assert.equal(full.code, 0, `uninterrupted run\n${show(full)}`);
+  fs.rmSync(probe);
+  assert.ok(fullMs > 1500, `an uninterrupted run takes ${fullMs} ms: too short to kill it midway`);
+
+  const pristine = path.join(s.work, 'kill-pristine.img');
+  fs.copyFileSync(img, pristine);
+  const notes: string[] = [];
+  let kills = 0;
+  for (const fraction of [0.08, 0.3, 0.55]) {
+    const delay = Math.round(fullMs * fraction);
+    const child = spawnTransplant(['inject', bundle, '--disk', img], { asUser: true });
+    let stderr = '';
+    child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.stdout?.resume();
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on('exit', (code, signal) => resolve({ code, signal })),
+    );
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    child.kill('SIGKILL');
+    const { code, signal } = await exited;
+    if (signal !== 'SIGKILL') {
+      // The machine was quicker this time: the run finished before the kill. It must have succeeded.
+      assert.equal(code, 0, `a run that was not killed failed\n${stderr}`);
+      notes.push(`after ${delay}/${fullMs} ms the run had already finished`);
+      fs.copyFileSync(pristine, img);
+      continue;
+    }
+    kills++;
+    assert.equal(sha256File(img), sha, `killed after ${delay} ms: the image is byte-for-byte unchanged`);
+    const left = leftovers(s.userWork, dirBefore);
+    for (const f of left) {
+      assert.match(f, /^\.balena-kill\.img\.transplant-\d+-[0-9a-f]+(\.resize-\d+)?$/, `killed after ${delay} ms: unexpected file ${f} left`);
+    }
+    // Documented behaviour: SIGKILL gives no chance to clean up, so the work copy (and a
+    // resize side copy when killed while growing) stays beside the image; removed here.
+    notes.push(`killed after ${delay}/${fullMs} ms: left ${left.length === 0 ? 'nothing' : left.join(', ')}`);
+    for (const f of left) fs.rmSync(path.join(s.userWork, f), { force: true });
+  }
+  assert.ok(kills >= 2, `only ${kills} runs could be killed midway: ${notes.join('; ')}`);
+  process.stdout.write(`# ${notes.join('; ')}\n`);
+
+  // The image still takes an uninterrupted inject, and the result is sound.
+  const r = transplant(['inject', bundle, '--disk', img], { asUser: true });
+  assert.equal(r.code, 0, `inject after the killed runs\n${show(r)}`);
+  assert.deepEqual(leftovers(s.userWork, dirBefore), []);
+  assert.deepEqual(tableProblems(img, 'mbr'), []);
+  assertE2fsckClean(img, s.work);
+  const listed = lsJson(img, { asUser: true });
+  for (const want of [big, s.fx.images.appA, s.fx.supervisor]) assert.ok(listed.some((l) => l.id === want.id), `ls lists ${want.key}`);
+  await withMountedData(pristine, s.work, (old) =>
+    withMountedData(img, s.work, async (mnt) => {
+      assert.ok(fs.existsSync(path.join(mnt, 'remove_me_to_reset')), 'remove_me_to_reset is still there');
+      const problems = await verifyInjectedEngineRoot({
+        engineRoot: path.join(mnt, 'docker'),
+        sourceRoot: root,
+        injected: [big, s.fx.images.appA],
+        preexisting: [s.fx.supervisor],
+        preexistingRoot: path.join(old, 'docker'),
+        reusedCacheIds: s.reused,
+        scratchDir: s.work,
+      });
+      assert.deepEqual(problems, [], problems.join('\n'));
+    }), { readOnly: true });
+});
