@@ -73,14 +73,25 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
   const w: TreeWriter = target.writer;
   const at = (p: string): string => target.path(p);
 
-  // The store's directories, as a fresh engine creates them.
-  await w.mkdirp(at(IMAGE_ROOT), MODE.imageDirs);
-  await w.mkdirp(at(LAYERDB_SHA), MODE.layerdbSha);
-  await w.mkdirp(at(LAYERDB_TMP), MODE.layerdbSha);
-  await w.mkdirp(at(IMAGEDB_CONTENT), MODE.imageDirs);
-  await w.mkdirp(at(IMAGEDB_METADATA), MODE.imageDirs);
-  await w.mkdirp(at(OVERLAY), MODE.overlayRoot);
-  await w.mkdirp(at(LINKS), MODE.linksDir);
+  // The store's directories, as a fresh engine creates them; those this run creates are
+  // removed again if it fails.
+  const ensureDir = async (dir: string, mode: number): Promise<void> => {
+    const parts = dir.split('/');
+    for (let i = 1; i <= parts.length; i++) {
+      const sub = parts.slice(0, i).join('/');
+      if ((await w.kindOf(sub)) === undefined) {
+        created.push(sub);
+        await w.mkdirp(sub, i === parts.length ? mode : MODE.imageDirs);
+      }
+    }
+  };
+  await ensureDir(at(IMAGE_ROOT), MODE.imageDirs);
+  await ensureDir(at(LAYERDB_SHA), MODE.layerdbSha);
+  await ensureDir(at(LAYERDB_TMP), MODE.layerdbSha);
+  await ensureDir(at(IMAGEDB_CONTENT), MODE.imageDirs);
+  await ensureDir(at(IMAGEDB_METADATA), MODE.imageDirs);
+  await ensureDir(at(OVERLAY), MODE.overlayRoot);
+  await ensureDir(at(LINKS), MODE.linksDir);
 
   // Content in the order the source streams it (ImageSource.contentOrder: lower files were
   // planned up front, so the writing order does not matter to them). The layerdb renames,
