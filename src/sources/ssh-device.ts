@@ -148,7 +148,7 @@ function lastLine(text: string): string {
 
 export class SshDeviceSource implements ImageSource {
   private engine!: EngineRootSource;
-  private readonly counts = new Map<string, number>();
+  private readonly counts = new Map<string, { entries: number; bytes: number }>();
   private closed = false;
 
   private constructor(
@@ -249,6 +249,7 @@ export class SshDeviceSource implements ImageSource {
     ch.on('exit', (c: number | null) => {
       code = c;
     });
+    const closed = new Promise((resolve) => ch.once('close', resolve));
     ch.stderr.on('data', (d: Buffer) => {
       if (stderr.length < 8192) stderr += d.toString('utf8');
     });
@@ -261,7 +262,7 @@ export class SshDeviceSource implements ImageSource {
       }
       out.push(c);
     }
-    if (!ch.destroyed) await new Promise((r) => (ch.destroyed ? r(undefined) : ch.once('close', r)));
+    await closed;
     return { code, stdout: Buffer.concat(out), stderr };
   }
 
@@ -335,18 +336,22 @@ export class SshDeviceSource implements ImageSource {
   async layer(chainId: string, options: { counts?: boolean } = {}): Promise<SourceLayer> {
     const layer = await this.engine.layer(chainId);
     if (!options.counts) return layer;
-    let entries = this.counts.get(chainId);
-    if (entries === undefined) {
-      // Everything GNU tar stores (it leaves sockets out), counted on the device.
-      const dir = this.at(`overlay2/${layer.cacheId as string}/diff`);
-      const r = await this.exec(`find ${shq(dir)} ! -type s -print0 | tr -cd '\\000' | wc -c`, 4096);
-      const n = Number(r.stdout.toString('utf8').trim());
-      if (r.code !== 0 || !Number.isSafeInteger(n) || n < 1) throw new Error(`${this.description}: cannot count the files of layer ${chainId} (${lastLine(r.stderr) || 'find failed'})`);
-      entries = n;
-      this.counts.set(chainId, entries);
+    let counts = this.counts.get(chainId);
+    if (counts === undefined) {
+      // Counted on the device: every entry GNU tar stores (it leaves sockets out), and the
+      // content bytes with each hard-linked inode once (busybox and GNU find/stat/awk alike).
+      const dir = shq(this.at(`overlay2/${layer.cacheId as string}/diff`));
+      const command =
+        `n=$(find ${dir} ! -type s -print0 | tr -cd '\\000' | wc -c) && ` +
+        `b=$(find ${dir} -type f -exec stat -c '%i %h %s' {} + | awk '$2 == 1 || !seen[$1]++ { s += $3 } END { printf "%d", s }') && ` +
+        `echo "$n $b"`;
+      const r = await this.exec(command, 4096);
+      const m = /^\s*(\d+) (\d+)\s*$/.exec(r.stdout.toString('utf8'));
+      if (r.code !== 0 || !m) throw new Error(`${this.description}: cannot count the files of layer ${chainId} (${lastLine(r.stderr) || 'find failed'})`);
+      counts = { entries: Number(m[1]), bytes: Number(m[2]) };
+      this.counts.set(chainId, counts);
     }
-    // bytes: the layerdb size (what the engine counted) stands in; the device is not walked twice.
-    return { ...layer, entries };
+    return { ...layer, ...counts };
   }
 
   async *layerItems(chainId: string): AsyncIterable<LayerItem> {
@@ -397,7 +402,7 @@ export class SshDeviceSource implements ImageSource {
       await exited;
       done = true;
       if (code !== 0) throw fail(lastLine(stderr) || `tar exited with status ${String(code)}`);
-      const expected = this.counts.get(chainId);
+      const expected = this.counts.get(chainId)?.entries;
       if (expected !== undefined && expected !== count) {
         throw fail(`${count} entries came, ${expected} were counted: the layer changed, or the device's tar left files out (${lastLine(stderr) || 'no message'})`);
       }
