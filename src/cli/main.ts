@@ -28,6 +28,7 @@ function targetOptions(command: Command): Command {
     .option('--dns <address>', 'with --static-ip: a DNS server; repeatable', collect, [])
     .option('--network-file <keyfile>', 'a NetworkManager keyfile to put into resin-boot/system-connections/ (checked first)')
     .option('--resin-boot <dir>', 'a mounted resin-boot partition for the network settings (with --disk, the image\'s own is written)')
+    .option('--verify', 'after writing, rebuild every injected layer from what was written and check it against its DiffID; undo the run on a mismatch')
     .option('--force', 'write even though an engine seems to be running on the target')
     .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing')
     .option('--json', 'print results as JSON');

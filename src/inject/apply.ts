@@ -49,27 +49,58 @@ function tmpName(): string {
   return randomBytes(8).toString('hex');
 }
 
-/**
- * Writes the plan. On failure, whatever this run created is removed again (in reverse
- * order) before the error is passed on, so the target is left as it was.
- */
-export async function applyPlan(plan: InjectPlan, source: ImageSource, target: TargetStore, progress?: InjectProgress): Promise<void> {
-  const created: string[] = [];
-  try {
-    await write(plan, source, target, created, progress);
-  } catch (error) {
-    for (const p of created.reverse()) {
+/** What a failed run undoes, newest first: paths it created, and the repositories.json it replaced. */
+class Undo {
+  private readonly steps: (() => Promise<void>)[] = [];
+
+  constructor(private readonly writer: TreeWriter) {}
+
+  push(path: string): void {
+    this.steps.push(() => this.writer.remove(path));
+  }
+
+  restore(path: string, data: Buffer, mode: number): void {
+    this.steps.push(async () => {
+      const tmp = `${path}.restore-${tmpName()}`;
+      await this.writer.writeFile(tmp, data, mode);
+      await this.writer.rename(tmp, path);
+    });
+  }
+
+  async run(): Promise<void> {
+    for (const step of this.steps.reverse()) {
       try {
-        await target.writer.remove(p);
+        await step();
       } catch {
         /* best effort: the engine prunes what no layer uses */
       }
     }
+  }
+}
+
+/**
+ * Writes the plan, then runs `check` (e.g. verification of what was written). On failure,
+ * whatever this run created is removed again and a replaced repositories.json restored,
+ * before the error is passed on, so the target is left as it was.
+ */
+export async function applyPlan(
+  plan: InjectPlan,
+  source: ImageSource,
+  target: TargetStore,
+  progress?: InjectProgress,
+  check?: () => Promise<void>,
+): Promise<void> {
+  const undo = new Undo(target.writer);
+  try {
+    await write(plan, source, target, undo, progress);
+    if (check) await check();
+  } catch (error) {
+    await undo.run();
     throw error;
   }
 }
 
-async function write(plan: InjectPlan, source: ImageSource, target: TargetStore, created: string[], progress?: InjectProgress): Promise<void> {
+async function write(plan: InjectPlan, source: ImageSource, target: TargetStore, created: Undo, progress?: InjectProgress): Promise<void> {
   const w: TreeWriter = target.writer;
   const at = (p: string): string => target.path(p);
 
@@ -152,7 +183,10 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
   for (const layer of copies) {
     if (!layer.parentCacheId) continue;
     const committed = at(`${cacheDir(layer.parentCacheId)}/committed`);
-    if ((await w.kindOf(committed)) === undefined) await w.writeFile(committed, Buffer.alloc(0), MODE.committed);
+    if ((await w.kindOf(committed)) === undefined) {
+      created.push(committed);
+      await w.writeFile(committed, Buffer.alloc(0), MODE.committed);
+    }
   }
 
   for (const { image, present } of plan.images) {
@@ -163,6 +197,7 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     await w.rename(tmp, at(imageConfigPath(image.id)));
     created.push(at(imageConfigPath(image.id)));
     if (image.lastUpdated) {
+      if ((await w.kindOf(at(imageMetadataDir(image.id)))) === undefined) created.push(at(imageMetadataDir(image.id)));
       await w.mkdirp(at(imageMetadataDir(image.id)), MODE.imageDirs);
       await w.writeFile(at(`${imageMetadataDir(image.id)}/lastUpdated`), Buffer.from(image.lastUpdated), MODE.imageMetadata);
     }
@@ -170,7 +205,11 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
 
   if (plan.references.added.length > 0 || plan.references.moved.length > 0) {
     const tmp = at(`${IMAGE_ROOT}/.tmp-repositories.json${tmpName()}`);
+    const previous = await w.readFile(at(REPOSITORIES));
+    created.push(tmp);
     await w.writeFile(tmp, serializeRepositories(plan.references.repositories), MODE.repositories);
     await w.rename(tmp, at(REPOSITORIES));
+    if (previous) created.restore(at(REPOSITORIES), previous, MODE.repositories);
+    else created.push(at(REPOSITORIES));
   }
 }

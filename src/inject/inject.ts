@@ -5,6 +5,7 @@ import { layersOf } from '../bundle/write.js';
 import { applyPlan, type InjectProgress } from './apply.js';
 import { planChangesNothing, planInjection, type InjectPlan } from './plan.js';
 import { TargetStore } from './target-store.js';
+import { verifyEngineRoot } from '../verify/verify.js';
 
 export interface InjectOptions {
   dryRun?: boolean;
@@ -16,6 +17,11 @@ export interface InjectOptions {
   extraReferences?: (store: TargetStore) => { key: string; imageId: string }[];
   /** Writes what goes beside the engine root once the images are complete (apps.json). */
   finish?: (writer: TreeWriter) => Promise<void>;
+  /**
+   * Re-reads what was written and rebuilds every injected layer from its tar-split and files,
+   * checking it against its DiffID (what `docker save` does); on a mismatch the run is undone.
+   */
+  verify?: boolean;
 }
 
 export interface InjectResult {
@@ -60,7 +66,13 @@ export async function injectImages(
       );
     }
   }
-  await applyPlan(plan, source, store, options.progress);
+  const check = options.verify
+    ? async (): Promise<void> => {
+        const report = await verifyEngineRoot(writer, prefix, { images: images.map((i) => i.id) });
+        if (!report.ok) throw new Error(`verification of what was written failed: ${report.problems[0]}${report.problems.length > 1 ? ` (and ${report.problems.length - 1} more problems)` : ''}`);
+      }
+    : undefined;
+  await applyPlan(plan, source, store, options.progress, check);
   if (options.finish) await options.finish(writer);
   return { plan, changed: true };
 }

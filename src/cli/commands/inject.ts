@@ -35,6 +35,7 @@ export interface InjectCommandOptions extends TargetOptions {
   dns?: string[];
   networkFile?: string;
   resinBoot?: string;
+  verify?: boolean;
   dryRun?: boolean;
   json?: boolean;
 }
@@ -180,6 +181,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
     let network: string | undefined;
     const result = await injectImages(source, images, target.writer, target.prefix, {
       dryRun: opts.dryRun,
+      verify: opts.verify,
       progress: new LayerProgressLine('inject'),
       warn: (m) => out.warn(m),
       beforeWrite: target.beforeWrite,
