@@ -1,0 +1,239 @@
+/**
+ * A live device over SSH: a real OpenSSH server on 127.0.0.1 (its own config, host key and
+ * authorized keys, PermitRootLogin prohibit-password) serves the source fixture's engine
+ * root. The bundle extracted over SSH must equal, attribute for attribute, the one extracted
+ * from the directory, and the device must be left exactly as it was. Also: the ssh-agent
+ * instead of --identity, hashed known_hosts entries, unknown and changed host keys, a login
+ * the server refuses, a path that is no engine root, and a device whose tar is busybox's.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { repoRoot, requireTools, run, runOk, type RunResult } from './harness/exec.js';
+import { getFixtures, tempDir, type Fixtures } from './harness/fixtures.js';
+import { compareBundles, describeBundle, type BundleDescription } from './harness/bundle-digest.js';
+import { treeDigest } from './harness/judge.js';
+
+const T = { timeout: 600_000 };
+const SSHD = '/usr/sbin/sshd';
+
+interface Server {
+  fx: Fixtures;
+  work: string;
+  port: number;
+  url: string;
+  /** A HOME whose .ssh/known_hosts holds the server's key, hashed. */
+  home: string;
+  key: string;
+  busyboxKey: string;
+  strangerKey: string;
+  imageArgs: string[];
+  reference: BundleDescription;
+  digestBefore: string;
+}
+
+const started: ChildProcess[] = [];
+after(() => {
+  for (const c of started) if (c.exitCode === null) c.kill('SIGTERM');
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts a program in the background and waits for a line matching `ready` on its stderr. */
+function startDaemon(cmd: string, args: string[], ready: RegExp, env?: Record<string, string>): Promise<ChildProcess> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    started.push(child);
+    let log = '';
+    const timer = setTimeout(() => reject(new Error(`${cmd} did not start in 20 s: ${log}`)), 20_000);
+    const onData = (d: Buffer): void => {
+      log += d.toString('utf8');
+      if (ready.test(log)) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    };
+    child.stderr?.on('data', onData);
+    child.stdout?.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${cmd} exited (${String(code)}) before it was ready: ${log}`));
+    });
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${cmd}: ${e.message}`));
+    });
+  });
+}
+
+function transplant(args: string[], env: Record<string, string>): RunResult {
+  return run(process.execPath, [path.join(repoRoot(), 'bin', 'transplant'), ...args], { timeoutMs: 300_000, env });
+}
+
+function show(r: RunResult): string {
+  return `exit ${r.code}\nstdout: ${r.stdout.slice(0, 3000)}\nstderr: ${r.stderr.slice(0, 3000)}`;
+}
+
+function assertOneLineError(r: RunResult, what: string, pattern: RegExp): void {
+  assert.equal(r.code, 1, `${what}: exit code 1 expected\n${show(r)}`);
+  const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+  assert.equal(lines.length, 1, `${what}: one line on stderr expected\n${show(r)}`);
+  assert.match(lines[0] as string, /^error: \S/, `${what}: the line starts with "error: "\n${show(r)}`);
+  assert.match(lines[0] as string, pattern, `${what}: the message\n${show(r)}`);
+}
+
+let server: Promise<Server> | undefined;
+
+function getServer(): Promise<Server> {
+  server ??= (async () => {
+    requireTools(SSHD, 'ssh-keygen', 'ssh-agent', 'ssh-add', '/bin/busybox');
+    const fx = await getFixtures();
+    const work = tempDir('tpssh-');
+    const key = (name: string): string => {
+      const f = path.join(work, name);
+      runOk('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', name, '-f', f]);
+      return f;
+    };
+    const hostKey = key('host_key');
+    const clientKey = key('client_key');
+    const busyboxKey = key('busybox_key');
+    const strangerKey = key('stranger_key');
+    // A "device" whose tar is busybox's: the login with this key gets it first in PATH.
+    const bb = path.join(work, 'busybox-bin');
+    fs.mkdirSync(bb);
+    fs.symlinkSync('/bin/busybox', path.join(bb, 'tar'));
+    const authorized = path.join(work, 'authorized_keys');
+    fs.writeFileSync(
+      authorized,
+      `${fs.readFileSync(`${clientKey}.pub`, 'utf8').trim()}\n` +
+        `environment="PATH=${bb}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" ${fs.readFileSync(`${busyboxKey}.pub`, 'utf8').trim()}\n`,
+      { mode: 0o600 },
+    );
+    const port = await freePort();
+    const config = path.join(work, 'sshd_config');
+    fs.writeFileSync(
+      config,
+      [
+        'ListenAddress 127.0.0.1',
+        `HostKey ${hostKey}`,
+        `AuthorizedKeysFile ${authorized}`,
+        'PermitRootLogin prohibit-password',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        'UsePAM no',
+        'StrictModes no',
+        'PermitUserEnvironment PATH',
+        `PidFile ${path.join(work, 'sshd.pid')}`,
+        '',
+      ].join('\n'),
+    );
+    // sshd's privilege separation directory (the Debian service creates it at start).
+    fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
+    await startDaemon(SSHD, ['-D', '-e', '-f', config, '-p', String(port)], /Server listening/);
+
+    const home = path.join(work, 'home');
+    fs.mkdirSync(path.join(home, '.ssh'), { recursive: true, mode: 0o700 });
+    const knownHosts = path.join(home, '.ssh', 'known_hosts');
+    const hostPub = fs.readFileSync(`${hostKey}.pub`, 'utf8').trim().split(/\s+/).slice(0, 2).join(' ');
+    fs.writeFileSync(knownHosts, `[127.0.0.1]:${port} ${hostPub}\n`);
+    runOk('ssh-keygen', ['-q', '-H', '-f', knownHosts]); // hashed, as Debian's ssh writes it (HashKnownHosts yes)
+    assert.match(fs.readFileSync(knownHosts, 'utf8'), /^\|1\|/, 'known_hosts entry is hashed');
+
+    const imageArgs = ['--image', 'fixture/app-c:2', '--image', 'fixture/app-b:latest', '--image', fx.images.appD.id];
+    const refBundle = path.join(work, 'from-directory.bundle');
+    const r = run(process.execPath, [path.join(repoRoot(), 'bin', 'transplant'), 'extract', '--from', fx.sourceRoot, ...imageArgs, '--output', refBundle], { timeoutMs: 300_000 });
+    assert.equal(r.code, 0, `extract from the directory failed\n${show(r)}`);
+    return {
+      fx,
+      work,
+      port,
+      url: `ssh://root@127.0.0.1:${port}${fx.sourceRoot}`,
+      home,
+      key: clientKey,
+      busyboxKey,
+      strangerKey,
+      imageArgs,
+      reference: await describeBundle(refBundle, { bytes: true }),
+      digestBefore: treeDigest(fx.sourceRoot),
+    };
+  })();
+  return server;
+}
+
+const env = (s: Server, extra: Record<string, string> = {}): Record<string, string> => ({ HOME: s.home, SSH_AUTH_SOCK: '', ...extra });
+
+test('ssh: the bundle extracted from a device over SSH equals the one from the directory; nothing on the device changes', T, async () => {
+  const s = await getServer();
+  const bundle = path.join(s.work, 'over-ssh.bundle');
+  const r = transplant(['extract', '--from', s.url, '--identity', s.key, ...s.imageArgs, '--output', bundle], env(s));
+  assert.equal(r.code, 0, `extract over ssh failed\n${show(r)}`);
+  const got = await describeBundle(bundle, { bytes: true });
+  assert.ok(got.entries.size > 300, `the bundle holds only ${got.entries.size} layer entries`);
+  assert.deepEqual(compareBundles(s.reference, got, ['directory', 'ssh']).slice(0, 30), [], 'the bundle made over ssh differs from the one made from the directory');
+  assert.equal(treeDigest(s.fx.sourceRoot), s.digestBefore, 'the device\'s engine root changed');
+});
+
+test('ssh: the ssh-agent logs in when no --identity is given; ls-like dry run lists the layers', T, async () => {
+  const s = await getServer();
+  const sock = path.join(s.work, 'agent.sock');
+  await startDaemon('ssh-agent', ['-D', '-a', sock], /SSH_AUTH_SOCK/);
+  runOk('ssh-add', ['-q', s.key], { env: { SSH_AUTH_SOCK: sock } });
+  const r = transplant(['extract', '--from', s.url, ...s.imageArgs, '--dry-run', '--json'], env(s, { SSH_AUTH_SOCK: sock }));
+  assert.equal(r.code, 0, `extract --dry-run with the agent failed\n${show(r)}`);
+  const manifest = JSON.parse(r.stdout) as { layers: { chainId: string; entries: number; bytes: number }[] };
+  const expected = s.reference.layers.map((l) => JSON.parse(l) as { chainId: string; entries: number; bytes: number });
+  assert.deepEqual(
+    manifest.layers.map((l) => `${l.chainId} ${l.entries} ${l.bytes}`).sort(),
+    expected.map((l) => `${l.chainId} ${l.entries} ${l.bytes}`).sort(),
+    'layers, entry and byte counts as the directory gives them',
+  );
+});
+
+test('ssh: unknown or changed host keys, a refused login, a wrong path and busybox tar fail with one line', T, async () => {
+  const s = await getServer();
+  const dry = ['--dry-run', ...s.imageArgs];
+  // Unknown host: an empty known_hosts.
+  const emptyHome = path.join(s.work, 'empty-home');
+  fs.mkdirSync(path.join(emptyHome, '.ssh'), { recursive: true });
+  fs.writeFileSync(path.join(emptyHome, '.ssh', 'known_hosts'), '');
+  let r = transplant(['extract', '--from', s.url, '--identity', s.key, ...dry], env(s, { HOME: emptyHome }));
+  assertOneLineError(r, 'unknown host key', /not in .*known_hosts.*--insecure-host-key/);
+  r = transplant(['extract', '--from', s.url, '--identity', s.key, '--insecure-host-key', ...dry], env(s, { HOME: emptyHome }));
+  assert.equal(r.code, 0, `--insecure-host-key connects to an unknown host\n${show(r)}`);
+  // Changed host key: known_hosts names another key of the same type for this host.
+  const otherHome = path.join(s.work, 'other-home');
+  fs.mkdirSync(path.join(otherHome, '.ssh'), { recursive: true });
+  const otherPub = fs.readFileSync(`${s.strangerKey}.pub`, 'utf8').trim().split(/\s+/).slice(0, 2).join(' ');
+  fs.writeFileSync(path.join(otherHome, '.ssh', 'known_hosts'), `[127.0.0.1]:${s.port} ${otherPub}\n`);
+  r = transplant(['extract', '--from', s.url, '--identity', s.key, ...dry], env(s, { HOME: otherHome }));
+  assertOneLineError(r, 'changed host key', /does NOT match/);
+  // A key the server does not accept.
+  r = transplant(['extract', '--from', s.url, '--identity', s.strangerKey, ...dry], env(s));
+  assertOneLineError(r, 'refused login', /refused the login/);
+  // Not an engine root, and no such directory.
+  r = transplant(['extract', '--from', `ssh://root@127.0.0.1:${s.port}${s.work}`, '--identity', s.key, ...dry], env(s));
+  assertOneLineError(r, 'not an engine root', /is not an engine data root/);
+  r = transplant(['extract', '--from', `ssh://127.0.0.1:${s.port}/no/such/dir`, '--identity', s.key, ...dry], env(s));
+  assertOneLineError(r, 'no such directory', /does not exist on the device/);
+  // Nobody listening.
+  const closed = await freePort();
+  r = transplant(['extract', '--from', `ssh://127.0.0.1:${closed}`, '--identity', s.key, ...dry], env(s));
+  assertOneLineError(r, 'connection refused', /connection refused/);
+  // busybox tar keeps neither xattrs nor ns times: refused before anything is written.
+  const out = path.join(s.work, 'busybox.bundle');
+  r = transplant(['extract', '--from', s.url, '--identity', s.busyboxKey, ...s.imageArgs, '--output', out], env(s));
+  assertOneLineError(r, 'busybox tar on the device', /not GNU tar/);
+  assert.ok(!fs.existsSync(out), 'no bundle is written');
+});
