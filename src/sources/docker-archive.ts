@@ -8,15 +8,16 @@
  *   `blobs/sha256/<hex>`, with `index.json` and `oci-layout` beside it);
  * - an OCI image layout (index.json → manifests → config and layer blobs, which may be
  *   gzip- or zstd-compressed), as a directory or a tar.
- * The archive itself may be gzip-compressed. Layer tars are read in place, twice: once to
- * make the layer's tar-split and check its DiffID (layer()), once to write its files
- * (layerItems()), each converted to overlay2's diff/ form the way `docker load` does.
+ * A compressed archive (gzip, zstd, …) is decompressed once to a temp file. Layer tars are
+ * read in place, twice: once to make the layer's tar-split and check its DiffID (layer()),
+ * once to write its files (layerItems()), converted to overlay2's diff/ form the way
+ * `docker load` does.
  */
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
-import { decompress, detectCompression, type Compression } from '../stream/decompress.js';
+import { decompress, detectCompression } from '../stream/decompress.js';
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds as chainIdsOf, isDigest, sha256Digest } from '../engine/digest.js';
 import { cleanTarPath, disassembleTar, hashing } from '../engine/tar-split.js';
@@ -25,9 +26,6 @@ import { TarParser, type TarEntry } from '../tar/parse.js';
 import { ByteReader } from '../stream/byte-reader.js';
 import { LayerTarScanner, layerItemsFromTar, type LayerTarScan } from './layer-tar.js';
 import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
-
-const SMALL = 4 << 20; // configs, manifests and indexes are far smaller
-const CACHE_LIMIT = 64 << 20;
 
 // ---- byte streams ----------------------------------------------------------------------
 
@@ -93,70 +91,43 @@ interface ArchiveFiles {
 
 type Indexed = { kind: 'file'; offset: number; size: number } | { kind: 'link'; target: string };
 
-/** A tar file (optionally gzip-compressed): indexed in one pass, then read in place. */
+/** An uncompressed tar file: indexed in one pass, then each file read in place at its offset. */
 class TarFiles implements ArchiveFiles {
   private readonly index = new Map<string, Indexed>();
-  private readonly cache = new Map<string, Buffer>();
 
-  private constructor(
-    private readonly file: string,
-    private readonly compression: Compression,
-  ) {}
+  private constructor(private readonly file: string) {}
 
-  private get gzipped(): boolean {
-    return this.compression !== 'none';
-  }
-
-  private raw(): AsyncIterable<Buffer> {
-    return decompress(createReadStream(this.file, { highWaterMark: 1 << 20 }), this.compression);
-  }
-
-  static async open(file: string, compression: Compression): Promise<TarFiles> {
-    const t = new TarFiles(file, compression);
-    const gzipped = t.gzipped;
-    const parser = new TarParser(t.raw());
-    let cached = 0;
+  static async open(file: string): Promise<TarFiles> {
+    const t = new TarFiles(file);
+    const parser = new TarParser(fromReadable(createReadStream(file, { highWaterMark: 1 << 20 })));
     try {
       for (;;) {
         const e = await parser.next();
         if (!e) break;
         const name = archiveName(e.header.name);
         const h = e.header;
-        if (h.type === 'file') {
-          t.index.set(name, { kind: 'file', offset: parser.position, size: h.size });
-          // Small files are kept when the archive cannot be read at an offset (compressed).
-          if (gzipped && h.size <= SMALL && cached + h.size <= CACHE_LIMIT) {
-            const data = await collect(e.content, SMALL, name);
-            if (data[0] === 0x7b || data[0] === 0x5b || name === 'oci-layout') {
-              t.cache.set(name, data);
-              cached += data.length;
-            }
-          }
-        } else if (h.type === 'symlink') {
+        // After next(), the parser stands at the first byte of the entry's content.
+        if (h.type === 'file') t.index.set(name, { kind: 'file', offset: parser.position, size: h.size });
+        else if (h.type === 'symlink') {
+          // docker save links a layer.tar to an identical one (image/tarexport/save.go).
           const dir = path.posix.dirname(name);
           t.index.set(name, { kind: 'link', target: archiveName(h.linkname.startsWith('/') ? h.linkname : `${dir}/${h.linkname}`) });
-        } else if (h.type === 'hardlink') {
-          t.index.set(name, { kind: 'link', target: archiveName(h.linkname) });
-        }
+        } else if (h.type === 'hardlink') t.index.set(name, { kind: 'link', target: archiveName(h.linkname) });
       }
     } catch (err) {
-      throw new Error(`${file}: corrupt or truncated archive (${(err as Error).message})`);
+      throw new Error(`corrupt or truncated archive (${(err as Error).message})`);
     } finally {
       await parser.close().catch(() => undefined);
     }
     return t;
   }
 
-  names(): string[] {
-    return [...this.index.keys()];
-  }
-
-  private resolve(name: string): { name: string; at: { offset: number; size: number } } | undefined {
+  private resolve(name: string): { offset: number; size: number } | undefined {
     let n = archiveName(name);
     for (let hops = 0; hops < 16; hops++) {
       const e = this.index.get(n);
       if (!e) return undefined;
-      if (e.kind === 'file') return { name: n, at: e };
+      if (e.kind === 'file') return e;
       n = e.target;
     }
     return undefined;
@@ -167,45 +138,22 @@ class TarFiles implements ArchiveFiles {
   }
 
   read(name: string): Promise<Buffer> {
-    const r = this.resolve(name);
-    const c = r && this.cache.get(r.name);
-    if (c) return Promise.resolve(c);
     return collect(this.open(name), 64 << 20, name);
   }
 
   open(name: string): AsyncIterable<Buffer> {
     const r = this.resolve(name);
-    if (!r) throw new Error(`${this.file} lacks ${name} (truncated or incomplete archive)`);
-    const { offset, size } = r.at;
-    if (size === 0) return (async function* () {})();
-    if (!this.gzipped) {
-      const file = this.file;
-      return (async function* () {
-        let got = 0;
-        for await (const c of fromReadable(createReadStream(file, { start: offset, end: offset + size - 1, highWaterMark: 1 << 20 }))) {
-          got += c.length;
-          yield c;
-        }
-        if (got !== size) throw new Error(`${file}: ${name} is cut short (truncated archive)`);
-      })();
-    }
-    // A compressed stream has no offsets: decompress again up to the entry.
-    const self = this;
+    if (!r) throw new Error(`lacks ${name} (truncated or incomplete archive)`);
+    const { offset, size } = r;
+    const file = this.file;
     return (async function* () {
-      const parser = new TarParser(self.raw());
-      try {
-        for (;;) {
-          const e: TarEntry | undefined = await parser.next();
-          if (!e) break;
-          if (archiveName(e.header.name) === r.name && e.header.type === 'file') {
-            yield* e.content;
-            return;
-          }
-        }
-      } finally {
-        await parser.close().catch(() => undefined);
+      if (size === 0) return;
+      let got = 0;
+      for await (const c of fromReadable(createReadStream(file, { start: offset, end: offset + size - 1, highWaterMark: 1 << 20 }))) {
+        got += c.length;
+        yield c;
       }
-      throw new Error(`${self.file} lacks ${name} (truncated archive)`);
+      if (got !== size) throw new Error(`${name} is cut short (truncated archive)`);
     })();
   }
 }
@@ -323,26 +271,28 @@ export class DockerArchiveSource implements ImageSource {
   private constructor(
     readonly description: string,
     private readonly files: ArchiveFiles,
-    private readonly spool?: string,
+    /** Temp directory of spooled or decompressed input, removed on close. */
+    private readonly scratch?: string,
   ) {}
 
   /** A docker save / OCI archive file (tar or tar.gz; '-' spools standard input), or an OCI layout / unpacked archive directory. */
   static async open(file: string, options: DockerArchiveOptions = {}): Promise<DockerArchiveSource> {
-    let spool: string | undefined;
-    let at = file;
-    if (file === '-') {
-      const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-stdin-'));
-      spool = path.join(dir, 'archive');
-      (options.warn ?? ((m: string) => process.stderr.write(`warning: ${m}\n`)))(`reading an image archive from standard input: spooling it to ${spool} (it is read more than once)`);
-      await new Promise<void>((resolve, reject) => pipeline(process.stdin, createWriteStream(spool as string), (e) => (e ? reject(e) : resolve())));
-      at = spool;
-    }
+    const warn = options.warn ?? ((m: string): void => void process.stderr.write(`warning: ${m}\n`));
+    const shown = file === '-' ? 'standard input' : file;
+    let scratch: string | undefined;
+    const scratchDir = async (): Promise<string> => (scratch ??= await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-archive-')));
     try {
+      let at = file;
+      if (file === '-') {
+        at = path.join(await scratchDir(), 'stdin');
+        warn(`reading an image archive from standard input: spooling it to ${at} (it is read more than once)`);
+        await new Promise<void>((resolve, reject) => pipeline(process.stdin, createWriteStream(at), (e) => (e ? reject(e) : resolve())));
+      }
       let st;
       try {
         st = await fs.stat(at);
       } catch {
-        throw new Error(`${file}: no such file or directory`);
+        throw new Error('no such file or directory');
       }
       let files: ArchiveFiles;
       if (st.isDirectory()) files = await DirFiles.open(at);
@@ -354,15 +304,30 @@ export class DockerArchiveSource implements ImageSource {
         } finally {
           await fh.close();
         }
-        files = await TarFiles.open(at, detectCompression(head));
+        const compression = detectCompression(head);
+        if (compression !== 'none') {
+          // Layers are read in place, more than once: a compressed stream has no offsets.
+          const plain = path.join(await scratchDir(), 'archive.tar');
+          warn(`${shown} is ${compression}-compressed: decompressing it once to ${plain} to read its layers in place`);
+          try {
+            await new Promise<void>((resolve, reject) =>
+              pipeline(Readable.from(decompress(createReadStream(at, { highWaterMark: 1 << 20 }), compression)), createWriteStream(plain), (e) => (e ? reject(e) : resolve())),
+            );
+          } catch (err) {
+            throw new Error(`corrupt or truncated archive (${(err as Error).message})`);
+          }
+          if (file === '-') await fs.rm(at, { force: true });
+          at = plain;
+        }
+        files = await TarFiles.open(at);
       }
-      const source = new DockerArchiveSource(file === '-' ? 'standard input' : file, files, spool);
+      const source = new DockerArchiveSource(shown, files, scratch);
       await source.readManifests();
       return source;
     } catch (err) {
-      if (spool) await fs.rm(path.dirname(spool), { recursive: true, force: true });
+      if (scratch) await fs.rm(scratch, { recursive: true, force: true });
       const msg = (err as Error).message;
-      throw new Error(msg.startsWith(file) || file === '-' ? msg : `${file}: ${msg}`);
+      throw new Error(msg.startsWith(`${shown}:`) ? msg : `${shown}: ${msg}`);
     }
   }
 
@@ -473,7 +438,13 @@ export class DockerArchiveSource implements ImageSource {
   }
 
   private async blobTar(l: ArchiveLayer): Promise<AsyncIterable<Buffer>> {
-    return decompressed(this.files.open(l.blob), `${this.description}: ${l.blob}`);
+    let blob: AsyncIterable<Buffer>;
+    try {
+      blob = this.files.open(l.blob);
+    } catch (err) {
+      this.fail((err as Error).message);
+    }
+    return decompressed(blob, `${this.description}: ${l.blob}`);
   }
 
   /** First pass over a layer: its tar-split, counts and opaque directories; checks the DiffID. */
@@ -525,6 +496,6 @@ export class DockerArchiveSource implements ImageSource {
   }
 
   async close(): Promise<void> {
-    if (this.spool) await fs.rm(path.dirname(this.spool), { recursive: true, force: true });
+    if (this.scratch) await fs.rm(this.scratch, { recursive: true, force: true });
   }
 }
