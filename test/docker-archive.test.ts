@@ -139,6 +139,7 @@ test('OCI layout (gzip and zstd layers, containerd name annotations) as a tar: l
     return { digest: `sha256:${hex}`, size: data.length };
   };
   const descriptors = [];
+  const docker25: { Config: string; RepoTags: string[]; Layers: string[] }[] = [];
   let n = 0;
   for (const m of manifest) {
     const config = put(fs.readFileSync(path.join(x, m.Config)));
@@ -152,6 +153,7 @@ test('OCI layout (gzip and zstd layers, containerd name annotations) as a tar: l
       const mediaType = `application/vnd.oci.image.layer.v1.tar${kind === 0 ? '+gzip' : kind === 1 ? '+zstd' : ''}`;
       return { mediaType, ...put(data) };
     });
+    docker25.push({ Config: `blobs/sha256/${config.digest.slice(7)}`, RepoTags: m.RepoTags, Layers: layers.map((l) => `blobs/sha256/${l.digest.slice(7)}`) });
     const man = put(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers })));
     for (const tag of m.RepoTags) {
       descriptors.push({ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...man, annotations: { 'io.containerd.image.name': `docker.io/${tag.includes('/') ? '' : 'library/'}${tag}`, 'org.opencontainers.image.ref.name': tag.split(':').pop() } });
@@ -180,6 +182,19 @@ test('OCI layout (gzip and zstd layers, containerd name annotations) as a tar: l
   for (const img of s.images) for (const ref of img.refs) assert.equal(repos.get(ref), img.id, ref);
   const v = transplant(['verify', target]);
   assert.equal(v.code, 0, show(v));
+
+  // What Docker 25+ `docker save` writes: the OCI layout plus a manifest.json pointing into it (RepoTags win).
+  fs.writeFileSync(path.join(oci, 'manifest.json'), JSON.stringify(docker25));
+  const d25 = path.join(s.work, 'docker25.tar');
+  runOk('tar', ['-C', oci, '-cf', d25, 'blobs', 'index.json', 'manifest.json', 'oci-layout']);
+  const ls25 = transplant(['ls', d25, '--json']);
+  assert.equal(ls25.code, 0, show(ls25));
+  for (const l of JSON.parse(ls25.stdout) as { id: string; references: string[] }[]) {
+    const img = s.images.find((i) => i.id === l.id);
+    assert.ok(img, `unexpected image ${l.id}`);
+    assert.deepEqual([...l.references].sort(), [...img.refs].sort(), `${img.key} references (Docker 25 archive)`);
+  }
+  fs.rmSync(path.join(oci, 'manifest.json'));
 
   // The layout as a directory, and a gzip-compressed docker save archive, are sources too.
   const lsDir = transplant(['ls', oci, '--json']);
