@@ -263,6 +263,51 @@ describe('writing into a balenaOS image', () => {
     });
   }
 
+  for (const kind of ['mbr', 'gpt'] as const) {
+    test(`${kind} flasher: the inner image is written, flash-rootA grows and the partitions after it move intact`, async () => {
+      const dir = path.join(work, `flasher-${kind}`);
+      const inner = buildBalenaImage(dir, 'inner.img', { table: 'mbr', dataMiB: 16 });
+      const flasher = buildBalenaImage(dir, 'flasher.img', { table: kind, flasher: true, flasherInner: inner.path });
+      const before = sfdiskPartitions(flasher.path);
+      const sums = new Map<string, string>();
+      for (const p of flasher.partitions.filter((x) => x.label === 'flash-rootB' || x.label === 'flash-state')) {
+        sums.set(p.label, sha256File(extractPartition(flasher.path, p.offset, p.size, path.join(dir, `${p.label}.before`))));
+      }
+      const target = await openDiskTarget(flasher.path);
+      assert.equal(target.tableKind, 'mbr'); // the inner image's table
+      const tree = await fullTree(300);
+      assert.ok((await target.ensureRoom(40 * 1024 * 1024, 1000)).grewBy > 0);
+      await writeTree(target.writer, 'docker/overlay2/f/diff', tree);
+      await target.commit();
+      assert.ok(!fs.existsSync(target.workPath));
+
+      tableCheck(flasher.path, kind);
+      const after = sfdiskPartitions(flasher.path);
+      const rootA = flasher.partitions.find((p) => p.label === 'flash-rootA')!;
+      const rootANow = after.find((p) => p.offset === rootA.offset)!;
+      const delta = rootANow.size - rootA.size;
+      assert.ok(delta > 0 && delta % (4 * 1024 * 1024) === 0, `flash-rootA grew by ${delta}`);
+      for (const p of flasher.partitions.filter((x) => x.label === 'flash-rootB' || x.label === 'flash-state')) {
+        const moved = after.find((q) => q.offset === p.offset + delta && q.size === p.size);
+        assert.ok(moved, `${p.label} did not move by ${delta}: ${JSON.stringify(after)} (before ${JSON.stringify(before)})`);
+        assert.equal(sha256File(extractPartition(flasher.path, moved.offset, moved.size, path.join(dir, `${p.label}.after`))), sums.get(p.label), `${p.label} changed`);
+      }
+      const rootAFile = extractPartition(flasher.path, rootANow.offset, rootANow.size, path.join(dir, 'rootA.after'));
+      assert.equal(run('e2fsck', ['-fn', rootAFile]).code, 0, 'flash-rootA is not clean');
+      const innerOut = path.join(dir, 'inner.after.img');
+      runOk('debugfs', ['-R', `dump /opt/balena-image-raspberrypi4-64.balenaos-img ${innerOut}`, rootAFile]);
+      assert.ok(fs.statSync(innerOut).size > fs.statSync(inner.path).size);
+      tableCheck(innerOut, 'mbr');
+      assert.equal(fsck(innerOut), undefined);
+      const mnt = mountData(innerOut);
+      try {
+        assert.deepEqual(compareMounted(path.join(mnt, 'docker/overlay2/f/diff'), tree.expected).slice(0, 30), []);
+      } finally {
+        unmount(mnt);
+      }
+    });
+  }
+
   test('abort leaves the original byte for byte unchanged, with no work files left', async () => {
     const dir = path.join(work, 'abort');
     const img = buildBalenaImage(dir, 'abort.img', { table: 'gpt', dataMiB: 16 });
@@ -306,7 +351,7 @@ describe('writing into a balenaOS image', () => {
     fs.writeFileSync(random, Buffer.alloc(4096, 7));
     const cases: Array<[string, RegExp]> = [
       [bare, /not a balenaOS disk image: it has no MBR or GPT partition table/],
-      [other.path, /flasher image; writing into flasher images is not supported yet/],
+      [other.path, /flasher image, but its flash-rootA holds no \/opt\/\*\.balenaos-img file/],
       [random, /not a balenaOS disk image/],
     ];
     for (const [file, message] of cases) {

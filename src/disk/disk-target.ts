@@ -66,7 +66,7 @@ export function inspectBalenaImage(imagePath: string): { table: PartitionTable; 
     const data = findPartition(table, DATA_LABEL);
     if (!data) {
       if (findPartition(table, 'flash-rootA')) {
-        throw new Error(`${imagePath} is a balenaOS flasher image; writing into flasher images is not supported yet: use the non-flasher image of the device type`);
+        throw new Error(`${imagePath} is a balenaOS flasher image: its resin-data is inside the image file in flash-rootA`);
       }
       throw new Error(`${imagePath} is not a balenaOS disk image: it has no ${DATA_LABEL} partition`);
     }
@@ -85,24 +85,55 @@ export function inspectBalenaImage(imagePath: string): { table: PartitionTable; 
   }
 }
 
-export async function openDiskTarget(imagePath: string, options: DiskTargetOptions = {}): Promise<DiskTarget> {
-  const { table, data } = inspectBalenaImage(imagePath);
-  const destination = options.output ?? imagePath;
-  if (options.output && path.resolve(options.output) === path.resolve(imagePath)) {
-    throw new Error(`--output ${options.output} is the input image; leave --output out to write the image in place`);
-  }
+/** Where the work copy of `destination` is made: beside it, hidden, unique. */
+export function workPathFor(destination: string): string {
   const dir = path.dirname(path.resolve(destination));
-  const workPath = path.join(dir, `.${path.basename(destination)}.transplant-${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
     fs.accessSync(dir, fs.constants.W_OK);
   } catch {
     throw new Error(`cannot write in ${dir}: the work copy of the image is made there; choose an --output in a writable directory`);
   }
+  return path.join(dir, `.${path.basename(destination)}.transplant-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
+/** A flasher image: flash-rootA (ext4) and no resin-data; undefined for anything else. */
+function flasherRootA(imagePath: string): { table: PartitionTable; rootA: Partition } | undefined {
+  const image = ImageFile.open(imagePath, false);
+  try {
+    const table = readPartitionTable(image);
+    if (!table || findPartition(table, DATA_LABEL)) return undefined;
+    const rootA = findPartition(table, 'flash-rootA');
+    return rootA && rootA.fsType === 'ext4' ? { table, rootA } : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    image.close();
+  }
+}
+
+export async function openDiskTarget(imagePath: string, options: DiskTargetOptions = {}): Promise<DiskTarget> {
+  if (options.output && path.resolve(options.output) === path.resolve(imagePath)) {
+    throw new Error(`--output ${options.output} is the input image; leave --output out to write the image in place`);
+  }
+  if (fs.existsSync(imagePath)) {
+    const flasher = flasherRootA(imagePath);
+    if (flasher) {
+      const { openFlasherTarget } = await import('./flasher.js');
+      return openFlasherTarget(imagePath, flasher.table, flasher.rootA, options);
+    }
+  }
+  const { table, data } = inspectBalenaImage(imagePath);
+  const destination = options.output ?? imagePath;
+  if (options.output && path.resolve(options.output) === path.resolve(imagePath)) {
+    throw new Error(`--output ${options.output} is the input image; leave --output out to write the image in place`);
+  }
+  const workPath = workPathFor(destination);
   await copyImageFile(imagePath, workPath);
   return new DiskTargetImpl(imagePath, destination, workPath, table, data);
 }
 
-class DiskTargetImpl implements DiskTarget {
+/** The resin-data target of one image file; `destination` may equal `workPath` (then commit only closes). */
+export class DiskTargetImpl implements DiskTarget {
   readonly writer: Ext4TreeWriter;
   readonly tableKind: 'mbr' | 'gpt';
   private state: 'open' | 'committed' | 'aborted' = 'open';

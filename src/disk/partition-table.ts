@@ -213,22 +213,35 @@ export function growLastPartition(image: ImageFile, table: PartitionTable, part:
   }
 
   const gpt = table.gpt!;
-  const hdr = image.read(SECTOR, SECTOR);
-  const headerSize = hdr.readUInt32LE(12);
-  const arrayBytes = gpt.entryCount * gpt.entrySize;
-  const arraySectors = Math.ceil(arrayBytes / SECTOR);
-  const backupLba = totalLba - 1;
-  const backupArrayLba = backupLba - arraySectors;
-  const lastUsable = backupArrayLba - 1;
+  const { lastUsable } = gptLayout(gpt, totalLba);
   // End the partition on a 1 MiB boundary (2048 sectors), as partitioning tools do.
   const lastLba = Math.floor((lastUsable + 1) / 2048) * 2048 - 1;
   if ((lastLba + 1) * SECTOR < partEnd) throw new Error('the new image is too small for the partition and the backup GPT');
-
-  const array = image.read(gpt.entriesLba * SECTOR, arrayBytes);
+  const array = image.read(gpt.entriesLba * SECTOR, gpt.entryCount * gpt.entrySize);
   array.writeBigUInt64LE(BigInt(lastLba), (part.index - 1) * gpt.entrySize + 40);
-  const arrayCrc = crc32(array);
+  writeGpt(image, table, array, totalLba);
+  return { ...part, size: (lastLba + 1) * SECTOR - part.offset };
+}
 
-  const oldBackup = gpt.backupLba;
+function gptLayout(gpt: GptInfo, totalLba: number): { backupLba: number; backupArrayLba: number; lastUsable: number } {
+  const arraySectors = Math.ceil((gpt.entryCount * gpt.entrySize) / SECTOR);
+  const backupLba = totalLba - 1;
+  const backupArrayLba = backupLba - arraySectors;
+  return { backupLba, backupArrayLba, lastUsable: backupArrayLba - 1 };
+}
+
+/**
+ * Writes a changed GPT entry array with both headers for a disk of `totalLba` sectors:
+ * primary header at LBA 1, backup header in the last sector with its array just before
+ * it, last usable LBA before that, CRC32s of the array and of each header, and the
+ * protective MBR's 0xEE entry covering the disk (capped at 32 bits).
+ */
+function writeGpt(image: ImageFile, table: PartitionTable, array: Buffer, totalLba: number): void {
+  const gpt = table.gpt!;
+  const hdr = image.read(SECTOR, SECTOR);
+  const headerSize = hdr.readUInt32LE(12);
+  const { backupLba, backupArrayLba, lastUsable } = gptLayout(gpt, totalLba);
+  const arrayCrc = crc32(array);
   const writeHeader = (current: number, other: number, entries: number) => {
     const h = Buffer.from(hdr);
     h.writeBigUInt64LE(BigInt(current), 24);
@@ -240,21 +253,93 @@ export function growLastPartition(image: ImageFile, table: PartitionTable, part:
     h.writeUInt32LE(crc32(h.subarray(0, headerSize)), 16);
     image.write(current * SECTOR, h);
   };
+  const oldBackup = gpt.backupLba;
   image.write(gpt.entriesLba * SECTOR, array);
   image.write(backupArrayLba * SECTOR, array);
   writeHeader(backupLba, 1, backupArrayLba);
   writeHeader(1, backupLba, gpt.entriesLba);
   if (oldBackup !== backupLba && oldBackup < backupArrayLba) image.write(oldBackup * SECTOR, Buffer.alloc(SECTOR));
-
-  // Protective MBR: one 0xEE entry covering the disk from LBA 1, capped at 32 bits.
   const mbr = image.read(0, SECTOR);
   for (let i = 0; i < 4; i++) {
     const e = 446 + i * 16;
     if (mbr[e + 4] === 0xee) mbr.writeUInt32LE(Math.min(totalLba - 1, 0xffffffff), e + 12);
   }
   image.write(0, mbr);
-
   gpt.backupLba = backupLba;
   gpt.lastUsableLba = lastUsable;
-  return { ...part, size: (lastLba + 1) * SECTOR - part.offset };
+}
+
+/** Copies [from, from+length) to [to, to+length) with to > from, back to front (the ranges may overlap). */
+function moveUp(image: ImageFile, from: number, to: number, length: number): void {
+  const chunk = Buffer.allocUnsafe(1024 * 1024);
+  for (let end = length; end > 0; ) {
+    const n = Math.min(chunk.length, end);
+    const start = end - n;
+    image.readInto(chunk, 0, n, from + start);
+    image.write(to + start, chunk, 0, n);
+    end = start;
+  }
+}
+
+/**
+ * Grows a partition that is not the last one by `delta` bytes (a multiple of 1 MiB, so
+ * alignment is kept): the image file grows by `delta`, everything after the partition
+ * moves up by `delta` (data first, back to front), and the table follows — MBR primaries
+ * and the extended partition start later (logical partitions and EBR links are relative
+ * to the extended partition and need no change), GPT entries after it start later and the
+ * backup GPT moves to the new end. Returns the grown partition.
+ */
+export function growPartitionInPlace(image: ImageFile, table: PartitionTable, part: Partition, delta: number): Partition {
+  if (delta <= 0 || delta % (1024 * 1024) !== 0) throw new Error('growth must be a positive multiple of 1 MiB');
+  const oldSize = image.size();
+  const partEnd = part.offset + part.size;
+  const d = delta / SECTOR;
+  if (table.kind === 'mbr') {
+    const ext = table.extended;
+    if (ext && part.offset > ext.startLba * SECTOR) throw new Error('growing a logical partition that is not the last one is not supported');
+    if (oldSize + delta > 0xffffffff * SECTOR) throw new Error('an MBR disk cannot be larger than 2 TiB');
+  }
+  // The data after the partition, to its new place (for GPT this includes the old backup
+  // table, rewritten below).
+  image.write(oldSize + delta - 1, Buffer.alloc(1)); // extend the file first
+  moveUp(image, partEnd, partEnd + delta, oldSize - partEnd);
+
+  if (table.kind === 'mbr') {
+    const mbr = image.read(0, SECTOR);
+    for (let i = 0; i < 4; i++) {
+      const e = 446 + i * 16;
+      const start = mbr.readUInt32LE(e + 8);
+      const sectors = mbr.readUInt32LE(e + 12);
+      if (mbr[e + 4] === 0 || sectors === 0) continue;
+      if (start * SECTOR === part.offset) mbr.writeUInt32LE(sectors + d, e + 12);
+      else if (start * SECTOR >= partEnd) mbr.writeUInt32LE(start + d, e + 8);
+    }
+    image.write(0, mbr);
+    if (table.extended && table.extended.startLba * SECTOR >= partEnd) table.extended.startLba += d;
+  } else {
+    const gpt = table.gpt!;
+    const array = image.read(gpt.entriesLba * SECTOR, gpt.entryCount * gpt.entrySize);
+    for (let i = 0; i < gpt.entryCount; i++) {
+      const e = i * gpt.entrySize;
+      if (array.subarray(e, e + 16).every((b) => b === 0)) continue;
+      const first = Number(array.readBigUInt64LE(e + 32));
+      const last = Number(array.readBigUInt64LE(e + 40));
+      if (first * SECTOR === part.offset) array.writeBigUInt64LE(BigInt(last + d), e + 40);
+      else if (first * SECTOR >= partEnd) {
+        array.writeBigUInt64LE(BigInt(first + d), e + 32);
+        array.writeBigUInt64LE(BigInt(last + d), e + 40);
+      }
+    }
+    // The old backup header moved up with the data: nothing to clear at its old place.
+    gpt.backupLba = (oldSize + delta) / SECTOR - 1;
+    writeGpt(image, table, array, (oldSize + delta) / SECTOR);
+  }
+  for (const p of table.partitions) {
+    if (p.offset >= partEnd) {
+      p.offset += delta;
+      if (p.mbr && p.mbr.tableLba !== 0) p.mbr.tableLba += d;
+    }
+  }
+  part.size += delta;
+  return part;
 }

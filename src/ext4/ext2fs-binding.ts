@@ -11,6 +11,8 @@ export interface Ext2Stats {
   gid: number;
   ino: number;
   size: number;
+  /** i_blocks: 512-byte sectors allocated. */
+  blocks: number;
 }
 
 export interface Ext2Promises {

@@ -242,6 +242,55 @@ export class Ext4TreeWriter implements TreeWriter {
     }
   }
 
+  /** lstat-like details of what is at `rel` (owner, mode with type bits, size, bytes allocated). */
+  async stat(rel: string): Promise<{ mode: number; uid: number; gid: number; size: number; allocated: number } | undefined> {
+    const s = await this.mount();
+    const p = this.full(rel);
+    if (p !== '/' && (await this.dirIno(s, path.posix.dirname(p))) === undefined) return undefined;
+    const st = await this.lstatIn(s, p);
+    if (!st) return undefined;
+    return { mode: this.edits.get(st.ino)?.mode ?? st.mode, uid: st.uid, gid: st.gid, size: st.size, allocated: st.blocks * 512 };
+  }
+
+  /**
+   * Streams a regular file out to a new host file (1 MiB reads; all-zero MiB runs become
+   * holes). Returns its size.
+   */
+  async copyOut(rel: string, hostPath: string): Promise<number> {
+    return this.guard(rel, async () => {
+      const s = await this.mount();
+      const p = this.full(rel);
+      if ((await this.dirIno(s, path.posix.dirname(p))) === undefined) throw new Error(`${this.description}: ${p} does not exist`);
+      const st = await this.lstatIn(s, p);
+      if (!st || (st.mode & S_IFMT) !== S_IFREG) throw new Error(`${this.description}: ${p} is not a regular file`);
+      const fd = await openExt2(s.fs, p, O_RDONLY | O_NOFOLLOW, 0);
+      const out = fs.openSync(hostPath, 'wx', 0o600);
+      try {
+        fs.ftruncateSync(out, st.size);
+        const zero = Buffer.alloc(CHUNK);
+        for (let done = 0; done < st.size; ) {
+          const n = Math.min(CHUNK, st.size - done);
+          let got = 0;
+          while (got < n) {
+            const { bytesRead } = await s.p.read(fd, this.chunk, got, n - got, null);
+            if (bytesRead <= 0) throw new Error(`${this.description}: ${p} ended early`);
+            got += bytesRead;
+          }
+          if (this.chunk.compare(zero, 0, n, 0, n) !== 0) {
+            let w = 0;
+            while (w < n) w += fs.writeSync(out, this.chunk, w, n - w, done + w);
+          }
+          done += n;
+        }
+        fs.fsyncSync(out);
+        return st.size;
+      } finally {
+        fs.closeSync(out);
+        await s.p.close(fd);
+      }
+    });
+  }
+
   async readdir(rel: string): Promise<string[] | undefined> {
     const s = await this.mount();
     const p = this.full(rel);

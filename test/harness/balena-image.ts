@@ -17,8 +17,10 @@ export interface BalenaImageOptions {
   dataDir?: string;
   /** Extra mkfs.ext4 options for resin-data (e.g. ['-O', '^metadata_csum']). */
   dataMkfsArgs?: string[];
-  /** A flasher image: flash-boot, flash-rootA, flash-rootB and no data partition. */
+  /** A flasher image: flash-boot, flash-rootA, flash-rootB, flash-state and no data partition. */
   flasher?: boolean;
+  /** For a flasher: the balenaOS image stored in flash-rootA as /opt/<name>.balenaos-img. */
+  flasherInner?: string;
   /** Index resin-data's directories (e2fsck -fyD), making htree directories of large ones. */
   indexDirs?: boolean;
   deviceType?: { slug: string; arch: string };
@@ -59,14 +61,13 @@ export function buildBalenaImage(workDir: string, name: string, opts: BalenaImag
   const img = path.join(workDir, name);
   const prefix = opts.flasher ? 'flash' : 'resin';
   // sizes in MiB; 4 MiB alignment like balenaOS
+  const innerMiB = opts.flasherInner ? Math.ceil(fs.statSync(opts.flasherInner).size / MiB) : 0;
   const parts = [
     { label: `${prefix}-boot`, mib: 12, kind: 'vfat' },
-    { label: `${prefix}-rootA`, mib: 8, kind: 'ext4' },
+    { label: `${prefix}-rootA`, mib: 8 + Math.ceil((innerMiB * 1.1) / 4) * 4, kind: 'ext4' },
     { label: `${prefix}-rootB`, mib: 8, kind: 'ext4' },
-    ...(opts.flasher ? [] : [
-      { label: 'resin-state', mib: 4, kind: 'ext4' },
-      { label: 'resin-data', mib: dataMiB, kind: 'ext4' },
-    ]),
+    { label: `${prefix}-state`, mib: 4, kind: 'ext4' },
+    ...(opts.flasher ? [] : [{ label: 'resin-data', mib: dataMiB, kind: 'ext4' }]),
   ];
   // MBR logicals each need an EBR in front: leave 4 MiB between them.
   const total = 4 + parts.reduce((n, p) => n + p.mib + 4, 0) + 4;
@@ -129,6 +130,20 @@ export function buildBalenaImage(workDir: string, name: string, opts: BalenaImag
       const args = ['-q', '-F', '-L', p.label, '-E', 'root_owner=0:0'];
       if (p.label === 'resin-data') {
         args.push('-i', '8192', '-d', opts.dataDir ?? defaultDataDir(path.join(workDir, `${name}.tree`)), ...(opts.dataMkfsArgs ?? []));
+      } else if (p.label === 'flash-rootA' && opts.flasherInner) {
+        const tree = path.join(workDir, `${name}.rootA`);
+        fs.rmSync(tree, { recursive: true, force: true });
+        fs.mkdirSync(path.join(tree, 'opt'), { recursive: true });
+        fs.linkSync(opts.flasherInner, path.join(tree, 'opt', 'balena-image-raspberrypi4-64.balenaos-img'));
+        // Real flash-rootA partitions are large enough for 4 KiB blocks.
+        args.push('-b', '4096', '-d', tree);
+      } else {
+        // Some content to find unchanged after partitions move.
+        const tree = path.join(workDir, `${name}.${p.label}`);
+        fs.rmSync(tree, { recursive: true, force: true });
+        fs.mkdirSync(tree, { recursive: true });
+        fs.writeFileSync(path.join(tree, 'marker'), `${p.label}\n`);
+        args.push('-d', tree);
       }
       runOk('mkfs.ext4', [...args, fsFile, `${where.size / 1024}k`]);
       if (p.label === 'resin-data' && opts.indexDirs) {
