@@ -86,6 +86,9 @@ function layerDifferences(reference: string, root: string, images: FixtureImage[
         return !(m && whiteouts.has(m[1] as string));
       });
       out.push(...diffs.map((l) => `layer ${chain} (${img.key}): ${l}`));
+      // layerdb size: what the engine's directory.Size counted after applying the tar.
+      const sizeOf = (r: string): string => fs.readFileSync(path.join(r, 'image', 'overlay2', 'layerdb', 'sha256', chain.slice(7), 'size'), 'utf8');
+      if (sizeOf(reference) !== sizeOf(root)) out.push(`layer ${chain} (${img.key}): size ${sizeOf(root)} != ${sizeOf(reference)} (docker load)`);
     }
   }
   return out;
