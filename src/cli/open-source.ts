@@ -86,7 +86,8 @@ export async function sniff(file: string): Promise<SourceKind> {
     let st;
     try {
       st = await fs.stat(file);
-    } catch {
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EACCES') throw new Error(`${file}: permission denied; run as a user who can read it (an engine data root is readable by root only)`);
       throw new Error(`${file}: no such file or directory`);
     }
     if (st.isDirectory()) return (await isImageArchiveDir(file)) ? 'docker-archive' : 'engine-root';
