@@ -21,6 +21,8 @@ import {
   readTarSplit,
   type FileOpener,
 } from '../src/engine/tar-split.js';
+import { HostReader } from '../src/sources/store-reader.js';
+import { verifyEngineRoot } from '../src/verify/verify.js';
 
 function fileChunks(file: string): AsyncIterable<Buffer> {
   return fs.createReadStream(file, { highWaterMark: 7777 }) as AsyncIterable<Buffer>;
@@ -147,6 +149,10 @@ test('tar-split: identical to the tar-split a real engine writes for the same la
   assert.equal(r.diffId, ours.diffId);
   const r2 = await assembledDigest(ours.tarSplit, opener(diff));
   assert.equal(r2.diffId, ours.diffId);
+  // verify handles the non-UTF-8 name, the whiteout and the opaque directory of this layer.
+  const report = await verifyEngineRoot(new HostReader(root), '');
+  assert.deepEqual(report.problems, []);
+  assert.equal(report.layers, 1);
 });
 
 test('tar-split: a changed or truncated file is named; a corrupt tar-split is one clear error', { timeout: 60_000 }, async () => {

@@ -291,12 +291,13 @@ export async function verifyEngineRoot(reader: StoreReader, prefix: string, opti
 async function checkLayerContent(chainId: string, diffId: string, tarSplit: Buffer, diff: string, files: LayerFileAccess): Promise<string[]> {
   const problems: string[] = [];
   const layer = `layer ${chainId}`;
-  const rel = (name: string): Buffer | undefined => {
-    const p = inLayer(name);
-    return p === undefined ? undefined : Buffer.from(p === '' ? diff : `${diff}/${p}`);
+  // Names are handled as bytes (latin1 round-trips every byte): tar names need not be UTF-8.
+  const rel = (nameBytes: Buffer): Buffer | undefined => {
+    const p = inLayer(nameBytes.toString('latin1'));
+    return p === undefined ? undefined : Buffer.concat([Buffer.from(diff), Buffer.from(p === '' ? '' : `/${p}`, 'latin1')]);
   };
-  const opener: FileOpener = (name) => {
-    const r = rel(name);
+  const opener: FileOpener = (_name, nameBytes) => {
+    const r = rel(nameBytes);
     if (!r) throw new Error('its name leaves the layer');
     return files.open(r);
   };
@@ -313,18 +314,18 @@ async function checkLayerContent(chainId: string, diffId: string, tarSplit: Buff
     for await (const e of readTarSplit(tarSplit, layer)) {
       if (e.type !== FILE) continue;
       const name = e.name.toString('utf8');
-      const p = inLayer(name);
+      const p = inLayer(e.name.toString('latin1'));
       if (p === undefined) continue;
       const base = p.slice(p.lastIndexOf('/') + 1);
       const dir = p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '';
       if (base === WHITEOUT_OPAQUE) {
-        const k = await files.inspect(Buffer.from(dir ? `${diff}/${dir}` : diff));
-        if (k.kind !== 'directory' || !k.opaque) problems.push(`${layer}: ${dir || '.'} must be an opaque directory (trusted.overlay.opaque=y) for ${name}`);
+        const k = await files.inspect(Buffer.from(dir ? `${diff}/${dir}` : diff, 'latin1'));
+        if (k.kind !== 'directory' || !k.opaque) problems.push(`${layer}: ${Buffer.from(dir || '.', 'latin1').toString('utf8')} must be an opaque directory (trusted.overlay.opaque=y) for ${name}`);
       } else if (base.startsWith(WHITEOUT_PREFIX)) {
         const target = (dir ? `${dir}/` : '') + base.slice(WHITEOUT_PREFIX.length);
-        const k = await files.inspect(Buffer.from(`${diff}/${target}`));
+        const k = await files.inspect(Buffer.from(`${diff}/${target}`, 'latin1'));
         if (k.kind !== 'char-device' || k.rdev?.major !== 0 || k.rdev?.minor !== 0) {
-          problems.push(`${layer}: ${target} must be a whiteout (character device 0/0) for ${name}, found ${k.kind}`);
+          problems.push(`${layer}: ${Buffer.from(target, 'latin1').toString('utf8')} must be a whiteout (character device 0/0) for ${name}, found ${k.kind}`);
         }
       }
       if (problems.length >= MAX_PROBLEMS_PER_LAYER) break;
