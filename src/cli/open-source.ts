@@ -11,7 +11,7 @@ import { RootfsTarballSource } from '../sources/rootfs-tarball.js';
 import { DockerArchiveSource, isImageArchiveDir, isImageArchiveEntry } from '../sources/docker-archive.js';
 import type { ImageSource } from '../sources/source.js';
 import { TarParser } from '../tar/parse.js';
-import { decompressHead } from '../stream/decompress.js';
+import { decompressFilePrefix, decompressHead, detectCompression } from '../stream/decompress.js';
 
 export type SourceKind = 'engine-root' | 'bundle' | 'docker-archive' | 'data-root-tarball' | 'device' | 'disk-image' | 'unknown';
 
@@ -59,8 +59,10 @@ async function peekStdin(): Promise<Buffer> {
 }
 
 /** What kind of tar a (possibly compressed) file head starts: a bundle (manifest first) or anything else. */
-async function tarKind(head: Buffer): Promise<SourceKind> {
-  const plain = decompressHead(head);
+async function tarKind(head: Buffer, file: string): Promise<SourceKind> {
+  const compression = detectCompression(head);
+  // A file can be read further: bzip2 and xz need more than a short head to yield a tar header.
+  const plain = file !== '-' && compression !== 'none' ? await decompressFilePrefix(file, compression, HEAD) : decompressHead(head, compression);
   if (plain.length < 512) return 'unknown';
   const parser = new TarParser((async function* () {
     yield plain;
@@ -100,7 +102,7 @@ export async function sniff(file: string): Promise<SourceKind> {
       await fh.close();
     }
   }
-  const kind = await tarKind(head);
+  const kind = await tarKind(head, file);
   if (kind !== 'unknown') return kind;
   if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa) return 'disk-image';
   return 'unknown';

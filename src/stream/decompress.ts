@@ -4,6 +4,7 @@
  * child processes (Debian packages zstd, xz-utils, bzip2), so nothing is held in memory.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { createReadStream } from 'node:fs';
 import { pipeline, type Readable } from 'node:stream';
 import { constants as zlibConstants, createGunzip, gunzipSync } from 'node:zlib';
 
@@ -40,6 +41,30 @@ export function decompressHead(head: Buffer, compression: Compression = detectCo
     if (compression !== 'gzip' && compression !== 'none') throw e;
     return Buffer.alloc(0);
   }
+}
+
+/**
+ * Up to `n` decompressed bytes from the start of a file, for sniffing (bzip2 and xz need far
+ * more input than a short head to produce their first byte). Empty when it cannot be decoded;
+ * a missing decompressor is an error.
+ */
+export async function decompressFilePrefix(file: string, compression: Compression, n: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let total = 0;
+  const iterator = decompress(createReadStream(file, { highWaterMark: 1 << 16 }), compression)[Symbol.asyncIterator]();
+  try {
+    while (total < n) {
+      const r = await iterator.next();
+      if (r.done) break;
+      parts.push(r.value);
+      total += r.value.length;
+    }
+  } catch (e) {
+    if (/needs the .* command/.test((e as Error).message)) throw e;
+  } finally {
+    await iterator.return?.(undefined)?.catch?.(() => undefined);
+  }
+  return Buffer.concat(parts).subarray(0, n);
 }
 
 function missingTool(c: Exclude<Compression, 'none' | 'gzip'>): string {
