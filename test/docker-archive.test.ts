@@ -119,6 +119,14 @@ test('docker save archive: inject equals docker load, the engine runs it, docker
   assert.equal(v.code, 0, show(v));
   assert.match(v.stdout, /OK/);
 
+  // Into a bundle (with the generated tar-splits), which verifies too.
+  const bundle = path.join(s.work, 'app-c.bundle');
+  const x = transplant(['extract', '--from', s.archive, '--image', 'fixture/app-c:2', '-o', bundle]);
+  assert.equal(x.code, 0, show(x));
+  const vb = transplant(['verify', bundle, '--json']);
+  assert.equal(vb.code, 0, show(vb));
+  assert.equal((JSON.parse(vb.stdout) as { layers: number }).layers, s.fx.images.appC.diffIds.length);
+
   const problems = (
     await verifyInjectedEngineRoot({ engineRoot: target, sourceRoot: s.loaded, injected: s.images, scratchDir: s.work })
   )
