@@ -90,6 +90,7 @@ describe('writing into a balenaOS image', () => {
       const tree = await fullTree(3000);
       const target = await openDiskTarget(img.path);
       assert.equal(target.tableKind, kind);
+      assert.equal(target.bootImagePath, target.workPath);
       assert.equal(target.partition.offset, img.data!.offset);
       assert.equal(await target.writer.kindOf('remove_me_to_reset'), 'file');
       assert.deepEqual((await target.writer.readdir('docker'))?.sort(), ['image', 'overlay2']);
@@ -275,6 +276,8 @@ describe('writing into a balenaOS image', () => {
       }
       const target = await openDiskTarget(flasher.path);
       assert.equal(target.tableKind, 'mbr'); // the inner image's table
+      assert.notEqual(target.bootImagePath, target.workPath);
+      assert.equal(inspectBalenaImage(target.bootImagePath).data.offset, inner.data!.offset);
       const tree = await fullTree(300);
       assert.ok((await target.ensureRoom(40 * 1024 * 1024, 1000)).grewBy > 0);
       await writeTree(target.writer, 'docker/overlay2/f/diff', tree);
@@ -313,6 +316,8 @@ describe('writing into a balenaOS image', () => {
     const img = buildBalenaImage(dir, 'abort.img', { table: 'gpt', dataMiB: 16 });
     const before = sha256File(img.path);
     const listBefore = fs.readdirSync(dir).sort();
+    // The work file of a run that was killed (pid 2^22+1 does not exist) is cleaned up.
+    fs.writeFileSync(path.join(dir, `.abort.img.transplant-${2 ** 22 + 1}-0badc0de`), 'stale');
     const target = await openDiskTarget(img.path);
     await target.ensureRoom(40 * 1024 * 1024, 100);
     await writeTree(target.writer, 'docker/overlay2/x/diff', await fullTree(50));

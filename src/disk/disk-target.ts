@@ -27,6 +27,12 @@ export interface DiskTarget {
   readonly destination: string;
   /** The work copy being written. */
   readonly workPath: string;
+  /**
+   * The image file whose resin-boot the device will boot, to write network keyfiles or
+   * config.json into before commit: the work copy, or for a flasher image the inner image
+   * (which is streamed back into flash-rootA on commit).
+   */
+  readonly bootImagePath: string;
   readonly tableKind: 'mbr' | 'gpt';
   /** resin-data, as it is now in the work copy (offset and size in bytes). */
   readonly partition: Partition;
@@ -93,17 +99,44 @@ export function workPathFor(destination: string): string {
   } catch {
     throw new Error(`cannot write in ${dir}: the work copy of the image is made there; choose an --output in a writable directory`);
   }
+  removeStaleWorkFiles(dir, path.basename(destination));
   return path.join(dir, `.${path.basename(destination)}.transplant-${process.pid}-${randomBytes(4).toString('hex')}`);
 }
 
+/**
+ * Work files of an earlier run that was killed (its process is gone) are removed: they
+ * are copies of the image, never the image itself.
+ */
+function removeStaleWorkFiles(dir: string, base: string): void {
+  const prefix = `.${base}.transplant-`;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).filter((n) => n.startsWith(prefix));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^(\d+)-[0-9a-f]{8}(\.inner|\.resize-\d+)?$/.exec(name.slice(prefix.length));
+    if (!m) continue;
+    const pid = Number(m[1]);
+    let alive = true;
+    try {
+      process.kill(pid, 0);
+    } catch (err) {
+      alive = (err as NodeJS.ErrnoException).code !== 'ESRCH';
+    }
+    if (!alive) fs.rmSync(path.join(dir, name), { force: true });
+  }
+}
+
 /** A flasher image: flash-rootA (ext4) and no resin-data; undefined for anything else. */
-function flasherRootA(imagePath: string): { table: PartitionTable; rootA: Partition } | undefined {
+function flasherRootA(imagePath: string): { rootA: Partition } | undefined {
   const image = ImageFile.open(imagePath, false);
   try {
     const table = readPartitionTable(image);
     if (!table || findPartition(table, DATA_LABEL)) return undefined;
     const rootA = findPartition(table, 'flash-rootA');
-    return rootA && rootA.fsType === 'ext4' ? { table, rootA } : undefined;
+    return rootA && rootA.fsType === 'ext4' ? { rootA } : undefined;
   } catch {
     return undefined;
   } finally {
@@ -119,7 +152,7 @@ export async function openDiskTarget(imagePath: string, options: DiskTargetOptio
     const flasher = flasherRootA(imagePath);
     if (flasher) {
       const { openFlasherTarget } = await import('./flasher.js');
-      return openFlasherTarget(imagePath, flasher.table, flasher.rootA, options);
+      return openFlasherTarget(imagePath, flasher.rootA, options);
     }
   }
   const { table, data } = inspectBalenaImage(imagePath);
@@ -135,6 +168,7 @@ export async function openDiskTarget(imagePath: string, options: DiskTargetOptio
 /** The resin-data target of one image file; `destination` may equal `workPath` (then commit only closes). */
 export class DiskTargetImpl implements DiskTarget {
   readonly writer: Ext4TreeWriter;
+  readonly bootImagePath: string;
   readonly tableKind: 'mbr' | 'gpt';
   private state: 'open' | 'committed' | 'aborted' = 'open';
 
@@ -145,6 +179,7 @@ export class DiskTargetImpl implements DiskTarget {
     private table: PartitionTable,
     public partition: Partition,
   ) {
+    this.bootImagePath = workPath;
     this.tableKind = table.kind;
     this.writer = new Ext4TreeWriter(workPath, partition.offset, { description: `${path.basename(imagePath)}:${DATA_LABEL}` });
   }

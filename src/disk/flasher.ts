@@ -8,7 +8,7 @@ import {
   type DiskTarget, type DiskTargetOptions, type RoomNeeded,
 } from './disk-target.js';
 import { copyImageFile, growExt4 } from './grow.js';
-import { findPartition, growLastPartition, growPartitionInPlace, readPartitionTable, type Partition, type PartitionTable } from './partition-table.js';
+import { findPartition, growLastPartition, growPartitionInPlace, readPartitionTable, type Partition } from './partition-table.js';
 
 const MiB = 1024 * 1024;
 const ALIGN = 4 * MiB;
@@ -22,7 +22,7 @@ const INNER_SUFFIX = '.balenaos-img';
  * into flash-rootA, which is grown first when it lacks room (the partitions after it
  * move up; the file system grows with resize2fs like resin-data).
  */
-export async function openFlasherTarget(imagePath: string, table: PartitionTable, rootA: Partition, options: DiskTargetOptions): Promise<DiskTarget> {
+export async function openFlasherTarget(imagePath: string, rootA: Partition, options: DiskTargetOptions): Promise<DiskTarget> {
   const destination = options.output ?? imagePath;
   const workPath = workPathFor(destination);
   const innerPath = `${workPath}.inner`;
@@ -47,7 +47,7 @@ export async function openFlasherTarget(imagePath: string, table: PartitionTable
       throw new Error(`${imagePath}: the image inside the flasher (${innerRel}) is not usable: ${(err as Error).message.replace(innerPath, innerRel)}`);
     }
     const inner = new DiskTargetImpl(`${imagePath}:${innerRel}`, innerPath, innerPath, inspected.table, inspected.data);
-    return new FlasherTarget(imagePath, destination, workPath, innerPath, innerRel, old, table, rootA, rootWriter, inner);
+    return new FlasherTarget(imagePath, destination, workPath, innerPath, innerRel, old, rootA, rootWriter, inner);
   } catch (err) {
     await rootWriter?.discard();
     fs.rmSync(workPath, { force: true });
@@ -66,12 +66,14 @@ class FlasherTarget implements DiskTarget {
     private readonly innerPath: string,
     private readonly innerRel: string,
     private readonly old: { mode: number; uid: number; gid: number; allocated: number },
-    private readonly table: PartitionTable,
     private readonly rootA: Partition,
     private readonly rootWriter: Ext4TreeWriter,
     private readonly inner: DiskTargetImpl,
   ) {}
 
+  get bootImagePath(): string {
+    return this.innerPath;
+  }
   get writer(): Ext4TreeWriter {
     return this.inner.writer;
   }
@@ -152,7 +154,6 @@ class FlasherTarget implements DiskTarget {
         grown = growPartitionInPlace(image, table, part, delta);
       }
       image.sync();
-      void this.table;
     } finally {
       image.close();
     }
