@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildBalenaImage, type BalenaImageOptions } from './harness/balena-image.js';
+import { buildBalenaImage, extractPartition, sfdiskPartitions, type BalenaImageOptions } from './harness/balena-image.js';
 import {
   assertOneLineError,
   giveToUser,
@@ -22,7 +22,7 @@ import {
 } from './harness/cli.js';
 import { assertE2fsckClean, dataPartition, listDir, sha256File, tableProblems, withMountedData } from './harness/disk-judge.js';
 import { Dockerd } from './harness/dockerd.js';
-import { runOk } from './harness/exec.js';
+import { run, runOk } from './harness/exec.js';
 import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from './harness/fixtures.js';
 import { chainIds, layerCacheId } from './harness/judge.js';
 import { verifyInjectedEngineRoot } from './harness/verify.js';
@@ -173,7 +173,7 @@ test('inject --disk --dry-run prints the plan and changes nothing', T, async () 
   assert.deepEqual(listDir(s.userWork), dirBefore, 'nothing was added beside it');
 });
 
-test('inject --disk refuses what is not a balenaOS image, a flasher image, and another architecture (unless --force), with one line, changing nothing', T, async () => {
+test('inject --disk refuses what is not a balenaOS image, a flasher image without an inner image, and another architecture (unless --force), with one line, changing nothing', T, async () => {
   const s = await getSetup();
   const dir = s.userWork;
   const random = path.join(dir, 'random.img');
@@ -197,7 +197,7 @@ test('inject --disk refuses what is not a balenaOS image, a flasher image, and a
     [zeros, /is not a balenaOS disk image/],
     [stick, /is not a balenaOS disk image|no resin-data|resin-boot/],
     [s.bundle, /is not a balenaOS disk image/],
-    // src/disk does not write flasher images yet (openDiskTarget refuses them).
+    // A flasher image without the inner /opt/*.balenaos-img.
     [flasher, /flasher/],
     [arm, /amd64.*aarch64.*--force|aarch64.*amd64.*--force/],
   ];
@@ -326,4 +326,58 @@ test('inject --disk killed (SIGKILL) midway leaves the image byte-for-byte uncha
       });
       assert.deepEqual(problems, [], problems.join('\n'));
     }), { readOnly: true });
+});
+
+test('inject --disk into a flasher image (MBR): the inner /opt/*.balenaos-img in flash-rootA is written and judged like any image', T, async () => {
+  const s = await getSetup();
+  const buildDir = path.join(s.work, `build-${++s.seq}`);
+  const inner = buildBalenaImage(path.join(buildDir, 'inner'), 'inner.img', { table: 'mbr', dataMiB: 4, dataDir: s.fx.targetResinData, deviceType: AMD64 });
+  const innerBefore = path.join(s.work, 'flasher-inner.before.img');
+  runOk('cp', ['--sparse=always', inner.path, innerBefore]);
+  const built = buildBalenaImage(buildDir, 'balena-flasher-full.img', { table: 'mbr', flasher: true, flasherInner: inner.path, deviceType: AMD64 });
+  const img = path.join(s.userWork, 'balena-flasher-full.img');
+  fs.renameSync(built.path, img);
+  fs.rmSync(buildDir, { recursive: true, force: true });
+  giveToUser(img);
+  const sizeBefore = fs.statSync(img).size;
+  const dirBefore = listDir(s.userWork);
+
+  const r = transplant(['inject', s.bundle, '--disk', img], { asUser: true });
+  assert.equal(r.code, 0, `inject --disk <flasher> as nobody\n${show(r)}`);
+  assert.deepEqual(leftovers(s.userWork, dirBefore), [], 'no work copy left behind');
+  assert.ok(fs.statSync(img).size >= sizeBefore, 'the flasher image did not shrink');
+  assert.deepEqual(tableProblems(img, 'mbr'), [], 'flasher partition table');
+  const parts = sfdiskPartitions(img).filter((p) => !['5', 'f', '85'].includes(p.type)).sort((a, b) => a.offset - b.offset);
+  const labels = ['flash-boot', 'flash-rootA', 'flash-rootB', 'flash-state'];
+  assert.equal(parts.length, labels.length, `partitions: ${JSON.stringify(parts)}`);
+  for (const [i, p] of parts.entries()) {
+    if (i === 0) continue;
+    const copy = extractPartition(img, p.offset, p.size, path.join(s.work, `flasher-p${p.index}.ext4`));
+    try {
+      const fsck = run('e2fsck', ['-fn', copy]);
+      assert.equal(fsck.code, 0, `${labels[i]}: e2fsck -fn\n${fsck.stdout}${fsck.stderr}`);
+      if (i > 1) {
+        // The partitions after flash-rootA kept their content (they may have moved up).
+        const marker = run('debugfs', ['-R', 'cat /marker', copy]);
+        assert.equal(marker.stdout, `${labels[i]}\n`, `${labels[i]} still holds its marker`);
+      }
+    } finally {
+      fs.rmSync(copy, { force: true });
+    }
+  }
+  // The inner image, copied out of flash-rootA through a kernel mount.
+  const rootA = parts[1]!;
+  const innerAfter = path.join(s.work, 'flasher-inner.after.img');
+  const mnt = fs.mkdtempSync(path.join(s.work, 'rootA-'));
+  runOk('mount', ['-t', 'ext4', '-o', `ro,noload,loop,offset=${rootA.offset},sizelimit=${rootA.size}`, img, mnt]);
+  try {
+    const found = fs.readdirSync(path.join(mnt, 'opt')).filter((n) => n.endsWith('.balenaos-img'));
+    assert.equal(found.length, 1, `one inner image in flash-rootA/opt: ${found.join(', ')}`);
+    runOk('cp', ['--sparse=always', path.join(mnt, 'opt', found[0]!), innerAfter]);
+  } finally {
+    runOk('umount', [mnt]);
+    fs.rmdirSync(mnt);
+  }
+  assert.ok(fs.statSync(innerAfter).size > fs.statSync(innerBefore).size, 'the inner image grew (its resin-data was too small)');
+  await judgeInjectedImage(s, innerAfter, 'mbr', s.selected, innerBefore);
 });
