@@ -13,7 +13,7 @@
  * once to write its files (layerItems()), converted to overlay2's diff/ form the way
  * `docker load` does.
  */
-import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { createReadStream, createWriteStream, promises as fs, statSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
@@ -160,25 +160,26 @@ class TarFiles implements ArchiveFiles {
 
 /** An unpacked archive or OCI layout in a directory. */
 class DirFiles implements ArchiveFiles {
-  private readonly known = new Set<string>();
   constructor(private readonly dir: string) {}
 
   static async open(dir: string): Promise<DirFiles> {
-    const d = new DirFiles(dir);
-    for (const n of await fs.readdir(dir)) d.known.add(n);
-    return d;
+    return new DirFiles(dir);
   }
 
-  private abs(name: string): string {
+  private abs(name: string): string | undefined {
     const n = archiveName(name);
-    if (n === '..' || n.startsWith('../')) throw new Error(`${this.dir}: refusing ${name}, which is outside it`);
+    if (n === '..' || n.startsWith('../')) return undefined;
     return path.join(this.dir, n);
   }
 
   has(name: string): boolean {
-    const n = archiveName(name);
-    if (!n.includes('/')) return this.known.has(n);
-    return true; // checked when opened
+    const file = this.abs(name);
+    if (!file) return false;
+    try {
+      return statSync(file).isFile();
+    } catch {
+      return false;
+    }
   }
 
   read(name: string): Promise<Buffer> {
@@ -187,15 +188,8 @@ class DirFiles implements ArchiveFiles {
 
   open(name: string): AsyncIterable<Buffer> {
     const file = this.abs(name);
-    const dir = this.dir;
-    return (async function* () {
-      try {
-        yield* fromReadable(createReadStream(file, { highWaterMark: 1 << 20 }));
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${dir} lacks ${name}`);
-        throw err;
-      }
-    })();
+    if (!file || !this.has(name)) throw new Error(`lacks ${name} (incomplete layout)`);
+    return fromReadable(createReadStream(file, { highWaterMark: 1 << 20 }));
   }
 }
 
