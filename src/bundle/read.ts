@@ -6,6 +6,7 @@ import { createReadStream } from 'node:fs';
 import { createGunzip } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import type { LayerEntry, LayerItem } from '../layer/entry.js';
+import { layerEntryFromTar } from '../layer/tar-entry.js';
 import { assertDigest, sha256Digest } from '../engine/digest.js';
 import { TarParser, type TarEntry } from '../tar/parse.js';
 import type { ImageSource, SourceImage, SourceLayer } from '../sources/source.js';
@@ -226,30 +227,17 @@ export class BundleSource implements ImageSource {
       if (seen.has(rel)) this.fail(`duplicate entry ${rel} in layer ${chainId}`);
       seen.add(rel);
       const h = e.header;
-      const entry: LayerEntry = {
-        path: rel,
-        kind: h.type === 'file' || h.type === 'contiguous' ? 'file' : (h.type as LayerEntry['kind']),
-        mode: h.mode,
-        uid: h.uid,
-        gid: h.gid,
-        mtime: h.mtime,
-        atime: h.atime ?? h.mtime,
-        size: h.type === 'file' ? h.size : 0,
-        xattrs: h.xattrs,
-      };
-      if (!['file', 'directory', 'symlink', 'hardlink', 'char-device', 'block-device', 'fifo'].includes(entry.kind)) {
-        this.fail(`unexpected entry type ${h.type} for ${rel}`);
+      let entry: LayerEntry;
+      try {
+        entry = layerEntryFromTar(h, rel);
+      } catch (err) {
+        this.fail((err as Error).message);
       }
-      if (entry.kind === 'symlink') entry.linkTarget = h.linkname;
       if (entry.kind === 'hardlink') {
         if (!h.linkname.startsWith(prefix + '/')) this.fail(`hard link ${rel} points outside its layer`);
         const target = checkRelativePath(h.linkname.slice(prefix.length + 1), this.description);
         if (!seen.has(target)) this.fail(`hard link ${rel} points to ${target}, which is not earlier in the layer`);
         entry.linkTarget = target;
-      }
-      if (entry.kind === 'char-device' || entry.kind === 'block-device') {
-        entry.devMajor = h.devmajor;
-        entry.devMinor = h.devminor;
       }
       count++;
       yield { entry, content: entry.kind === 'file' ? e.content : undefined };

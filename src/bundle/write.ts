@@ -1,6 +1,7 @@
 /** Writes a bundle (see format.ts) from any ImageSource, as a stream. */
 import type { Writable } from 'node:stream';
 import type { LayerEntry } from '../layer/entry.js';
+import { tarHeaderOf } from '../layer/tar-entry.js';
 import { emptyHeader, type TarHeader } from '../tar/header.js';
 import { TarPacker } from '../tar/pack.js';
 import type { ImageSource, SourceImage, SourceLayer } from '../sources/source.js';
@@ -86,21 +87,7 @@ function metaHeader(name: string, size: number): TarHeader {
 }
 
 export function entryHeader(chainId: string, entry: LayerEntry): TarHeader {
-  return {
-    ...emptyHeader(),
-    name: diffEntryName(chainId, entry.path),
-    type: entry.kind,
-    mode: entry.mode,
-    uid: entry.uid,
-    gid: entry.gid,
-    size: entry.kind === 'file' ? entry.size : 0,
-    mtime: entry.mtime,
-    atime: entry.atime,
-    linkname: entry.kind === 'hardlink' ? diffEntryName(chainId, entry.linkTarget ?? '') : (entry.linkTarget ?? ''),
-    devmajor: entry.devMajor ?? 0,
-    devminor: entry.devMinor ?? 0,
-    xattrs: entry.xattrs,
-  };
+  return tarHeaderOf(entry, diffEntryName(chainId, entry.path), diffEntryName(chainId, entry.linkTarget ?? ''));
 }
 
 export async function writeBundle(

@@ -7,7 +7,8 @@
  */
 import type { Writable } from 'node:stream';
 import type { LayerEntry } from '../layer/entry.js';
-import { emptyHeader, type TarHeader } from '../tar/header.js';
+import { emptyHeader } from '../tar/header.js';
+import { tarHeaderOf } from '../layer/tar-entry.js';
 import { TarPacker } from '../tar/pack.js';
 import type { FreeSpace, TreeWriter } from './tree-writer.js';
 
@@ -99,20 +100,7 @@ export class TarTreeWriter implements TreeWriter {
     const p = entry.path === '.' ? root : `${root}/${entry.path}`;
     if (entry.path === '.') this.nodes.delete(root);
     this.streamed.add(p);
-    const header: TarHeader = {
-      ...emptyHeader(),
-      name: this.name(p),
-      type: entry.kind,
-      mode: entry.mode,
-      uid: entry.uid,
-      gid: entry.gid,
-      size: entry.kind === 'file' ? entry.size : 0,
-      mtime: entry.mtime,
-      linkname: entry.kind === 'hardlink' ? this.name(`${root}/${entry.linkTarget ?? ''}`) : (entry.linkTarget ?? ''),
-      devmajor: entry.devMajor ?? 0,
-      devminor: entry.devMinor ?? 0,
-      xattrs: entry.xattrs,
-    };
+    const header = tarHeaderOf(entry, this.name(p), this.name(`${root}/${entry.linkTarget ?? ''}`));
     await this.tar.add(header, content);
   }
 
