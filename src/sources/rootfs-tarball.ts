@@ -231,6 +231,13 @@ export class RootfsTarballSource implements ImageSource {
           }
           s.last = i;
           s.entries++;
+          if (rest !== undefined && s.problem === undefined) {
+            try {
+              checkRelativePath(rest, this.description);
+            } catch (err) {
+              s.problem = `${(err as Error).message} in overlay2/${cacheId}/diff`;
+            }
+          }
           if (e.header.pax.size > 0) r.pax = true;
           if (e.header.type === 'file') s.bytes += e.header.size;
           if (e.header.type === 'hardlink' && s.problem === undefined) {
