@@ -2,9 +2,11 @@
  * A live device over SSH: a real OpenSSH server on 127.0.0.1 (its own config, host key and
  * authorized keys, PermitRootLogin prohibit-password) serves the source fixture's engine
  * root. The bundle extracted over SSH must equal, attribute for attribute, the one extracted
- * from the directory, and the device must be left exactly as it was. Also: the ssh-agent
- * instead of --identity, hashed known_hosts entries, unknown and changed host keys, a login
- * the server refuses, a path that is no engine root, and a device whose tar is busybox's.
+ * from the directory, and the device must be left exactly as it was — also when the device's
+ * tar is busybox's, as on balenaOS (times then come from coreutils stat, xattrs from the
+ * tar-split). Also: the ssh-agent instead of --identity, hashed known_hosts entries, unknown
+ * and changed host keys, a login the server refuses, paths that are no engine root, and a
+ * device with neither GNU tar nor coreutils' stat.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,6 +31,7 @@ interface Server {
   home: string;
   key: string;
   busyboxKey: string;
+  bareBusyboxKey: string;
   strangerKey: string;
   imageArgs: string[];
   reference: BundleDescription;
@@ -109,16 +112,22 @@ function getServer(): Promise<Server> {
     const hostKey = key('host_key');
     const clientKey = key('client_key');
     const busyboxKey = key('busybox_key');
+    const bareBusyboxKey = key('bare_busybox_key');
     const strangerKey = key('stranger_key');
-    // A "device" whose tar is busybox's: the login with this key gets it first in PATH.
+    // A "device" whose tar is busybox's, as on balenaOS (which has coreutils' stat); and
+    // one with busybox's stat too: the logins with these keys get them first in PATH.
     const bb = path.join(work, 'busybox-bin');
     fs.mkdirSync(bb);
     fs.symlinkSync('/bin/busybox', path.join(bb, 'tar'));
+    const bbAll = path.join(work, 'busybox-all-bin');
+    fs.mkdirSync(bbAll);
+    for (const tool of ['tar', 'stat', 'find']) fs.symlinkSync('/bin/busybox', path.join(bbAll, tool));
     const authorized = path.join(work, 'authorized_keys');
     fs.writeFileSync(
       authorized,
       `${fs.readFileSync(`${clientKey}.pub`, 'utf8').trim()}\n` +
-        `environment="PATH=${bb}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" ${fs.readFileSync(`${busyboxKey}.pub`, 'utf8').trim()}\n`,
+        `environment="PATH=${bb}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" ${fs.readFileSync(`${busyboxKey}.pub`, 'utf8').trim()}\n` +
+        `environment="PATH=${bbAll}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" ${fs.readFileSync(`${bareBusyboxKey}.pub`, 'utf8').trim()}\n`,
       { mode: 0o600 },
     );
     const port = await freePort();
@@ -163,6 +172,7 @@ function getServer(): Promise<Server> {
       home,
       key: clientKey,
       busyboxKey,
+      bareBusyboxKey,
       strangerKey,
       imageArgs,
       reference: await describeBundle(refBundle, { bytes: true }),
@@ -201,7 +211,7 @@ test('ssh: the ssh-agent logs in when no --identity is given; ls-like dry run li
   );
 });
 
-test('ssh: unknown or changed host keys, a refused login, a wrong path and busybox tar fail with one line', T, async () => {
+test('ssh: unknown or changed host keys, a refused login, wrong paths and a device without GNU tools fail with one line', T, async () => {
   const s = await getServer();
   const dry = ['--dry-run', ...s.imageArgs];
   // Unknown host: an empty known_hosts.
@@ -231,9 +241,19 @@ test('ssh: unknown or changed host keys, a refused login, a wrong path and busyb
   const closed = await freePort();
   r = transplant(['extract', '--from', `ssh://127.0.0.1:${closed}`, '--identity', s.key, ...dry], env(s));
   assertOneLineError(r, 'connection refused', /connection refused/);
-  // busybox tar keeps neither xattrs nor ns times: refused before anything is written.
-  const out = path.join(s.work, 'busybox.bundle');
-  r = transplant(['extract', '--from', s.url, '--identity', s.busyboxKey, ...s.imageArgs, '--output', out], env(s));
-  assertOneLineError(r, 'busybox tar on the device', /not GNU tar/);
+  // A device with neither GNU tar nor coreutils' stat is refused before anything is written.
+  const out = path.join(s.work, 'bare-busybox.bundle');
+  r = transplant(['extract', '--from', s.url, '--identity', s.bareBusyboxKey, ...s.imageArgs, '--output', out], env(s));
+  assertOneLineError(r, 'busybox tar and busybox stat on the device', /neither GNU tar nor GNU coreutils/);
   assert.ok(!fs.existsSync(out), 'no bundle is written');
+});
+
+test('ssh: a device with busybox tar (balenaOS) gives the same bundle, times from coreutils stat, xattrs from the tar-split', T, async () => {
+  const s = await getServer();
+  const bundle = path.join(s.work, 'busybox-device.bundle');
+  const r = transplant(['extract', '--from', s.url, '--identity', s.busyboxKey, ...s.imageArgs, '--output', bundle], env(s));
+  assert.equal(r.code, 0, `extract from a busybox-tar device failed\n${show(r)}`);
+  const got = await describeBundle(bundle, { bytes: true });
+  const diffs = compareBundles(s.reference, got, ['directory', 'busybox device']);
+  assert.deepEqual(diffs.slice(0, 30), [], 'the bundle made with busybox tar differs from the one made from the directory');
 });

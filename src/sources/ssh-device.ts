@@ -8,8 +8,14 @@
  *  - a layer's tar-split.json.gz is fetched (`cat`) when the layer is asked for;
  *  - a layer's files come as a tar stream from the device's own GNU tar
  *    (`--format=posix --xattrs --xattrs-include='*' --numeric-owner`: ns times, every
- *    xattr namespace, exact owners), parsed as it arrives. busybox tar cannot store xattrs
- *    (opaque directories, file capabilities) or ns times, so it is refused.
+ *    xattr namespace, exact owners), parsed as it arrives;
+ *  - balenaOS itself ships busybox tar (meta-balena's busybox defconfig: no long options,
+ *    no xattrs, whole-second times) and no getfattr, but GNU coreutils. There the files
+ *    come from busybox tar, the ns times from coreutils `stat`, and the xattrs from the
+ *    layer's tar-split (the engine's own record of the layer tar: SCHILY.xattr.* records
+ *    and `.wh..wh..opq` opaque markers, pkg/archive/archive_linux.go). xattrs the engine
+ *    never put in the layer tar (it writes only security.capability when it commits a
+ *    layer) are not seen that way, exactly as `docker save` would not carry them.
  * The host key is checked against ~/.ssh/known_hosts (plain and hashed entries) unless
  * insecureHostKey is set. Authentication: the identity file, else the ssh-agent of
  * SSH_AUTH_SOCK, else the first of ~/.ssh/id_ed25519, id_ecdsa, id_rsa.
@@ -19,10 +25,12 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
-import type { LayerItem } from '../layer/entry.js';
+import type { LayerEntry, LayerItem, Xattr } from '../layer/entry.js';
 import { hexOf } from '../engine/digest.js';
 import { checkRelativePath } from '../bundle/read.js';
-import { TarParser } from '../tar/parse.js';
+import { TarParser, type TarEntry } from '../tar/parse.js';
+import { parsePaxTime } from '../tar/header.js';
+import { FILE, SEGMENT, cleanTarPath, readTarSplit } from '../engine/tar-split.js';
 import { EngineRootSource } from './engine-root.js';
 import { MemoryStoreReader } from './memory-reader.js';
 import { layerEntryOf, normalizeTarName } from './rootfs-tarball.js';
@@ -148,6 +156,8 @@ function lastLine(text: string): string {
 
 export class SshDeviceSource implements ImageSource {
   private engine!: EngineRootSource;
+  /** Which way layer files are read: GNU tar, or busybox tar + coreutils stat + tar-split. */
+  private tarKind: 'gnu' | 'busybox' = 'gnu';
   private readonly counts = new Map<string, { entries: number; bytes: number }>();
   private closed = false;
 
@@ -283,6 +293,7 @@ export class SshDeviceSource implements ImageSource {
       'for f in image/overlay2/layerdb/sha256/*/tar-split.json.gz; do [ -f "$f" ] && printf \'T 0 %s\\n\' "$f"; done',
       'for d in overlay2/*/diff; do [ -d "$d" ] && printf \'D 0 %s\\n\' "$d"; done',
       'printf \'V 0 %s\\n\' "$(tar --version 2>&1 | head -n 1)"',
+      'printf \'S 0 %s\\n\' "$(stat --version 2>&1 | head -n 1)"',
       'exit 0',
     ].join('\n');
     const r = await this.exec(script, MAX_METADATA);
@@ -292,12 +303,13 @@ export class SshDeviceSource implements ImageSource {
 
     const reader = new MemoryStoreReader(this.description);
     let version = '';
+    let statVersion = '';
     const buf = r.stdout;
     let pos = 0;
     while (pos < buf.length) {
       const nl = buf.indexOf(0x0a, pos);
       if (nl < 0) throw new Error(`${this.description}: malformed metadata listing from the device`);
-      const m = /^([FTDV]) +(\d+) (.*)$/.exec(buf.toString('utf8', pos, nl));
+      const m = /^([FTDVS]) +(\d+) (.*)$/.exec(buf.toString('utf8', pos, nl));
       if (!m) throw new Error(`${this.description}: malformed metadata listing from the device (did the image store change while it was read? try again)`);
       pos = nl + 1;
       const [, tag, sizeText, p] = m as unknown as [string, string, string, string];
@@ -310,14 +322,18 @@ export class SshDeviceSource implements ImageSource {
         reader.addFile(p, () => this.fetchFile(p));
       } else if (tag === 'D') {
         reader.addDir(p);
+      } else if (tag === 'S') {
+        statVersion = p;
       } else {
         version = p;
       }
     }
-    if (!/GNU tar/.test(version)) {
+    if (/GNU tar/.test(version)) this.tarKind = 'gnu';
+    else if (/GNU coreutils/.test(statVersion)) this.tarKind = 'busybox';
+    else {
       throw new Error(
-        `${this.description}: the device's tar is not GNU tar (it says ${JSON.stringify(version.slice(0, 80))}); without GNU tar's --xattrs, opaque directories, file capabilities and nanosecond times would be lost. ` +
-          `Make a data-root tarball with GNU tar instead (e.g. from a container that has it) and use --from <tarball>`,
+        `${this.description}: the device has neither GNU tar nor GNU coreutils' stat (its tar says ${JSON.stringify(version.slice(0, 60))}), so nanosecond times and xattrs cannot be read; ` +
+          `make a data-root tarball with GNU tar instead (e.g. from a container that has it) and use --from <tarball>`,
       );
     }
     this.engine = await EngineRootSource.over(reader, this.description);
@@ -355,10 +371,51 @@ export class SshDeviceSource implements ImageSource {
   }
 
   async *layerItems(chainId: string): AsyncIterable<LayerItem> {
-    const cacheId = (await this.engine.layer(chainId)).cacheId as string;
+    const layer = await this.engine.layer(chainId);
+    const cacheId = layer.cacheId as string;
     const prefix = `${cacheId}/diff`;
-    const command =
-      `tar -C ${shq(this.at('overlay2'))} -cf - --format=posix --xattrs --xattrs-include='*' --numeric-owner -- ${shq(prefix)}`;
+    const fail = (why: string): Error => new Error(`${this.description}: reading layer ${hexOf(chainId).slice(0, 12)} from the device failed (${why})`);
+    if (this.tarKind === 'gnu') {
+      const command = `tar -C ${shq(this.at('overlay2'))} -cf - --format=posix --xattrs --xattrs-include='*' --numeric-owner -- ${shq(prefix)}`;
+      yield* this.tarItems(chainId, command, prefix, fail, (entry) => entry);
+      return;
+    }
+    // busybox tar: times from coreutils stat, xattrs from the tar-split.
+    if (!layer.tarSplit) throw fail(`the device's tar is busybox's, which keeps no xattrs, and the layer has no tar-split to take them from`);
+    const xattrs = await xattrsFromTarSplit(layer.tarSplit, `${this.description}: tar-split of layer ${chainId}`);
+    const times = await this.statTimes(cacheId, fail);
+    yield* this.tarItems(chainId, `tar -cf - -C ${shq(this.at('overlay2'))} ${shq(prefix)}`, prefix, fail, (entry) => {
+      const t = times.get(entry.path);
+      if (!t) throw fail(`${entry.path} was not there when the layer's times were read: the layer changed`);
+      entry.mtime = t.mtime;
+      entry.atime = t.atime;
+      entry.xattrs = xattrs.get(entry.path) ?? [];
+      return entry;
+    });
+  }
+
+  /** mtime and atime in ns of every entry of a diff/ tree, by coreutils stat on the device. */
+  private async statTimes(cacheId: string, fail: (why: string) => Error): Promise<Map<string, { mtime: bigint; atime: bigint }>> {
+    const dir = shq(this.at(`overlay2/${cacheId}/diff`));
+    const r = await this.exec(`cd ${dir} && find . ! -type s -exec stat --printf '%n\\0%.9Y\\0%.9X\\0' {} +`, MAX_METADATA);
+    if (r.code !== 0) throw fail(`stat failed: ${lastLine(r.stderr) || `exit status ${String(r.code)}`}`);
+    const parts = r.stdout.toString('utf8').split('\0');
+    const out = new Map<string, { mtime: bigint; atime: bigint }>();
+    for (let i = 0; i + 3 <= parts.length; i += 3) {
+      const [name, m, a] = parts.slice(i, i + 3) as [string, string, string];
+      if (!/^-?\d+\.\d{9}$/.test(m) || !/^-?\d+\.\d{9}$/.test(a)) throw fail(`the device's stat does not print nanosecond times (it printed ${JSON.stringify(m)})`);
+      out.set(name === '.' ? '.' : name.replace(/^\.\//, ''), { mtime: parsePaxTime(m), atime: parsePaxTime(a) });
+    }
+    return out;
+  }
+
+  private async *tarItems(
+    chainId: string,
+    command: string,
+    prefix: string,
+    fail: (why: string) => Error,
+    adjust: (entry: LayerEntry, e: TarEntry) => LayerEntry,
+  ): AsyncGenerator<LayerItem> {
     const ch = await this.channel(command);
     let stderr = '';
     let code: number | null = null;
@@ -373,7 +430,6 @@ export class SshDeviceSource implements ImageSource {
     });
     ch.end();
     const parser = new TarParser(ch as AsyncIterable<Buffer>);
-    const fail = (why: string): Error => new Error(`${this.description}: reading layer ${hexOf(chainId).slice(0, 12)} from the device failed (${why})`);
     let done = false;
     let count = 0;
     try {
@@ -390,7 +446,7 @@ export class SshDeviceSource implements ImageSource {
         if (name !== prefix && !name.startsWith(`${prefix}/`)) throw fail(`unexpected entry ${name} in the device's tar stream`);
         const rel = name === prefix ? '.' : checkRelativePath(name.slice(prefix.length + 1), this.description);
         if (count === 0 && rel !== '.') throw fail('the tar stream does not start with the layer directory');
-        const entry = layerEntryOf(e, rel);
+        const entry = adjust(layerEntryOf(e, rel), e);
         if (entry.kind === 'hardlink') {
           const target = normalizeTarName(e.header.linkname);
           if (!target.startsWith(`${prefix}/`)) throw fail(`hard link ${rel} points outside the layer`);
@@ -426,3 +482,46 @@ export class SshDeviceSource implements ImageSource {
   }
 }
 
+const ZEROS = Buffer.alloc(1 << 20);
+
+/**
+ * The xattrs a layer tar carried, by layer path, read from its tar-split: the raw header
+ * segments are parsed as tar with zeros standing in for file content (tar-split
+ * tar/storage/entry.go: type 2 segments hold headers and padding, type 1 entries the
+ * files' sizes). A `<dir>/.wh..wh..opq` entry makes `<dir>` opaque, as overlay2 records it
+ * (pkg/archive/archive_linux.go overlayWhiteoutConverter.ConvertRead).
+ */
+export async function xattrsFromTarSplit(tarSplit: Buffer, where: string): Promise<Map<string, Xattr[]>> {
+  async function* bytes(): AsyncGenerator<Buffer> {
+    for await (const e of readTarSplit(tarSplit, where)) {
+      if (e.type === SEGMENT) yield e.payload;
+      else if (e.type === FILE) {
+        for (let left = e.size; left > 0; left -= ZEROS.length) yield left >= ZEROS.length ? ZEROS : ZEROS.subarray(0, left);
+      }
+    }
+  }
+  const out = new Map<string, Xattr[]>();
+  const parser = new TarParser(bytes());
+  try {
+    for (;;) {
+      const e = await parser.next();
+      if (!e) break;
+      const name = cleanTarPath(e.header.name);
+      const slash = name.lastIndexOf('/');
+      const base = slash < 0 ? name : name.slice(slash + 1);
+      if (base === '.wh..wh..opq') {
+        const dir = slash < 0 ? '.' : name.slice(0, slash);
+        const list = out.get(dir) ?? [];
+        list.push({ name: 'trusted.overlay.opaque', value: Buffer.from('y') });
+        out.set(dir, list);
+      } else if (e.header.xattrs.length > 0) {
+        out.set(name, [...(out.get(name) ?? []), ...e.header.xattrs]);
+      }
+    }
+  } catch (err) {
+    throw new Error(`${where}: ${(err as Error).message}`);
+  } finally {
+    await parser.close();
+  }
+  return out;
+}
