@@ -254,3 +254,61 @@ test('truncated and corrupt archives fail with one clear line naming the source,
   assert.equal(readRepositories(target).size, 0, 'nothing was injected');
 
 });
+
+test('hand-made archive: entries before their directories, missing parents, a late opaque marker: inject equals docker load', { timeout: 600_000 }, async () => {
+  requireTools('python3');
+  const s = await getSetup();
+  const dir = path.join(s.work, 'handmade');
+  fs.mkdirSync(dir);
+  // Python's tarfile writes the entries in exactly this order (pax format, numeric owners).
+  const script = `
+import tarfile, io, sys
+def add(t, name, kind, mode, uid=0, gid=0, mtime=1600000000, data=b''):
+    i = tarfile.TarInfo(name); i.type = kind; i.mode = mode; i.uid = uid; i.gid = gid; i.mtime = mtime
+    i.size = len(data) if kind == tarfile.REGTYPE else 0
+    t.addfile(i, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+with tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT) as t:
+    add(t, 'a/b/file', tarfile.REGTYPE, 0o640, 1000, 1000, data=b'deep file\\n')
+    add(t, 'a/', tarfile.DIRTYPE, 0o700, 1234, 5678, 1500000000)
+    add(t, 'a/b/', tarfile.DIRTYPE, 0o750, 42, 43, 1400000000)
+    add(t, 'c/d/e', tarfile.REGTYPE, 0o600, data=b'e\\n')
+    add(t, 'c/.wh..wh..opq', tarfile.REGTYPE, 0o600)
+    add(t, '.wh.zap', tarfile.REGTYPE, 0o600, 77, 88)
+`;
+  const layer = path.join(dir, 'layer.tar');
+  runOk('python3', ['-c', script, layer]);
+  const diffId = 'sha256:' + createHash('sha256').update(fs.readFileSync(layer)).digest('hex');
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/true'] }, rootfs: { type: 'layers', diff_ids: [diffId] } }));
+  const configHex = createHash('sha256').update(config).digest('hex');
+  fs.mkdirSync(path.join(dir, 'l1'));
+  fs.renameSync(layer, path.join(dir, 'l1', 'layer.tar'));
+  fs.writeFileSync(path.join(dir, `${configHex}.json`), config);
+  fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify([{ Config: `${configHex}.json`, RepoTags: ['handmade/test:1'], Layers: ['l1/layer.tar'] }]));
+  const archive = path.join(s.work, 'handmade.tar');
+  runOk('tar', ['-C', dir, '-cf', archive, 'manifest.json', `${configHex}.json`, 'l1']);
+
+  const loaded = path.join(s.work, 'handmade-loaded');
+  copyTree(s.fx.bareEngineRoot, loaded);
+  const d = await Dockerd.start({ dataRoot: loaded });
+  try {
+    d.docker(['load', '-q', '-i', archive]);
+  } finally {
+    await d.stop();
+  }
+  d.cleanup();
+  const target = path.join(s.work, 'handmade-target');
+  copyTree(s.fx.bareEngineRoot, target);
+  const r = transplant(['inject', archive, '--engine-root', target]);
+  assert.equal(r.code, 0, show(r));
+  const [chain] = chainIds([diffId]);
+  const ref = snapshotTree(layerDiffDir(loaded, chain as string));
+  assert.equal(ref.get('a')?.mode, '0700', 'docker load applied the late directory entry');
+  assert.match(ref.get('c')?.xattrs ?? '', /trusted\.overlay\.opaque=0x79/);
+  // The engine makes missing parents (c, c/d) and whiteouts at the moment it runs: their times differ.
+  const diffs = compareLayerFiles(layerDiffDir(loaded, chain as string), layerDiffDir(target, chain as string), { ignoreRootAttributes: true }).filter(
+    (l) => !/^(c|c\/d|zap): mtime /.test(l),
+  );
+  assert.deepEqual(diffs, []);
+  const v = transplant(['verify', target]);
+  assert.equal(v.code, 0, show(v));
+});

@@ -31,6 +31,12 @@ export interface LayerTarScan {
   entries: number;
   /** Content bytes of regular files, hard links counted once. */
   bytes: number;
+  /**
+   * Directories whose own entry comes after something inside them: the engine first makes
+   * them as missing parents, then applies the entry's attributes when it arrives. Their
+   * headers are written at the first point instead, so each path is written once.
+   */
+  lateDirs: Map<string, TarHeader>;
 }
 
 /** The layer-relative path of a tar name ('.' for the root); throws for names that leave the layer. */
@@ -66,6 +72,9 @@ export function whiteoutKind(path: string): 'opaque' | 'whiteout' | undefined {
 export class LayerTarScanner {
   private readonly opaqueDirs = new Set<string>();
   private readonly made = new Set<string>(['.']);
+  /** Paths made as missing parents and not (yet) by their own entry. */
+  private readonly implicit = new Set<string>();
+  private readonly lateDirs = new Map<string, TarHeader>();
   private size = 0;
   private bytes = 0;
 
@@ -83,6 +92,11 @@ export class LayerTarScanner {
       return;
     }
     const target = w === 'whiteout' ? `${parentOf(path) === '.' ? '' : parentOf(path) + '/'}${baseOf(path).slice(WHITEOUT_PREFIX.length)}` : path;
+    if (this.implicit.has(target)) {
+      this.implicit.delete(target);
+      if (h.type === 'directory' && w === undefined) this.lateDirs.set(target, h);
+      else throw new Error(`${this.where}: ${h.name} replaces a directory the layer already put files in (the engine would delete them)`);
+    }
     this.made.add(target);
     if (w === 'whiteout') return;
     if (h.type === 'file') {
@@ -94,11 +108,14 @@ export class LayerTarScanner {
   }
 
   private parents(path: string): void {
-    for (let p = parentOf(path); p !== '.' && !this.made.has(p); p = parentOf(p)) this.made.add(p);
+    for (let p = parentOf(path); p !== '.' && !this.made.has(p); p = parentOf(p)) {
+      this.made.add(p);
+      this.implicit.add(p);
+    }
   }
 
   result(): LayerTarScan {
-    return { opaqueDirs: this.opaqueDirs, size: this.size, entries: this.made.size, bytes: this.bytes };
+    return { opaqueDirs: this.opaqueDirs, size: this.size, entries: this.made.size, bytes: this.bytes, lateDirs: this.lateDirs };
   }
 }
 
@@ -126,17 +143,20 @@ export async function* layerItemsFromTar(
   now: bigint,
 ): AsyncGenerator<LayerItem> {
   const made = new Map<string, LayerEntry['kind']>();
-  const engineDir = (path: string): LayerEntry => ({
-    path,
-    kind: 'directory',
-    mode: 0o755,
-    uid: 0,
-    gid: 0,
-    mtime: now,
-    atime: now,
-    size: 0,
-    xattrs: scan.opaqueDirs.has(path) ? [OPAQUE_XATTR] : [],
-  });
+  const dirXattrs = (path: string, h?: TarHeader): LayerEntry['xattrs'] => {
+    const own = (h?.xattrs ?? []).filter((x) => !(x.name === OPAQUE_XATTR.name && scan.opaqueDirs.has(path)));
+    return scan.opaqueDirs.has(path) ? [...own, OPAQUE_XATTR] : own;
+  };
+  const engineDir = (path: string): LayerEntry => {
+    const late = scan.lateDirs.get(path);
+    if (late) {
+      // The entry comes later in the tar; the engine ends with its attributes (createTarFile on an existing directory).
+      const { mtime, atime } = entryTimes(late, false);
+      return { path, kind: 'directory', mode: late.mode & 0o7777, uid: late.uid, gid: late.gid, mtime, atime, size: 0, xattrs: dirXattrs(path, late) };
+    }
+    // MkdirAllAndChownNew(parent, 0755, root).
+    return { path, kind: 'directory', mode: 0o755, uid: 0, gid: 0, mtime: now, atime: now, size: 0, xattrs: dirXattrs(path) };
+  };
   made.set('.', 'directory');
   yield { entry: engineDir('.') };
 
@@ -169,13 +189,13 @@ export async function* layerItemsFromTar(
       continue;
     }
 
+    if (h.type === 'directory' && scan.lateDirs.has(path) && made.get(path) === 'directory') continue; // written as a parent already
     const existing = made.get(path);
     if (existing !== undefined && !(existing === 'directory' && h.type === 'directory')) {
       throw new Error(`${where}: ${h.name} appears twice in the layer (the engine refuses duplicate entries)`);
     }
     const { mtime, atime } = entryTimes(h, h.type === 'symlink');
-    const xattrs = h.xattrs.filter((x) => !(x.name === OPAQUE_XATTR.name && scan.opaqueDirs.has(path)));
-    if (h.type === 'directory' && scan.opaqueDirs.has(path)) xattrs.push(OPAQUE_XATTR);
+    const xattrs = h.type === 'directory' ? dirXattrs(path, h) : h.xattrs;
     const base: LayerEntry = { path, kind: 'file', mode: h.mode & 0o7777, uid: h.uid, gid: h.gid, mtime, atime, size: 0, xattrs };
     switch (h.type) {
       case 'file':
