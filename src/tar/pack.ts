@@ -20,7 +20,8 @@ export class TarPacker {
     if (data.length === 0) return;
     this.written += data.length;
     if (!this.out.write(data)) {
-      await Promise.race([once(this.out, 'drain'), once(this.out, 'error').then(([e]) => Promise.reject(e))]);
+      // events.once also rejects when the stream emits 'error' while we wait.
+      await once(this.out, 'drain');
     }
   }
 
