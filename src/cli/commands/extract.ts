@@ -64,7 +64,11 @@ export async function extractCommand(opts: ExtractOptions, out: Output): Promise
         `wrote ${target}: ${manifest.images.length} images, ${manifest.layers.length} layers, ${formatBytes(bytes)}`,
       );
     } catch (e) {
+      // A write still queued fails once the stream is destroyed: that is not the run's error
+      // (unhandled, it crashed the process and left the partial file behind).
+      file.on('error', () => undefined);
       file.destroy();
+      if (!file.closed) await once(file, 'close').catch(() => undefined);
       await fs.rm(partial, { force: true });
       throw e;
     }
