@@ -337,14 +337,23 @@ async function judgePreloadedImage(s: Setup, img: string, pristine: string, sour
     }), { readOnly: true });
 }
 
-test('the issue\'s acceptance command: preload --from <device tarball> --apps <dashboard state> --disk <balena.img> --static-ip 10.0.0.1/24, as nobody', T, async () => {
-  const s = await getSetup();
-  // The device's data root as `tar` on the device would give it: var/lib/docker/ prefix, every xattr.
+let tarball: string | undefined;
+
+/** The device's data root as `tar` on the device would give it: var/lib/docker/ prefix, every xattr (GNU tar). */
+function deviceTarball(s: Setup): string {
+  if (tarball) return tarball;
   const holder = path.join(s.work, 'device-rootfs');
   copyTree(s.fx.sourceRoot, path.join(holder, 'var', 'lib', 'docker'));
-  const tarball = path.join(s.userWork, 'device.tar.gz');
-  runOk('tar', ['--xattrs', "--xattrs-include=*", '-czf', tarball, '-C', holder, 'var/lib/docker'], { timeoutMs: 300_000 });
-  giveToUser(tarball);
+  const file = path.join(s.userWork, 'device.tar.gz');
+  runOk('tar', ['--xattrs', '--xattrs-include=*', '-czf', file, '-C', holder, 'var/lib/docker'], { timeoutMs: 300_000 });
+  fs.rmSync(holder, { recursive: true, force: true });
+  tarball = giveToUser(file);
+  return tarball;
+}
+
+test('the issue\'s acceptance command: preload --from <device tarball> --apps <dashboard state> --disk <balena.img> --static-ip 10.0.0.1/24, as nobody', T, async () => {
+  const s = await getSetup();
+  const tarball = deviceTarball(s);
   const img = buildImage(s, 'balena.img');
   const pristine = path.join(s.work, 'balena.img.before');
   runOk('cp', ['--sparse=always', img, pristine]);
@@ -384,4 +393,36 @@ test('preload --from <engine root> --disk, then the same state again: the same a
     assert.equal(status.services.find((x) => x.service === svc.name)?.imageId, svc.expect.id, `ls: service ${svc.name} resolves to ${svc.expect.key}`);
   }
   await judgePreloadedImage(s, img, pristine, s.fx.sourceRoot);
+});
+
+test('preload into a flasher image: apps.json, the engine and the keyfile land in the inner image', T, async () => {
+  const s = await getSetup();
+  const tarball = deviceTarball(s);
+  const buildDir = path.join(s.work, `build-${++s.seq}`);
+  const inner = buildBalenaImage(path.join(buildDir, 'inner'), 'inner.img', { table: 'mbr', dataMiB: 4, dataDir: s.fx.targetResinData, deviceType: AMD64 });
+  const innerBefore = path.join(s.work, 'flasher-inner.before.img');
+  runOk('cp', ['--sparse=always', inner.path, innerBefore]);
+  const built = buildBalenaImage(buildDir, 'flasher.img', { table: 'mbr', flasher: true, flasherInner: inner.path, deviceType: AMD64 });
+  const img = path.join(s.userWork, 'flasher.img');
+  fs.renameSync(built.path, img);
+  fs.rmSync(buildDir, { recursive: true, force: true });
+  giveToUser(img);
+  const dir = listDir(s.userWork);
+  const r = transplant(['preload', '--from', tarball, '--apps', s.forms.dashboard, '--disk', img, '--static-ip', '10.0.0.1/24'], { asUser: true });
+  assert.equal(r.code, 0, `preload into a flasher image\n${show(r)}`);
+  assert.deepEqual(listDir(s.userWork), dir, 'no work copy left');
+  assert.deepEqual(tableProblems(img, 'mbr'), []);
+  const rootA = sfdiskPartitions(img).find((p) => p.index === 2)!;
+  const innerAfter = path.join(s.work, 'flasher-inner.after.img');
+  const mnt = fs.mkdtempSync(path.join(s.work, 'rootA-'));
+  runOk('mount', ['-t', 'ext4', '-o', `ro,noload,loop,offset=${rootA.offset},sizelimit=${rootA.size}`, img, mnt]);
+  try {
+    const found = fs.readdirSync(path.join(mnt, 'opt')).filter((n) => n.endsWith('.balenaos-img'));
+    assert.equal(found.length, 1, `one inner image in flash-rootA/opt: ${found.join(', ')}`);
+    runOk('cp', ['--sparse=always', path.join(mnt, 'opt', found[0]!), innerAfter]);
+  } finally {
+    runOk('umount', [mnt]);
+    fs.rmdirSync(mnt);
+  }
+  await judgePreloadedImage(s, innerAfter, innerBefore, s.fx.sourceRoot);
 });

@@ -72,11 +72,19 @@ export async function openTarget(opts: TargetOptions): Promise<OpenTarget> {
     const { openDiskTarget, readDeviceArch } = await import('../../disk/disk-target.js');
     const device = await readDeviceArch(opts.disk);
     const disk = await openDiskTarget(opts.disk, { output: opts.output });
+    let boot: BootLocation;
+    try {
+      // For a flasher image, resin-boot of the inner image (the one the device will boot).
+      boot = await bootLocation(disk.bootImagePath);
+    } catch (err) {
+      await disk.abort();
+      throw err;
+    }
     return {
       writer: disk.writer,
       prefix: 'docker',
       device,
-      boot: await bootLocation(disk.workPath),
+      boot,
       beforeWrite: async (plan) => {
         await disk.ensureRoom(plan.bytes, plan.inodes);
       },
