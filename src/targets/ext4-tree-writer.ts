@@ -75,6 +75,14 @@ export class Ext4TreeWriter implements TreeWriter {
 
   // ---- lifecycle -------------------------------------------------------------
 
+  /** Public calls run one at a time: each is several binding calls that must not interleave. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
   private async mount(): Promise<Session> {
     if (this.closed) throw new Error(`${this.description}: writer already closed`);
     if (this.session) return this.session;
@@ -104,6 +112,10 @@ export class Ext4TreeWriter implements TreeWriter {
 
   /** Unmounts cleanly and writes the recorded inode edits. The next call mounts again. */
   async suspend(): Promise<void> {
+    return this.serial(() => this.suspendNow());
+  }
+
+  private async suspendNow(): Promise<void> {
     const s = this.session;
     if (!s) return;
     this.session = undefined;
@@ -132,8 +144,12 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async close(): Promise<void> {
+    return this.serial(() => this.closeNow());
+  }
+
+  private async closeNow(): Promise<void> {
     if (this.closed) return;
-    await this.suspend();
+    await this.suspendNow();
     if (this.holders.length > 0) {
       // The xattr blocks have moved to their inodes: unlink the emptied holders.
       const s = await this.mount();
@@ -141,7 +157,7 @@ export class Ext4TreeWriter implements TreeWriter {
         if (await this.lstatIn(s, h.path)) await s.p.unlink(h.path);
       }
       this.holders.length = 0;
-      await this.suspend();
+      await this.suspendNow();
     }
     this.closed = true;
   }
@@ -151,6 +167,10 @@ export class Ext4TreeWriter implements TreeWriter {
    * copy after a failure). The file system on disk is then not consistent.
    */
   async discard(): Promise<void> {
+    return this.serial(() => this.discardNow());
+  }
+
+  private async discardNow(): Promise<void> {
     const s = this.session;
     this.session = undefined;
     this.closed = true;
@@ -219,6 +239,10 @@ export class Ext4TreeWriter implements TreeWriter {
   // ---- reading ---------------------------------------------------------------
 
   async readFile(rel: string): Promise<Buffer | undefined> {
+    return this.serial(() => this.readFileNow(rel));
+  }
+
+  private async readFileNow(rel: string): Promise<Buffer | undefined> {
     const s = await this.mount();
     const p = this.full(rel);
     const parent = await this.dirIno(s, path.posix.dirname(p));
@@ -244,6 +268,10 @@ export class Ext4TreeWriter implements TreeWriter {
 
   /** lstat-like details of what is at `rel` (owner, mode with type bits, size, bytes allocated). */
   async stat(rel: string): Promise<{ mode: number; uid: number; gid: number; size: number; allocated: number } | undefined> {
+    return this.serial(() => this.statNow(rel));
+  }
+
+  private async statNow(rel: string): Promise<{ mode: number; uid: number; gid: number; size: number; allocated: number } | undefined> {
     const s = await this.mount();
     const p = this.full(rel);
     if (p !== '/' && (await this.dirIno(s, path.posix.dirname(p))) === undefined) return undefined;
@@ -257,6 +285,10 @@ export class Ext4TreeWriter implements TreeWriter {
    * holes). Returns its size.
    */
   async copyOut(rel: string, hostPath: string): Promise<number> {
+    return this.serial(() => this.copyOutNow(rel, hostPath));
+  }
+
+  private async copyOutNow(rel: string, hostPath: string): Promise<number> {
     return this.guard(rel, async () => {
       const s = await this.mount();
       const p = this.full(rel);
@@ -292,6 +324,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async readdir(rel: string): Promise<string[] | undefined> {
+    return this.serial(() => this.readdirNow(rel));
+  }
+
+  private async readdirNow(rel: string): Promise<string[] | undefined> {
     const s = await this.mount();
     const p = this.full(rel);
     if ((await this.dirIno(s, p)) === undefined) return undefined;
@@ -299,6 +335,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async kindOf(rel: string): Promise<'file' | 'directory' | 'symlink' | 'other' | undefined> {
+    return this.serial(() => this.kindOfNow(rel));
+  }
+
+  private async kindOfNow(rel: string): Promise<'file' | 'directory' | 'symlink' | 'other' | undefined> {
     const s = await this.mount();
     const p = this.full(rel);
     if (p !== '/' && (await this.dirIno(s, path.posix.dirname(p))) === undefined) return undefined;
@@ -314,6 +354,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async readlink(rel: string): Promise<string | undefined> {
+    return this.serial(() => this.readlinkNow(rel));
+  }
+
+  private async readlinkNow(rel: string): Promise<string | undefined> {
     const s = await this.mount();
     const p = this.full(rel);
     if ((await this.dirIno(s, path.posix.dirname(p))) === undefined) return undefined;
@@ -324,7 +368,11 @@ export class Ext4TreeWriter implements TreeWriter {
 
   /** Free blocks × block size and free inodes from the superblock (unmounts first so the counts are current). */
   async freeSpace(): Promise<FreeSpace | undefined> {
-    await this.suspend();
+    return this.serial(() => this.freeSpaceNow());
+  }
+
+  private async freeSpaceNow(): Promise<FreeSpace | undefined> {
+    await this.suspendNow();
     const fd = fs.openSync(this.imagePath, 'r');
     try {
       const sb = this.readSb(fd);
@@ -337,6 +385,10 @@ export class Ext4TreeWriter implements TreeWriter {
   // ---- engine metadata -------------------------------------------------------
 
   async mkdirp(rel: string, mode: number): Promise<void> {
+    return this.serial(() => this.mkdirpNow(rel, mode));
+  }
+
+  private async mkdirpNow(rel: string, mode: number): Promise<void> {
     return this.guard(rel, () => this.mkdirpImpl(rel, mode));
   }
 
@@ -373,6 +425,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async writeFile(rel: string, data: Buffer, mode: number): Promise<void> {
+    return this.serial(() => this.writeFileNow(rel, data, mode));
+  }
+
+  private async writeFileNow(rel: string, data: Buffer, mode: number): Promise<void> {
     return this.guard(rel, () => this.writeFileImpl(rel, data, mode));
   }
 
@@ -401,6 +457,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async symlink(target: string, rel: string): Promise<void> {
+    return this.serial(() => this.symlinkNow(target, rel));
+  }
+
+  private async symlinkNow(target: string, rel: string): Promise<void> {
     return this.guard(rel, () => this.symlinkImpl(target, rel));
   }
 
@@ -415,6 +475,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async rename(fromRel: string, toRel: string): Promise<void> {
+    return this.serial(() => this.renameNow(fromRel, toRel));
+  }
+
+  private async renameNow(fromRel: string, toRel: string): Promise<void> {
     return this.guard(fromRel, () => this.renameImpl(fromRel, toRel));
   }
 
@@ -449,6 +513,10 @@ export class Ext4TreeWriter implements TreeWriter {
   }
 
   async remove(rel: string): Promise<void> {
+    return this.serial(() => this.removeNow(rel));
+  }
+
+  private async removeNow(rel: string): Promise<void> {
     return this.guard(rel, () => this.removeImpl(rel));
   }
 
@@ -487,6 +555,10 @@ export class Ext4TreeWriter implements TreeWriter {
   // ---- layer content ---------------------------------------------------------
 
   async writeEntry(root: string, entry: LayerEntry, content?: AsyncIterable<Buffer>): Promise<void> {
+    return this.serial(() => this.writeEntryNow(root, entry, content));
+  }
+
+  private async writeEntryNow(root: string, entry: LayerEntry, content?: AsyncIterable<Buffer>): Promise<void> {
     return this.guard(root === '' || root === '.' ? entry.path : `${root}/${entry.path}`, () => this.writeEntryImpl(root, entry, content));
   }
 
