@@ -135,6 +135,25 @@ export async function main(argv: string[]): Promise<number> {
   return 1;
 }
 
+/**
+ * The last resort for an error that escapes every promise chain: one `error:` line and exit 1,
+ * as for any other failure. The WASM build of libext2fs (loaded through balena-image-fs)
+ * installs handlers that rethrow, which turned such an error into a dump of its minified
+ * source and exit 7; ours run first.
+ */
+export function installLastResort(debug: boolean): void {
+  const fatal = (e: unknown): void => {
+    const err = e instanceof Error ? e : new Error(String(e));
+    process.stderr.write(debug ? `${err.stack ?? err.message}\n` : `error: ${err.message.split('\n')[0]}\n`);
+    process.exit(1);
+  };
+  process.removeAllListeners('uncaughtException');
+  process.removeAllListeners('unhandledRejection');
+  process.on('uncaughtException', fatal);
+  process.on('unhandledRejection', fatal);
+}
+
 if (require.main === module) {
+  installLastResort(process.argv.includes('--debug'));
   void main(process.argv).then((code) => process.exit(code));
 }
