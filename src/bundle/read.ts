@@ -121,6 +121,16 @@ export class BundleSource implements ImageSource {
     throw new Error(`${this.description}: ${message}`);
   }
 
+  /** Content as read from the stream: a read error (truncated, corrupt gzip) names the bundle. */
+  private async *guard(content: AsyncIterable<Buffer>, what: string): AsyncGenerator<Buffer> {
+    try {
+      for await (const chunk of content) yield chunk;
+    } catch (e) {
+      if ((e as Error).message.startsWith(`${this.description}: `)) throw e;
+      this.fail(`corrupt or truncated bundle (${(e as Error).message}) in ${what}`);
+    }
+  }
+
   private async nextEntry(): Promise<TarEntry | undefined> {
     if (this.pending) {
       const e = this.pending;
@@ -137,9 +147,10 @@ export class BundleSource implements ImageSource {
   private async readHead(): Promise<void> {
     const first = await this.nextEntry();
     if (!first || first.header.name !== MANIFEST_NAME) this.fail(`not a transplant bundle (no ${MANIFEST_NAME} first)`);
+    const text = (await readAll(this.guard(first.content, MANIFEST_NAME), 64 << 20, 'manifest')).toString('utf8');
     let json: unknown;
     try {
-      json = JSON.parse((await readAll(first.content, 64 << 20, 'manifest')).toString('utf8'));
+      json = JSON.parse(text);
     } catch {
       this.fail('the bundle manifest is not valid JSON');
     }
@@ -147,7 +158,7 @@ export class BundleSource implements ImageSource {
     for (const img of this.manifest.images) {
       const e = await this.nextEntry();
       if (!e || e.header.name !== imageEntryName(img.id)) this.fail(`expected the config of ${img.id}`);
-      const config = await readAll(e.content, 64 << 20, 'image config');
+      const config = await readAll(this.guard(e.content, `the config of image ${img.id}`), 64 << 20, 'image config');
       if (sha256Digest(config) !== img.id) this.fail(`the config of image ${img.id} does not match its ID`);
       this.configs.set(img.id, config);
     }
@@ -155,7 +166,7 @@ export class BundleSource implements ImageSource {
       if (!layer.hasTarSplit) continue;
       const e = await this.nextEntry();
       if (!e || e.header.name !== tarSplitEntryName(layer.chainId)) this.fail(`expected the tar-split of layer ${layer.chainId}`);
-      this.tarSplits.set(layer.chainId, await readAll(e.content, 1 << 30, 'tar-split'));
+      this.tarSplits.set(layer.chainId, await readAll(this.guard(e.content, `the tar-split of layer ${layer.chainId}`), 1 << 30, 'tar-split'));
     }
   }
 
@@ -240,7 +251,7 @@ export class BundleSource implements ImageSource {
         entry.linkTarget = target;
       }
       count++;
-      yield { entry, content: entry.kind === 'file' ? e.content : undefined };
+      yield { entry, content: entry.kind === 'file' ? this.guard(e.content, `${rel} of layer ${chainId}`) : undefined };
     }
     if (count !== layer.entries) this.fail(`layer ${chainId} holds ${count} entries, the manifest says ${layer.entries} (corrupt bundle)`);
     this.entriesRead += count;
@@ -253,7 +264,7 @@ export class BundleSource implements ImageSource {
     if (!e || e.header.name !== TRAILER_NAME) this.fail('truncated bundle (no trailer)');
     let t: BundleTrailer;
     try {
-      t = JSON.parse((await readAll(e.content, 1 << 16, 'trailer')).toString('utf8')) as BundleTrailer;
+      t = JSON.parse((await readAll(this.guard(e.content, TRAILER_NAME), 1 << 16, 'trailer')).toString('utf8')) as BundleTrailer;
     } catch {
       this.fail('corrupt bundle trailer');
     }
