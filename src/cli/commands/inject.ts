@@ -220,6 +220,10 @@ export async function injectCommand(bundle: string, opts: InjectCommandOptions, 
   const source = await openSource(bundle);
   try {
     const all = await source.images();
+    if (all.length === 0) {
+      // An engine root's image whose config is missing or does not match its ID is left out (as the engine does).
+      throw new Error(`${bundle} holds no image to inject (none has a config that matches its image ID)`);
+    }
     const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
     const images = opts.image.length > 0 ? selectImages(opts.image, all, bundle) : all;
     await injectFrom(source, images, opts, out, apps);
