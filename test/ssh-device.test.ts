@@ -11,6 +11,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -18,6 +19,7 @@ import { repoRoot, requireTools, run, runOk, type RunResult } from './harness/ex
 import { getFixtures, tempDir, type Fixtures } from './harness/fixtures.js';
 import { compareBundles, describeBundle, type BundleDescription } from './harness/bundle-digest.js';
 import { treeDigest } from './harness/judge.js';
+import { checkHostKey, hostFieldMatches, hostKeyAlgorithms, knownHostEntries, parseDeviceUrl } from '../src/sources/ssh-device.js';
 
 const T = { timeout: 600_000 };
 const SSHD = '/usr/sbin/sshd';
@@ -27,6 +29,8 @@ interface Server {
   work: string;
   port: number;
   url: string;
+  /** The server's ECDSA host key line (`type base64`). */
+  ecdsaHostPub: string;
   /** A HOME whose .ssh/known_hosts holds the server's key, hashed. */
   home: string;
   key: string;
@@ -110,6 +114,9 @@ function getServer(): Promise<Server> {
       return f;
     };
     const hostKey = key('host_key');
+    // A second host key, as devices have several: ECDSA.
+    const ecdsaHostKey = path.join(work, 'host_key_ecdsa');
+    runOk('ssh-keygen', ['-q', '-t', 'ecdsa', '-b', '256', '-N', '', '-f', ecdsaHostKey]);
     const clientKey = key('client_key');
     const busyboxKey = key('busybox_key');
     const bareBusyboxKey = key('bare_busybox_key');
@@ -137,6 +144,7 @@ function getServer(): Promise<Server> {
       [
         'ListenAddress 127.0.0.1',
         `HostKey ${hostKey}`,
+        `HostKey ${ecdsaHostKey}`,
         `AuthorizedKeysFile ${authorized}`,
         'PermitRootLogin prohibit-password',
         'PasswordAuthentication no',
@@ -169,6 +177,7 @@ function getServer(): Promise<Server> {
       work,
       port,
       url: `ssh://root@127.0.0.1:${port}${fx.sourceRoot}`,
+      ecdsaHostPub: fs.readFileSync(`${ecdsaHostKey}.pub`, 'utf8').trim().split(/\s+/).slice(0, 2).join(' '),
       home,
       key: clientKey,
       busyboxKey,
@@ -222,6 +231,12 @@ test('ssh: unknown or changed host keys, a refused login, wrong paths and a devi
   assertOneLineError(r, 'unknown host key', /not in .*known_hosts.*--insecure-host-key/);
   r = transplant(['extract', '--from', s.url, '--identity', s.key, '--insecure-host-key', ...dry], env(s, { HOME: emptyHome }));
   assert.equal(r.code, 0, `--insecure-host-key connects to an unknown host\n${show(r)}`);
+  // Known by its ECDSA key only, under a wildcard pattern: that key is asked for, and accepted.
+  const ecdsaHome = path.join(s.work, 'ecdsa-home');
+  fs.mkdirSync(path.join(ecdsaHome, '.ssh'), { recursive: true });
+  fs.writeFileSync(path.join(ecdsaHome, '.ssh', 'known_hosts'), `# a comment\n[127.0.0.?]:${s.port},!other ${s.ecdsaHostPub}\n`);
+  r = transplant(['extract', '--from', s.url, '--identity', s.key, ...dry], env(s, { HOME: ecdsaHome }));
+  assert.equal(r.code, 0, `a host known by its ECDSA key under a wildcard pattern\n${show(r)}`);
   // Changed host key: known_hosts names another key of the same type for this host.
   const otherHome = path.join(s.work, 'other-home');
   fs.mkdirSync(path.join(otherHome, '.ssh'), { recursive: true });
@@ -256,4 +271,39 @@ test('ssh: a device with busybox tar (balenaOS) gives the same bundle, times fro
   const got = await describeBundle(bundle, { bytes: true });
   const diffs = compareBundles(s.reference, got, ['directory', 'busybox device']);
   assert.deepEqual(diffs.slice(0, 30), [], 'the bundle made with busybox tar differs from the one made from the directory');
+});
+
+test('ssh: addresses and known_hosts rules', () => {
+  assert.deepEqual(parseDeviceUrl('ssh://10.0.0.5'), { user: 'root', host: '10.0.0.5', port: 22222, engineRoot: '/var/lib/docker' });
+  assert.deepEqual(parseDeviceUrl('ssh://admin@[fe80::1]:2222/mnt/data/docker/'), { user: 'admin', host: 'fe80::1', port: 2222, engineRoot: '/mnt/data/docker' });
+  assert.throws(() => parseDeviceUrl('ssh://root:secret@host'), /passwords/);
+  assert.throws(() => parseDeviceUrl('ssh://'), /not a valid ssh:\/\/ address/);
+  // Patterns, negation, hashed names (ssh-keygen -H: HMAC-SHA1 of the name keyed by the salt).
+  assert.ok(hostFieldMatches('a.example,[10.0.0.*]:22222', ['[10.0.0.5]:22222']));
+  assert.ok(!hostFieldMatches('[10.0.0.*]:22222,![10.0.0.5]:22222', ['[10.0.0.5]:22222']));
+  assert.ok(!hostFieldMatches('10.0.0.5', ['[10.0.0.5]:22222']), 'a port other than 22 needs the [host]:port form');
+  const salt = Buffer.from('0123456789abcdef0123');
+  const hashed = `|1|${salt.toString('base64')}|${createHmac('sha1', salt).update('[dev]:22222').digest('base64')}`;
+  assert.ok(hostFieldMatches(hashed, ['[dev]:22222']));
+  assert.ok(!hostFieldMatches(hashed, ['[dev]:22']));
+  // Key checks: match, mismatch of the same type, revoked, unknown.
+  const blob = (type: string, body: string): Buffer => {
+    const t = Buffer.from(type);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(t.length);
+    return Buffer.concat([len, t, Buffer.from(body)]);
+  };
+  const k1 = blob('ssh-ed25519', 'one');
+  const k2 = blob('ssh-ed25519', 'two');
+  const kh = `[dev]:22222 ssh-ed25519 ${k1.toString('base64')}\n@revoked [dev]:22222 ssh-ed25519 ${k2.toString('base64')}\n`;
+  assert.deepEqual(checkHostKey(kh, 'dev', 22222, k1, 'kh'), { ok: true });
+  const revoked = checkHostKey(kh, 'dev', 22222, k2, 'kh');
+  assert.ok(!revoked.ok && /@revoked/.test(revoked.reason));
+  const other = checkHostKey(`[dev]:22222 ssh-ed25519 ${k1.toString('base64')}\n`, 'dev', 22222, k2, 'kh');
+  assert.ok(!other.ok && /does NOT match/.test(other.reason));
+  const unknown = checkHostKey('', 'dev', 22222, k1, 'kh');
+  assert.ok(!unknown.ok && /not in kh/.test(unknown.reason));
+  // The types known for the host are asked for first.
+  const rsaOnly = knownHostEntries(`[dev]:22222 ssh-rsa ${k1.toString('base64')}\n`, 'dev', 22222);
+  assert.deepEqual(hostKeyAlgorithms(rsaOnly).slice(0, 3), ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa']);
 });

@@ -24,7 +24,7 @@ import { createHmac } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
+import { Client, type ClientChannel, type ConnectConfig, type ServerHostKeyAlgorithm } from 'ssh2';
 import type { LayerEntry, LayerItem, Xattr } from '../layer/entry.js';
 import { hexOf } from '../engine/digest.js';
 import { checkRelativePath } from '../bundle/read.js';
@@ -105,13 +105,21 @@ export function hostFieldMatches(field: string, names: readonly string[]): boole
 
 type HostKeyVerdict = { ok: true } | { ok: false; reason: string };
 
-/** Checks a server's host key blob against known_hosts content. */
-export function checkHostKey(knownHosts: string, host: string, port: number, key: Buffer, file: string): HostKeyVerdict {
-  // known_hosts names a host on a port other than 22 as "[host]:port" (hostfile.c put_host_port).
-  const names = port === 22 ? [host] : [`[${host}]:${port}`];
-  const keyType = key.length > 4 ? key.subarray(4, 4 + key.readUInt32BE(0)).toString('latin1') : '';
-  let sameType = false;
-  let any = false;
+interface KnownHost {
+  marker?: string;
+  type: string;
+  blob: Buffer;
+}
+
+/** known_hosts names a host on a port other than 22 as "[host]:port" (hostfile.c put_host_port). */
+function knownNames(host: string, port: number): string[] {
+  return port === 22 ? [host] : [`[${host}]:${port}`];
+}
+
+/** The known_hosts entries that name this host. */
+export function knownHostEntries(knownHosts: string, host: string, port: number): KnownHost[] {
+  const names = knownNames(host, port);
+  const out: KnownHost[] = [];
   for (const raw of knownHosts.split('\n')) {
     const line = raw.trim();
     if (line === '' || line.startsWith('#')) continue;
@@ -120,25 +128,54 @@ export function checkHostKey(knownHosts: string, host: string, port: number, key
     if (fields[0]?.startsWith('@')) marker = fields.shift();
     const [hosts, type, b64] = fields;
     if (!hosts || !type || !b64 || !hostFieldMatches(hosts, names)) continue;
-    const blob = Buffer.from(b64, 'base64');
-    if (marker === '@revoked') {
-      if (blob.equals(key)) return { ok: false, reason: `the host key of ${names[0]} is marked @revoked in ${file}` };
+    out.push({ marker, type, blob: Buffer.from(b64, 'base64') });
+  }
+  return out;
+}
+
+const RSA_ALGORITHMS: ServerHostKeyAlgorithm[] = ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'];
+const HOST_KEY_ALGORITHMS: ServerHostKeyAlgorithm[] = ['ssh-ed25519', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', ...RSA_ALGORITHMS];
+
+/**
+ * Host key algorithms with the types known_hosts holds for the host first, as OpenSSH's
+ * client orders them (sshconnect2.c order_hostkeyalgs), so that a host known by its ECDSA
+ * or RSA key is not asked for its Ed25519 key.
+ */
+export function hostKeyAlgorithms(entries: readonly KnownHost[]): ServerHostKeyAlgorithm[] {
+  const known = new Set<ServerHostKeyAlgorithm>();
+  for (const e of entries) {
+    if (e.marker !== undefined) continue;
+    if (e.type === 'ssh-rsa') RSA_ALGORITHMS.forEach((a) => known.add(a));
+    else if ((HOST_KEY_ALGORITHMS as string[]).includes(e.type)) known.add(e.type as ServerHostKeyAlgorithm);
+  }
+  return [...known, ...HOST_KEY_ALGORITHMS.filter((a) => !known.has(a))];
+}
+
+/** Checks a server's host key blob against known_hosts content. */
+export function checkHostKey(knownHosts: string, host: string, port: number, key: Buffer, file: string): HostKeyVerdict {
+  const name = knownNames(host, port)[0] as string;
+  const keyType = key.length > 4 ? key.subarray(4, 4 + key.readUInt32BE(0)).toString('latin1') : '';
+  let sameType = false;
+  let any = false;
+  for (const e of knownHostEntries(knownHosts, host, port)) {
+    if (e.marker === '@revoked') {
+      if (e.blob.equals(key)) return { ok: false, reason: `the host key of ${name} is marked @revoked in ${file}` };
       continue;
     }
-    if (marker !== undefined) continue; // @cert-authority: certificates are not used here
+    if (e.marker !== undefined) continue; // @cert-authority: certificates are not used here
     any = true;
-    if (blob.equals(key)) return { ok: true };
-    if (type === keyType) sameType = true;
+    if (e.blob.equals(key)) return { ok: true };
+    if (e.type === keyType) sameType = true;
   }
   if (sameType) {
     return {
       ok: false,
-      reason: `the host key of ${names[0]} does NOT match the one in ${file} (the device was reinstalled, or someone is intercepting the connection); if you expect the change, remove the old entry with ssh-keygen -R '${names[0]}'`,
+      reason: `the host key of ${name} does NOT match the one in ${file} (the device was reinstalled, or someone is intercepting the connection); if you expect the change, remove the old entry with ssh-keygen -R '${name}'`,
     };
   }
   return {
     ok: false,
-    reason: `the host key of ${names[0]} is not in ${file}${any ? ` (only keys of other types are)` : ''}: connect once with ssh -p ${port} <user>@${host} and accept it, or pass --insecure-host-key`,
+    reason: `the host key of ${name} is not in ${file}${any ? ` (only keys of other types are)` : ''}: connect once with ssh -p ${port} <user>@${host} and accept it, or pass --insecure-host-key`,
   };
 }
 
@@ -199,6 +236,7 @@ export class SshDeviceSource implements ImageSource {
     if (!options.insecureHostKey) {
       const file = options.knownHosts ?? path.join(os.homedir(), '.ssh', 'known_hosts');
       const known = await fs.readFile(file, 'utf8').catch(() => '');
+      config.algorithms = { serverHostKey: hostKeyAlgorithms(knownHostEntries(known, address.host, address.port)) };
       config.hostVerifier = (key: Buffer): boolean => {
         const verdict = checkHostKey(known, address.host, address.port, key, file);
         if (!verdict.ok) hostKeyProblem = verdict.reason;
