@@ -157,9 +157,6 @@ export async function openDiskTarget(imagePath: string, options: DiskTargetOptio
   }
   const { table, data } = inspectBalenaImage(imagePath);
   const destination = options.output ?? imagePath;
-  if (options.output && path.resolve(options.output) === path.resolve(imagePath)) {
-    throw new Error(`--output ${options.output} is the input image; leave --output out to write the image in place`);
-  }
   const workPath = workPathFor(destination);
   await copyImageFile(imagePath, workPath);
   return new DiskTargetImpl(imagePath, destination, workPath, table, data);
