@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { estimateRoom, openDiskTarget, readDeviceArch, inspectBalenaImage } from '../src/disk/disk-target.js';
 import { crc32c } from '../src/ext4/crc32c.js';
+import type { LayerEntry } from '../src/layer/entry.js';
 import { encodeTime } from '../src/ext4/inode.js';
 import { ImageFile } from '../src/ext4/image-file.js';
 import { readPartitionTable } from '../src/disk/partition-table.js';
@@ -381,6 +382,33 @@ describe('writing into a balenaOS image', () => {
     const sum = sha256File(img.path);
     await assert.rejects(openDiskTarget(img.path), /not cleanly unmounted/);
     assert.equal(sha256File(img.path), sum);
+  });
+
+  test('paths that escape, and writing through a symlink, are refused', async () => {
+    const img = buildBalenaImage(path.join(work, 'paths'), 'paths.img', { table: 'gpt', dataMiB: 8 });
+    const target = await openDiskTarget(img.path);
+    try {
+      const w = target.writer;
+      const e = (p: string, extra: Partial<LayerEntry> = {}): LayerEntry => ({ path: p, kind: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 0n, atime: 0n, size: 0, xattrs: [], ...extra });
+      await w.mkdirp('r', 0o755);
+      await w.symlink('/docker', 'r/link');
+      await w.symlink('..', 'r/up');
+      for (const bad of ['../x', 'a/../../x', '/etc/passwd', 'a//b', './x']) {
+        await assert.rejects(w.writeEntry('r', e(bad)), /refusing path/, bad);
+      }
+      await assert.rejects(w.writeEntry('r', e('h', { kind: 'hardlink', linkTarget: '../remove_me_to_reset' })), /refusing path/);
+      await assert.rejects(w.writeEntry('r', e('link/x')), /is not a directory/);
+      await assert.rejects(w.writeEntry('r', e('up/x')), /is not a directory/);
+      await assert.rejects(w.mkdirp('r/link/sub', 0o755), /exists and is not a directory/);
+      await assert.rejects(w.writeFile('r/up/evil', Buffer.from('x'), 0o644), /is not a directory/);
+      await assert.rejects(w.writeEntry('r', e('.', { kind: 'file' })), /root of a tree must be a directory/);
+      assert.equal(await w.readFile('r/link/image/overlay2/repositories.json'), undefined, 'read through a symlink');
+      assert.equal(await w.kindOf('r/up/remove_me_to_reset'), undefined);
+      assert.equal(await w.kindOf('docker/x'), undefined);
+      assert.equal(await w.kindOf('evil'), undefined);
+    } finally {
+      await target.abort();
+    }
   });
 
   test('xattrs that do not fit in one block are refused before writing, naming the file', async () => {
