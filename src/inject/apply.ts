@@ -91,16 +91,25 @@ export async function applyPlan(
   check?: () => Promise<void>,
 ): Promise<void> {
   const undo = new Undo(target.writer);
+  const at: { layer?: string } = {};
   try {
-    await write(plan, source, target, undo, progress);
+    await write(plan, source, target, undo, progress, at);
     if (check) await check();
   } catch (error) {
     await undo.run();
+    const code = (error as NodeJS.ErrnoException | undefined)?.code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      // The plan's estimate passed, the file system still ran out (the estimate is not exact).
+      throw new Error(
+        `${target.writer.description} ran out of space while writing ${at.layer ? `layer ${at.layer.slice(7, 19)} of ` : ''}${source.description} ` +
+          `(nothing was changed): free some room or choose a bigger target`,
+      );
+    }
     throw error;
   }
 }
 
-async function write(plan: InjectPlan, source: ImageSource, target: TargetStore, created: Undo, progress?: InjectProgress): Promise<void> {
+async function write(plan: InjectPlan, source: ImageSource, target: TargetStore, created: Undo, progress: InjectProgress | undefined, where: { layer?: string }): Promise<void> {
   const w: TreeWriter = target.writer;
   const at = (p: string): string => target.path(p);
 
@@ -133,6 +142,7 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
   const layerdbTmp = new Map<string, string>();
   for (const [index, layer] of copies.entries()) {
     progress?.layerStarted(layer, index, copies.length);
+    where.layer = layer.chainId;
     // Left over by an interrupted run: no layer uses it, so it is ours to replace.
     if (target.isOrphanDir(layer.cacheId)) await w.remove(at(cacheDir(layer.cacheId)));
 
