@@ -104,6 +104,7 @@ export class RootfsTarballSource implements ImageSource {
   private rootPrefix = '';
   private readonly chainFirst = new Map<string, number>();
   private spool?: fs.FileHandle;
+  private spoolSize = 0;
   private closed = false;
 
   private constructor(
@@ -183,13 +184,12 @@ export class RootfsTarballSource implements ImageSource {
   private async spoolFile(e: TarEntry): Promise<() => Promise<Buffer>> {
     this.spool ??= await fs.open(path.join(this.tmp, 'tar-split.spool'), 'w+', 0o600);
     const fh = this.spool;
-    const offset = (await fh.stat()).size;
-    let pos = offset;
+    const offset = this.spoolSize;
     for await (const c of this.guarded(e.content)) {
-      await fh.write(c, 0, c.length, pos);
-      pos += c.length;
+      await fh.write(c, 0, c.length, this.spoolSize);
+      this.spoolSize += c.length;
     }
-    const length = pos - offset;
+    const length = this.spoolSize - offset;
     return async () => {
       const buf = Buffer.alloc(length);
       await fh.read(buf, 0, length, offset);

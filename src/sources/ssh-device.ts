@@ -195,6 +195,7 @@ export class SshDeviceSource implements ImageSource {
   private engine!: EngineRootSource;
   /** Which way layer files are read: GNU tar, or busybox tar + coreutils stat + tar-split. */
   private tarKind: 'gnu' | 'busybox' = 'gnu';
+  private readonly fetched = new Map<string, Buffer | undefined>();
   private readonly counts = new Map<string, { entries: number; bytes: number }>();
   private closed = false;
 
@@ -377,10 +378,13 @@ export class SshDeviceSource implements ImageSource {
     this.engine = await EngineRootSource.over(reader, this.description);
   }
 
+  /** A file fetched once (tar-splits: the bundle writer and the busybox path both read them). */
   private async fetchFile(p: string): Promise<Buffer | undefined> {
+    if (this.fetched.has(p)) return this.fetched.get(p);
     const r = await this.exec(`cat ${shq(this.at(p))}`, 1 << 30);
-    if (r.code !== 0) return undefined;
-    return r.stdout;
+    const data = r.code === 0 ? r.stdout : undefined;
+    this.fetched.set(p, data);
+    return data;
   }
 
   images(): Promise<SourceImage[]> {
