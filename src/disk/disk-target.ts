@@ -130,7 +130,7 @@ function removeStaleWorkFiles(dir: string, base: string): void {
 }
 
 /** A flasher image: flash-rootA (ext4) and no resin-data; undefined for anything else. */
-function flasherRootA(imagePath: string): { rootA: Partition } | undefined {
+export function flasherRootA(imagePath: string): { rootA: Partition } | undefined {
   const image = ImageFile.open(imagePath, false);
   try {
     const table = readPartitionTable(image);

@@ -9,6 +9,7 @@ import { findLiveEngine } from '../../targets/live-engine.js';
 import { HostTreeWriter } from '../../targets/host-fs.js';
 import type { TreeWriter } from '../../targets/tree-writer.js';
 import { openSource } from '../open-source.js';
+import { ReadOnlyTreeWriter } from '../../targets/read-only.js';
 import { bootLocation, writeSystemConnection, type BootLocation } from '../../balena/boot-partition.js';
 import { checkKeyfile, staticIpKeyfile } from '../../balena/network.js';
 import { archMatches, platformOf } from '../../balena/arch.js';
@@ -19,6 +20,7 @@ import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 
 export interface TargetOptions {
+  dryRun?: boolean;
   resinData?: string;
   engineRoot?: string;
   disk?: string;
@@ -50,6 +52,8 @@ export interface OpenTarget {
   device?: { arch: string; slug: string };
   /** Where resin-boot is written (the disk image's work copy), for network keyfiles. */
   boot?: BootLocation;
+  /** For a dry run: what the plan means for the target's free space. */
+  room?: (plan: InjectPlan) => string;
   commit(): Promise<void>;
   abort(): Promise<void>;
 }
@@ -69,8 +73,25 @@ export async function openTarget(opts: TargetOptions): Promise<OpenTarget> {
   if (given.length !== 1) throw new UsageError('give exactly one target: --resin-data <dir>, --engine-root <dir> or --disk <image>');
   if (opts.output && !opts.disk) throw new UsageError('--output goes with --disk');
   if (opts.disk) {
-    const { openDiskTarget, readDeviceArch } = await import('../../disk/disk-target.js');
+    const { openDiskTarget, readDeviceArch, estimateRoom, flasherRootA } = await import('../../disk/disk-target.js');
     const device = await readDeviceArch(opts.disk);
+    if (opts.dryRun && !flasherRootA(opts.disk)) {
+      // Planning reads resin-data in place, through a disk that keeps writes in memory.
+      const { DiskImageReader } = await import('../../disk/read-only.js');
+      const writer = new ReadOnlyTreeWriter(await DiskImageReader.open(opts.disk));
+      const disk = opts.disk;
+      return {
+        writer,
+        prefix: 'docker',
+        device,
+        room: (plan) => {
+          const r = estimateRoom(disk, plan.bytes, plan.inodes);
+          return `resin-data has ${formatBytes(r.freeBytes)} and ${r.freeInodes} inodes free; ${r.growBy > 0 ? `the image would grow by ${formatBytes(r.growBy)}` : 'no growth needed'}`;
+        },
+        commit: () => writer.close(),
+        abort: () => writer.close(),
+      };
+    }
     const disk = await openDiskTarget(opts.disk, { output: opts.output });
     let boot: BootLocation;
     try {
@@ -199,7 +220,8 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
     if (opts.dryRun) {
       await target.abort();
       done = true;
-      out.data(planJson(result.plan), () => describePlan(result.plan));
+      const room = target.room?.(result.plan);
+      out.data({ ...(planJson(result.plan) as object), room }, () => describePlan(result.plan) + (room ? `\n${room}` : ''));
       return;
     }
     await target.commit();
