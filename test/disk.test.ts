@@ -195,7 +195,7 @@ test('inject --disk refuses what is not a balenaOS image, a flasher image withou
   const cases: [string, RegExp][] = [
     [random, /is not a balenaOS disk image/],
     [zeros, /is not a balenaOS disk image/],
-    [stick, /is not a balenaOS disk image: it has no resin-data partition/],
+    [stick, /is not a balenaOS disk image: it has no resin-(data|boot) partition/],
     [s.bundle, /is not a balenaOS disk image/],
     // A flasher image without the inner /opt/*.balenaos-img.
     [flasher, /flasher/],
