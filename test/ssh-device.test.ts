@@ -204,7 +204,7 @@ test('ssh: the bundle extracted from a device over SSH equals the one from the d
   assert.equal(treeDigest(s.fx.sourceRoot), s.digestBefore, 'the device\'s engine root changed');
 });
 
-test('ssh: the ssh-agent logs in when no --identity is given; ls-like dry run lists the layers', T, async () => {
+test('ssh: the ssh-agent logs in when no --identity is given; the dry run counts layers as the directory does; ls lists the device', T, async () => {
   const s = await getServer();
   const sock = path.join(s.work, 'agent.sock');
   await startDaemon('ssh-agent', ['-D', '-a', sock], /SSH_AUTH_SOCK/);
@@ -218,6 +218,15 @@ test('ssh: the ssh-agent logs in when no --identity is given; ls-like dry run li
     expected.map((l) => `${l.chainId} ${l.entries} ${l.bytes}`).sort(),
     'layers, entry and byte counts as the directory gives them',
   );
+  // ls takes a device too (with the agent's key).
+  const ls = transplant(['ls', s.url, '--json'], env(s, { SSH_AUTH_SOCK: sock }));
+  assert.equal(ls.code, 0, `ls over ssh failed\n${show(ls)}`);
+  const listed = JSON.parse(ls.stdout) as { id: string; references: string[] }[];
+  for (const img of Object.values(s.fx.images)) {
+    const e = listed.find((x) => x.id === img.id);
+    assert.ok(e, `ls over ssh lists ${img.key}`);
+    assert.deepEqual([...e.references].sort(), [...img.refs].sort(), `references of ${img.key}`);
+  }
 });
 
 test('ssh: unknown or changed host keys, a refused login, wrong paths and a device without GNU tools fail with one line', T, async () => {
