@@ -165,6 +165,7 @@ test('inject --disk --dry-run prints the plan and changes nothing', T, async () 
   for (const img2 of s.selected) assert.ok(r.stdout.includes(img2.id.slice(7, 19)), `the plan names ${img2.key}\n${r.stdout}`);
   assert.match(r.stdout, /total: \d+ layers to copy, \d+ to reuse/, 'the plan has a total');
   assert.match(r.stdout, /reuse \(target already has it\)/, 'the base layer the supervisor shares is reused');
+  assert.match(r.stdout, /the image would grow by \d/, 'the plan says the (too small) image would grow');
   const j = transplant(['inject', s.bundle, '--disk', img, '--dry-run', '--json'], { asUser: true });
   assert.equal(j.code, 0, show(j));
   const plan = JSON.parse(j.stdout) as { images: { id: string }[]; bytes: number; inodes: number };
