@@ -198,6 +198,8 @@ export class SshDeviceSource implements ImageSource {
   private readonly fetched = new Map<string, Buffer | undefined>();
   private readonly counts = new Map<string, { entries: number; bytes: number }>();
   private closed = false;
+  /** Why the connection ended, once it has. */
+  connectionError?: Error;
 
   private constructor(
     readonly description: string,
@@ -270,6 +272,14 @@ export class SshDeviceSource implements ImageSource {
     }
     const description = `ssh://${where}${address.engineRoot}`;
     const source = new SshDeviceSource(description, address, client);
+    // A connection lost later ends the running command's stream early; that read fails with
+    // this as its reason (and an 'error' with no listener would crash the process).
+    client.on('error', (e: Error) => {
+      source.connectionError ??= e;
+    });
+    client.on('close', () => {
+      source.connectionError ??= new Error('the connection was closed');
+    });
     try {
       await source.readMetadata();
     } catch (e) {
@@ -280,6 +290,7 @@ export class SshDeviceSource implements ImageSource {
   }
 
   private channel(command: string): Promise<ClientChannel> {
+    if (this.connectionError) return Promise.reject(new Error(`${this.description}: connection lost (${this.connectionError.message})`));
     return new Promise((resolve, reject) => {
       this.client.exec(command, (err, channel) => {
         if (err) reject(new Error(`${this.description}: cannot run a command on the device (${err.message})`));
@@ -416,7 +427,8 @@ export class SshDeviceSource implements ImageSource {
     const layer = await this.engine.layer(chainId);
     const cacheId = layer.cacheId as string;
     const prefix = `${cacheId}/diff`;
-    const fail = (why: string): Error => new Error(`${this.description}: reading layer ${hexOf(chainId).slice(0, 12)} from the device failed (${why})`);
+    const fail = (why: string): Error =>
+      new Error(`${this.description}: reading layer ${hexOf(chainId).slice(0, 12)} from the device failed (${this.connectionError && !this.closed ? `connection lost: ${this.connectionError.message}` : why})`);
     if (this.tarKind === 'gnu') {
       const command = `tar -C ${shq(this.at('overlay2'))} -cf - --format=posix --xattrs --xattrs-include='*' --numeric-owner -- ${shq(prefix)}`;
       yield* this.tarItems(chainId, command, prefix, fail, (entry) => entry);
