@@ -5,6 +5,7 @@
 import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version.js';
 import { UsageError } from './errors.js';
+import { InterruptedError, installInterruptHandlers } from './interrupt.js';
 import { Output } from './output.js';
 import { extractCommand } from './commands/extract.js';
 import { injectCommand, type InjectCommandOptions } from './commands/inject.js';
@@ -103,6 +104,7 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
 
 export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes('--debug');
+  installInterruptHandlers();
   let failure: unknown;
   const run = async (work: (out: Output) => Promise<void>, json?: boolean): Promise<void> => {
     try {
@@ -122,6 +124,10 @@ export async function main(argv: string[]): Promise<number> {
     failure = e;
   }
   if (failure === undefined) return 0;
+  if (failure instanceof InterruptedError) {
+    process.stderr.write(`error: ${failure.message}\n`);
+    return failure.exitCode;
+  }
   if (failure instanceof UsageError) {
     process.stderr.write(`error: ${failure.message}\n(run with --help for usage)\n`);
     return 2;

@@ -50,7 +50,12 @@ export function storeViewOf(images: readonly SourceImage[], base?: { repositorie
 }
 
 /** The source images the apps' services need, found the way the supervisor will look for them. */
-export function imagesForApps(apps: AppsJson, images: readonly SourceImage[], sourceName: string): SourceImage[] {
+/**
+ * `inTarget`: the target may already hold what the source lacks (the supervisor's own image,
+ * an app preloaded before); those names are left for referencesForApps to check against
+ * the target, instead of being refused here.
+ */
+export function imagesForApps(apps: AppsJson, images: readonly SourceImage[], sourceName: string, options: { inTarget?: boolean } = {}): SourceImage[] {
   const view = storeViewOf(images);
   const out: SourceImage[] = [];
   const missing: string[] = [];
@@ -70,7 +75,7 @@ export function imagesForApps(apps: AppsJson, images: readonly SourceImage[], so
     }
     if (!out.includes(image)) out.push(image);
   }
-  if (missing.length > 0) {
+  if (missing.length > 0 && !options.inTarget) {
     throw new Error(`${sourceName} lacks ${missing.length === 1 ? 'an image' : `${missing.length} images`} that apps.json names: ${missing.join('; ')}`);
   }
   return out;

@@ -7,6 +7,7 @@ import { planBundle, writeBundle } from '../../bundle/write.js';
 import { formatBytes } from '../../inject/inject.js';
 import { describeImages, selectImages } from '../../selection/select.js';
 import { openSource } from '../open-source.js';
+import { interruptible } from '../interrupt.js';
 import { imagesForApps, readApps } from '../../preload/apps.js';
 import { LayerProgressLine } from '../progress.js';
 import { UsageError } from '../errors.js';
@@ -55,7 +56,7 @@ export async function extractCommand(opts: ExtractOptions, out: Output): Promise
     const file = createWriteStream(partial, { flags: 'wx', highWaterMark: 1 << 20 });
     try {
       await once(file, 'open');
-      const manifest = await writeBundle(source, images, file, new LayerProgressLine('extract'));
+      const manifest = await writeBundle(interruptible(source), images, file, new LayerProgressLine('extract'));
       file.end();
       await once(file, 'finish');
       await fs.rename(partial, target);

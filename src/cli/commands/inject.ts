@@ -9,6 +9,7 @@ import { findLiveEngine } from '../../targets/live-engine.js';
 import { HostTreeWriter } from '../../targets/host-fs.js';
 import type { TreeWriter } from '../../targets/tree-writer.js';
 import { openSource } from '../open-source.js';
+import { interruptible } from '../interrupt.js';
 import { ReadOnlyTreeWriter } from '../../targets/read-only.js';
 import { bootLocation, writeSystemConnection, type BootLocation } from '../../balena/boot-partition.js';
 import { checkKeyfile, staticIpKeyfile } from '../../balena/network.js';
@@ -208,7 +209,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       }
     };
     let network: string | undefined;
-    const result = await injectImages(source, images, target.writer, target.prefix, {
+    const result = await injectImages(interruptible(source), images, target.writer, target.prefix, {
       dryRun: opts.dryRun,
       verify: opts.verify,
       progress: new LayerProgressLine('inject'),

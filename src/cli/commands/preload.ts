@@ -21,7 +21,7 @@ export async function preloadCommand(opts: PreloadOptions, out: Output): Promise
   try {
     const all = await source.images();
     const images: SourceImage[] = selectImages(opts.image, all, opts.from);
-    if (apps) for (const img of imagesForApps(apps, all, opts.from)) if (!images.includes(img)) images.push(img);
+    if (apps) for (const img of imagesForApps(apps, all, opts.from, { inTarget: true })) if (!images.includes(img)) images.push(img);
     await injectFrom(source, images, opts, out, apps);
   } finally {
     await source.close();
