@@ -36,6 +36,7 @@ interface Server {
   key: string;
   busyboxKey: string;
   bareBusyboxKey: string;
+  cutKey: string;
   strangerKey: string;
   imageArgs: string[];
   reference: BundleDescription;
@@ -120,6 +121,7 @@ function getServer(): Promise<Server> {
     const clientKey = key('client_key');
     const busyboxKey = key('busybox_key');
     const bareBusyboxKey = key('bare_busybox_key');
+    const cutKey = key('cut_key');
     const strangerKey = key('stranger_key');
     // A "device" whose tar is busybox's, as on balenaOS (which has coreutils' stat); and
     // one with busybox's stat too: the logins with these keys get them first in PATH.
@@ -129,12 +131,17 @@ function getServer(): Promise<Server> {
     const bbAll = path.join(work, 'busybox-all-bin');
     fs.mkdirSync(bbAll);
     for (const tool of ['tar', 'stat', 'find']) fs.symlinkSync('/bin/busybox', path.join(bbAll, tool));
+    // And one whose tar stream is cut short (a connection or a device failing mid-layer).
+    const cut = path.join(work, 'cut-bin');
+    fs.mkdirSync(cut);
+    fs.writeFileSync(path.join(cut, 'tar'), '#!/bin/sh\n/bin/tar "$@" | head -c 300000\n', { mode: 0o755 });
     const authorized = path.join(work, 'authorized_keys');
     fs.writeFileSync(
       authorized,
       `${fs.readFileSync(`${clientKey}.pub`, 'utf8').trim()}\n` +
         `environment="PATH=${bb}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" ${fs.readFileSync(`${busyboxKey}.pub`, 'utf8').trim()}\n` +
-        `environment="PATH=${bbAll}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" ${fs.readFileSync(`${bareBusyboxKey}.pub`, 'utf8').trim()}\n`,
+        `environment="PATH=${bbAll}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" ${fs.readFileSync(`${bareBusyboxKey}.pub`, 'utf8').trim()}\n` +
+        `environment="PATH=${cut}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" ${fs.readFileSync(`${cutKey}.pub`, 'utf8').trim()}\n`,
       { mode: 0o600 },
     );
     const port = await freePort();
@@ -182,6 +189,7 @@ function getServer(): Promise<Server> {
       key: clientKey,
       busyboxKey,
       bareBusyboxKey,
+      cutKey,
       strangerKey,
       imageArgs,
       reference: await describeBundle(refBundle, { bytes: true }),
@@ -229,7 +237,7 @@ test('ssh: the ssh-agent logs in when no --identity is given; the dry run counts
   }
 });
 
-test('ssh: unknown or changed host keys, a refused login, wrong paths and a device without GNU tools fail with one line', T, async () => {
+test('ssh: unknown or changed host keys, a refused login, wrong paths, a device without GNU tools and a stream cut short fail with one line', T, async () => {
   const s = await getServer();
   const dry = ['--dry-run', ...s.imageArgs];
   // Unknown host: an empty known_hosts.
@@ -270,6 +278,12 @@ test('ssh: unknown or changed host keys, a refused login, wrong paths and a devi
   r = transplant(['extract', '--from', s.url, '--identity', s.bareBusyboxKey, ...s.imageArgs, '--output', out], env(s));
   assertOneLineError(r, 'busybox tar and busybox stat on the device', /neither GNU tar nor GNU coreutils/);
   assert.ok(!fs.existsSync(out), 'no bundle is written');
+  // A layer's tar stream cut short: one line, and no bundle (not even a partial one) is left.
+  const cutDir = path.join(s.work, 'cut-out');
+  fs.mkdirSync(cutDir);
+  r = transplant(['extract', '--from', s.url, '--identity', s.cutKey, ...s.imageArgs, '--output', path.join(cutDir, 'cut.bundle')], env(s));
+  assertOneLineError(r, 'a tar stream cut short', /reading layer [0-9a-f]{12} from the device failed \(.*(end|truncated)/);
+  assert.deepEqual(fs.readdirSync(cutDir), [], 'nothing is left where the bundle was to be written');
 });
 
 test('ssh: a device with busybox tar (balenaOS) gives the same bundle, times from coreutils stat, xattrs from the tar-split', T, async () => {
