@@ -140,7 +140,12 @@ export class RootfsTarballSource implements ImageSource {
         await fh.close();
       }
       const source = new RootfsTarballSource(description, input, detectCompression(head), tmp);
-      await source.firstPass();
+      try {
+        await source.firstPass();
+      } catch (e) {
+        await source.close();
+        throw e;
+      }
       return source;
     } catch (e) {
       await fs.rm(tmp, { recursive: true, force: true });
