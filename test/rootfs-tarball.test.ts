@@ -21,13 +21,19 @@ import { verifyInjectedEngineRoot } from './harness/verify.js';
 const T = { timeout: 600_000 };
 const NOBODY = 65534;
 
-function transplant(args: string[], opts: { asNobody?: boolean; input?: Buffer } = {}): RunResult {
+interface RunOpts {
+  asNobody?: boolean;
+  input?: Buffer;
+  env?: Record<string, string>;
+}
+
+function transplant(args: string[], opts: RunOpts = {}): RunResult {
   const cli = path.join(repoRoot(), 'bin', 'transplant');
   if (opts.asNobody) {
     requireTools('setpriv');
-    return run('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, cli, ...args], { timeoutMs: 300_000, input: opts.input });
+    return run('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, cli, ...args], { timeoutMs: 300_000, input: opts.input, env: opts.env });
   }
-  return run(process.execPath, [cli, ...args], { timeoutMs: 300_000, input: opts.input });
+  return run(process.execPath, [cli, ...args], { timeoutMs: 300_000, input: opts.input, env: opts.env });
 }
 
 function show(r: RunResult): string {
@@ -97,7 +103,7 @@ async function assertSameAsDirectory(s: Setup, bundle: string, what: string): Pr
   return got;
 }
 
-function extractTo(s: Setup, from: string, name: string, opts: { asNobody?: boolean; input?: Buffer } = {}): string {
+function extractTo(s: Setup, from: string, name: string, opts: RunOpts = {}): string {
   const outDir = path.join(s.work, `out-${name}`);
   fs.mkdirSync(outDir, { recursive: true });
   if (opts.asNobody) fs.chownSync(outDir, NOBODY, NOBODY);
@@ -131,12 +137,15 @@ test('tarball: gzip with var/lib/docker/, zstd with ./, plain with docker/ give 
 
 test('tarball: an unprivileged user extracts the same bundle, from a file and from standard input', T, async () => {
   const s = await getSetup();
-  await assertSameAsDirectory(s, extractTo(s, s.tarballs.gz, 'nobody-file', { asNobody: true }), 'gzip tarball read by uid 65534');
+  // A TMPDIR of its own, to see that the stdin copy and the tar-split spool are removed.
+  const tmp = path.join(s.work, 'nobody-tmp');
+  fs.mkdirSync(tmp);
+  fs.chownSync(tmp, NOBODY, NOBODY);
+  const env = { TMPDIR: tmp };
+  await assertSameAsDirectory(s, extractTo(s, s.tarballs.gz, 'nobody-file', { asNobody: true, env }), 'gzip tarball read by uid 65534');
   const input = fs.readFileSync(s.tarballs.zst);
-  await assertSameAsDirectory(s, extractTo(s, '-', 'nobody-stdin', { asNobody: true, input }), 'zstd tarball on standard input of uid 65534');
-  // Nothing left behind in the temp dir (the stdin spool and the tar-split spool are removed).
-  const left = fs.readdirSync('/tmp').filter((n) => n.startsWith('transplant-tarball-'));
-  assert.deepEqual(left, [], 'temp dirs left in /tmp');
+  await assertSameAsDirectory(s, extractTo(s, '-', 'nobody-stdin', { asNobody: true, input, env }), 'zstd tarball on standard input of uid 65534');
+  assert.deepEqual(fs.readdirSync(tmp), [], `temp files left in ${tmp}`);
 });
 
 test('tarball: a bundle in the tarball\'s layer order injects into a bare engine root that a real engine runs', T, async () => {
