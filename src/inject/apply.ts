@@ -133,6 +133,15 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
   await ensureDir(at(OVERLAY), MODE.overlayRoot);
   await ensureDir(at(LINKS), MODE.linksDir);
 
+  // What interrupted runs left: unfinished layerdb entries (ours and layer/filestore.go's own
+  // write-set-*, which the engine deletes at start anyway), temp configs and repositories.json
+  // (image/fs.go skips names that are not digests), and l/ links of directories nothing uses.
+  // None is anything the engine uses, and this injector only writes while the engine is stopped.
+  for (const name of (await w.readdir(at(LAYERDB_TMP))) ?? []) if (name.startsWith('write-set-')) await w.remove(at(`${LAYERDB_TMP}/${name}`));
+  for (const name of (await w.readdir(at(IMAGEDB_CONTENT))) ?? []) if (name.startsWith('.tmp-')) await w.remove(at(`${IMAGEDB_CONTENT}/${name}`));
+  for (const name of (await w.readdir(at(IMAGE_ROOT))) ?? []) if (name.startsWith('.tmp-repositories.json')) await w.remove(at(`${IMAGE_ROOT}/${name}`));
+  for (const name of target.staleLinks) await w.remove(at(linkPath(name)));
+
   // Content in the order the source streams it (ImageSource.contentOrder: lower files were
   // planned up front, so the writing order does not matter to them). The layerdb renames,
   // which make layers visible to the engine, still happen parents first (below).

@@ -72,7 +72,17 @@ export class TargetStore {
         if (dir) this.usedDirs.add(dir);
       }
     }
+    // l/ links of directories nothing uses (left by an interrupted run; the engine removes
+    // them with the directory when it prunes it, overlay.go Remove).
+    for (const name of this.linkIds) {
+      const target = await w.readlink(this.path(`${LINKS}/${name}`));
+      const m = target === undefined ? undefined : /^\.\.\/([^/]+)\/diff$/.exec(target);
+      if (m && !this.usedDirs.has(m[1] as string)) this.staleLinks.add(name);
+    }
   }
+
+  /** l/ links that point at an overlay2 directory no layer or container uses. */
+  readonly staleLinks = new Set<string>();
 
   /** An overlay2 directory that no layer or container uses (left by an interrupted run). */
   isOrphanDir(name: string): boolean {
@@ -84,6 +94,6 @@ export class TargetStore {
   }
 
   linkIdFree(id: string): boolean {
-    return LINK_ID.test(id) && !this.linkIds.has(id);
+    return LINK_ID.test(id) && (!this.linkIds.has(id) || this.staleLinks.has(id));
   }
 }
