@@ -450,3 +450,116 @@ function serveCli(): void {
 }
 
 if (!isMainThread && (workerData as { transplantCliWorker?: boolean } | null)?.transplantCliWorker) serveCli();
+
+// ---- a big image, for interrupting runs midway ------------------------------------------
+
+export interface BigImage {
+  archive: string;
+  ref: string;
+  id: string;
+  diffIds: string[];
+  marker: string;
+}
+
+/** Packs entries into a tar file, streaming, and returns its sha256 digest. */
+async function packToFile(file: string, fill: (tar: TarPacker) => Promise<void>): Promise<string> {
+  const hash = createHash('sha256');
+  const out = fs.createWriteStream(file);
+  const tee = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      if (out.write(chunk)) cb();
+      else out.once('drain', () => cb());
+    },
+    final(cb) {
+      out.end(() => cb());
+    },
+  });
+  const tar = new TarPacker(tee);
+  await fill(tar);
+  await tar.finish();
+  await new Promise<void>((resolve, reject) => {
+    tee.on('error', reject);
+    tee.end(() => resolve());
+  });
+  return 'sha256:' + hash.digest('hex');
+}
+
+async function* fileContent(file: string): AsyncGenerator<Buffer> {
+  for await (const c of fs.createReadStream(file, { highWaterMark: 1 << 20 })) yield c as Buffer;
+}
+
+/** Deterministic non-repeating bytes (xorshift32), so that nothing compresses or dedups them away. */
+async function* noise(size: number, seed: number): AsyncGenerator<Buffer> {
+  let x = seed >>> 0 || 1;
+  const piece = 1 << 20;
+  for (let done = 0; done < size; done += piece) {
+    const n = Math.min(piece, size - done);
+    const b = Buffer.allocUnsafe(n + 3);
+    for (let i = 0; i < n; i += 4) {
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+      b.writeUInt32LE(x, i);
+    }
+    yield b.subarray(0, n);
+  }
+}
+
+/**
+ * A `docker save` archive of an image that runs (/bin/busybox from busybox-static) with a
+ * second layer of `smallFiles` small files and `bigFiles` files of `bigSize` bytes, written
+ * to `dir` without holding any layer in memory.
+ */
+export async function bigImageArchive(dir: string, opts: { smallFiles: number; bigFiles: number; bigSize: number; busybox?: string }): Promise<BigImage> {
+  const busybox = opts.busybox ?? '/bin/busybox';
+  if (!fs.existsSync(busybox)) throw new Error(`${busybox} is missing: install busybox-static (see .ci/run)`);
+  fs.mkdirSync(dir, { recursive: true });
+  const marker = 'transplant-marker-big';
+  const l1 = `${dir}/l1.tar`;
+  const l2 = `${dir}/l2.tar`;
+  const bb = fs.statSync(busybox).size;
+  const d1 = await packToFile(l1, async (tar) => {
+    await tar.add(header('bin/', 'directory', 0));
+    await tar.add(header('bin/busybox', 'file', bb, { mode: 0o755 }), fileContent(busybox));
+    for (const app of ['sh', 'echo', 'cat', 'ls']) await tar.add(header(`bin/${app}`, 'symlink', 0, { linkname: '/bin/busybox', mode: 0o777 }));
+  });
+  const d2 = await packToFile(l2, async (tar) => {
+    await tar.add(header('data/', 'directory', 0));
+    for (let d = 0; d < Math.ceil(opts.smallFiles / 500); d++) {
+      await tar.add(header(`data/d${d}/`, 'directory', 0));
+      for (let i = d * 500; i < Math.min(opts.smallFiles, (d + 1) * 500); i++) {
+        const body = Buffer.from(`small file ${i} `.repeat(1 + (i % 97)));
+        await tar.add(header(`data/d${d}/f${i}`, 'file', body.length, { uid: 1000 + (i % 3), mode: 0o640 }), body);
+      }
+    }
+    for (let i = 0; i < opts.bigFiles; i++) await tar.add(header(`data/big${i}`, 'file', opts.bigSize), noise(opts.bigSize, 7 + i));
+  });
+  const diffIds = [d1, d2];
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      config: { Cmd: ['/bin/sh', '-c', `echo ${marker}`], Env: ['PATH=/bin'] },
+      rootfs: { type: 'layers', diff_ids: diffIds },
+      history: [{ created_by: 'busybox' }, { created_by: 'data' }],
+    }),
+  );
+  const id = sha256(config);
+  const ref = 'fixture/big:1';
+  const manifest = Buffer.from(JSON.stringify([{ Config: `${id.slice(7)}.json`, RepoTags: [ref], Layers: ['l1/layer.tar', 'l2/layer.tar'] }]));
+  const archive = `${dir}/big-image.tar`;
+  await packToFile(archive, async (tar) => {
+    for (const [n, f] of [['l1', l1], ['l2', l2]] as const) {
+      await tar.add(header(`${n}/`, 'directory', 0));
+      await tar.add(header(`${n}/layer.tar`, 'file', fs.statSync(f).size), fileContent(f));
+    }
+    await tar.add(header(`${id.slice(7)}.json`, 'file', config.length), config);
+    await tar.add(header('manifest.json', 'file', manifest.length), manifest);
+  });
+  fs.rmSync(l1);
+  fs.rmSync(l2);
+  return { archive, ref, id, diffIds, marker };
+}
