@@ -113,7 +113,7 @@ function extractTo(s: Setup, from: string, name: string, opts: RunOpts = {}): st
   return bundle;
 }
 
-test('tarball: gzip with var/lib/docker/, zstd with ./, plain with docker/ give the bundle the directory gives', T, async () => {
+test('tarball: gzip with var/lib/docker/, zstd with ./, plain with docker/, one holding a nested data root give the bundle the directory gives', T, async () => {
   const s = await getSetup();
   const seen: string[][] = [];
   for (const [name, file] of [
@@ -124,6 +124,13 @@ test('tarball: gzip with var/lib/docker/, zstd with ./, plain with docker/ give 
     const got = await assertSameAsDirectory(s, extractTo(s, file, name), `${name} tarball`);
     seen.push(got.contentOrder);
   }
+  // A data root that holds another one (docker-in-docker: a volume with its own image/overlay2/).
+  const nested = path.join(s.work, 'nested.tar');
+  fs.copyFileSync(s.tarballs.plain, nested);
+  const parent = path.dirname(s.fx.sourceRoot);
+  const base = path.basename(s.fx.sourceRoot);
+  runOk('tar', ['-C', parent, '--xattrs', '--xattrs-include=*', `--transform=s,^${base},docker/volumes/dind/_data,S`, '-rf', nested, base], { timeoutMs: 300_000 });
+  await assertSameAsDirectory(s, extractTo(s, nested, 'nested'), 'tarball with a nested data root');
   // ls and --dry-run read the same metadata.
   const ls = transplant(['ls', s.tarballs.zst, '--json']);
   assert.equal(ls.code, 0, show(ls));

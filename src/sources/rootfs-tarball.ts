@@ -269,7 +269,9 @@ export class RootfsTarballSource implements ImageSource {
       await parser.close();
     }
 
-    const found = [...roots.entries()].filter(([, r]) => r.hasMetadata);
+    const withMetadata = [...roots.entries()].filter(([, r]) => r.hasMetadata);
+    // A root inside another one is content (docker-in-docker: volumes/<v>/_data/image/…).
+    const found = withMetadata.filter(([p]) => !withMetadata.some(([q]) => q !== p && p.startsWith(q)));
     if (found.length === 0) {
       throw new Error(
         `${this.description} does not hold an engine data root (no image/overlay2/ metadata in it); make it on the device with: tar -czf docker.tgz --xattrs --xattrs-include='*' /var/lib/docker`,
