@@ -8,6 +8,9 @@
  *   mknod(path, mode, major, minor)                            mknod + makedev
  *   lutimes(path, aSec, aNsec, mSec, mNsec)                    utimensat(AT_SYMLINK_NOFOLLOW)
  *   syncFs(path)                                               syncfs (Linux), sync (macOS)
+ *   fileAttrs(fd, uid, gid, mode, names, values, aS, aNs, mS, mNs)   fchown fchmod fsetxattr futimens
+ *   createFile(path, data, uid, gid, mode, names, values, aS, aNs, mS, mNs)
+ *                                                              open(O_EXCL|O_NOFOLLOW) write + the above + close
  *
  * Paths are strings (UTF-8) or Buffers (raw bytes). Errors are JS Errors shaped like
  * Node's own fs errors: code ('EPERM'), errno (negative), syscall, path, and a message
@@ -395,6 +398,211 @@ static napi_value Lutimes(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- one trip per regular file ------------------------------------------------ */
+
+/*
+ * The attributes of a regular file, applied on its open fd in the order the kernel
+ * requires (fs/attr.c, fs/open.c): owner first (chown clears setuid/setgid and
+ * security.capability), then mode, then xattrs, then times last (nothing after it
+ * touches mtime). Returns 0, or -1 with errno set and *failed naming the syscall and
+ * *failed_xattr the attribute.
+ */
+typedef struct {
+  uint32_t uid, gid, mode;
+  uint32_t nx;
+  char **names;
+  void **values;
+  size_t *lens;
+  struct timespec ts[2];
+} file_attrs;
+
+static void free_attrs(file_attrs *a) {
+  if (a->names) {
+    for (uint32_t i = 0; i < a->nx; i++) free(a->names[i]);
+  }
+  free(a->names);
+  free(a->values);
+  free(a->lens);
+  a->names = NULL;
+  a->values = NULL;
+  a->lens = NULL;
+}
+
+static int sys_fsetxattr(int fd, const char *name, const void *value, size_t size) {
+#ifdef __APPLE__
+  return fsetxattr(fd, name, value, size, 0, 0);
+#else
+  return fsetxattr(fd, name, value, size, 0);
+#endif
+}
+
+static int apply_fd(int fd, const file_attrs *a, const char **failed, const char **failed_xattr) {
+  if (fchown(fd, a->uid, a->gid) != 0) {
+    *failed = "fchown";
+    return -1;
+  }
+  if (fchmod(fd, (mode_t)(a->mode & 07777)) != 0) {
+    *failed = "fchmod";
+    return -1;
+  }
+  for (uint32_t i = 0; i < a->nx; i++) {
+    if (sys_fsetxattr(fd, a->names[i], a->lens[i] > 0 ? a->values[i] : "", a->lens[i]) != 0) {
+      *failed = "fsetxattr";
+      *failed_xattr = a->names[i];
+      return -1;
+    }
+  }
+  if (futimens(fd, a->ts) != 0) {
+    *failed = "futimens";
+    return -1;
+  }
+  return 0;
+}
+
+/* Arguments uid, gid, mode, [names], [values], aSec, aNsec, mSec, mNsec starting at argv[0]. */
+static bool get_attrs(napi_env env, napi_value *argv, file_attrs *a) {
+  const double lim = 9007199254740991.0;
+  double uid, gid, mode, asec, ansec, msec, mnsec;
+  memset(a, 0, sizeof(*a));
+  if (!get_integer(env, argv[0], 0, 0xffffffff, &uid, "uid must be an integer in [0, 2^32)")) return false;
+  if (!get_integer(env, argv[1], 0, 0xffffffff, &gid, "gid must be an integer in [0, 2^32)")) return false;
+  if (!get_integer(env, argv[2], 0, 07777, &mode, "mode must be an integer in [0, 07777]")) return false;
+  if (!get_integer(env, argv[5], -lim, lim, &asec, "atime seconds must be an integer")) return false;
+  if (!get_integer(env, argv[6], 0, 999999999, &ansec, "atime nanoseconds must be in [0, 1e9)")) return false;
+  if (!get_integer(env, argv[7], -lim, lim, &msec, "mtime seconds must be an integer")) return false;
+  if (!get_integer(env, argv[8], 0, 999999999, &mnsec, "mtime nanoseconds must be in [0, 1e9)")) return false;
+  a->uid = (uint32_t)uid;
+  a->gid = (uint32_t)gid;
+  a->mode = (uint32_t)mode;
+  a->ts[0].tv_sec = (time_t)(int64_t)asec;
+  a->ts[0].tv_nsec = (long)ansec;
+  a->ts[1].tv_sec = (time_t)(int64_t)msec;
+  a->ts[1].tv_nsec = (long)mnsec;
+  if ((double)a->ts[0].tv_sec != asec || (double)a->ts[1].tv_sec != msec) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "time does not fit in time_t on this system");
+    return false;
+  }
+  bool is_array = false;
+  uint32_t nn = 0, nv = 0;
+  napi_is_array(env, argv[3], &is_array);
+  if (!is_array) return throw_type(env, "xattr names must be an array"), false;
+  napi_is_array(env, argv[4], &is_array);
+  if (!is_array) return throw_type(env, "xattr values must be an array"), false;
+  napi_get_array_length(env, argv[3], &nn);
+  napi_get_array_length(env, argv[4], &nv);
+  if (nn != nv) return throw_type(env, "as many xattr values as names"), false;
+  if (nn == 0) return true;
+  a->names = calloc(nn, sizeof(char *));
+  a->values = calloc(nn, sizeof(void *));
+  a->lens = calloc(nn, sizeof(size_t));
+  if (!a->names || !a->values || !a->lens) {
+    free_attrs(a);
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return false;
+  }
+  a->nx = nn;
+  for (uint32_t i = 0; i < nn; i++) {
+    napi_value n, v;
+    bool is_buffer = false;
+    napi_get_element(env, argv[3], i, &n);
+    napi_get_element(env, argv[4], i, &v);
+    napi_is_buffer(env, v, &is_buffer);
+    if (!is_buffer) {
+      free_attrs(a);
+      return throw_type(env, "xattr values must be Buffers"), false;
+    }
+    /* The Buffers stay alive for the duration of the call (they are arguments). */
+    napi_get_buffer_info(env, v, &a->values[i], &a->lens[i]);
+    a->names[i] = get_cstring(env, n, "xattr name must be a string without NUL bytes");
+    if (!a->names[i]) {
+      free_attrs(a);
+      return false;
+    }
+  }
+  return true;
+}
+
+static napi_value throw_attrs(napi_env env, int err, const char *syscall, const char *path, const char *xattr) {
+  throw_errno(env, err, syscall, path);
+  if (xattr) {
+    napi_value e, v;
+    napi_get_and_clear_last_exception(env, &e);
+    napi_create_string_utf8(env, xattr, NAPI_AUTO_LENGTH, &v);
+    napi_set_named_property(env, e, "xattr", v);
+    napi_throw(env, e);
+  }
+  return NULL;
+}
+
+/* fileAttrs(fd, uid, gid, mode, names, values, aSec, aNsec, mSec, mNsec) */
+static napi_value FileAttrs(napi_env env, napi_callback_info info) {
+  napi_value argv[10];
+  double fd;
+  file_attrs a;
+  if (!get_args(env, info, 10, argv)) return NULL;
+  if (!get_integer(env, argv[0], 0, 0x7fffffff, &fd, "fd must be a file descriptor")) return NULL;
+  if (!get_attrs(env, argv + 1, &a)) return NULL;
+  const char *failed = NULL, *failed_xattr = NULL;
+  napi_value r = NULL;
+  if (apply_fd((int)fd, &a, &failed, &failed_xattr) != 0) r = throw_attrs(env, errno, failed, NULL, failed_xattr);
+  free_attrs(&a);
+  return r;
+}
+
+/*
+ * createFile(path, data, uid, gid, mode, names, values, aSec, aNsec, mSec, mNsec): a new
+ * regular file with this content and every attribute, in one call (open O_CREAT|O_EXCL|
+ * O_NOFOLLOW, so nothing is written through a symlink and nothing existing is replaced;
+ * EEXIST is the caller's to handle). On failure after creation the file is left for the
+ * caller to remove.
+ */
+static napi_value CreateFile(napi_env env, napi_callback_info info) {
+  napi_value argv[11];
+  file_attrs a;
+  if (!get_args(env, info, 11, argv)) return NULL;
+  bool is_buffer = false;
+  napi_is_buffer(env, argv[1], &is_buffer);
+  if (!is_buffer) return throw_type(env, "data must be a Buffer");
+  void *data = NULL;
+  size_t len = 0;
+  napi_get_buffer_info(env, argv[1], &data, &len);
+  if (!get_attrs(env, argv + 2, &a)) return NULL;
+  char *path = get_cstring(env, argv[0], "path must be a string or Buffer without NUL bytes");
+  if (!path) {
+    free_attrs(&a);
+    return NULL;
+  }
+  const char *failed = NULL, *failed_xattr = NULL;
+  int err = 0;
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    err = errno;
+    failed = "open";
+  } else {
+    size_t done = 0;
+    while (done < len) {
+      ssize_t n = write(fd, (const char *)data + done, len - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        err = n < 0 ? errno : ENOSPC;
+        failed = "write";
+        break;
+      }
+      done += (size_t)n;
+    }
+    if (!failed && apply_fd(fd, &a, &failed, &failed_xattr) != 0) err = errno;
+    if (close(fd) != 0 && !failed) {
+      err = errno;
+      failed = "close";
+    }
+  }
+  napi_value r = NULL;
+  if (failed) r = throw_attrs(env, err, failed, path, failed_xattr);
+  free(path);
+  free_attrs(&a);
+  return r;
+}
+
 /* ---- flushing --------------------------------------------------------------- */
 
 /* Flushes the file system holding `path` (syncfs(2) on Linux; a global sync on macOS). */
@@ -435,6 +643,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"mknod", NULL, Mknod, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lutimes", NULL, Lutimes, NULL, NULL, NULL, napi_enumerable, NULL},
       {"syncFs", NULL, SyncFs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"fileAttrs", NULL, FileAttrs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"createFile", NULL, CreateFile, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

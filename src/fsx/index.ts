@@ -15,6 +15,8 @@ interface FsxAddon {
   mknod(path: PathLike, mode: number, major: number, minor: number): void;
   lutimes(path: PathLike, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
   syncFs(path: PathLike): void;
+  fileAttrs(fd: number, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
+  createFile(path: PathLike, data: Buffer, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
 }
 
 /** build/Release/fsx.node relative to the package root (this file is dist/src/fsx/index.js). */
@@ -89,4 +91,36 @@ export function lutimes(file: PathLike, atimeNs: bigint, mtimeNs: bigint): void 
 /** Flushes the whole file system holding `file` to its device (syncfs). */
 export function syncFs(file: PathLike): void {
   load().syncFs(file);
+}
+
+/** What a regular file gets after its content: owner, mode (incl. setuid/setgid/sticky), xattrs, ns times. */
+export interface FileAttributes {
+  uid: number;
+  gid: number;
+  mode: number;
+  xattrs: readonly Xattr[];
+  atime: bigint;
+  mtime: bigint;
+}
+
+/**
+ * Applies every attribute to an open regular file in one native call: fchown, fchmod,
+ * fsetxattr for each xattr, futimens (in that order: chown clears setuid and
+ * security.capability). A failure carries `syscall` and, for fsetxattr, `xattr`.
+ */
+export function fileAttrs(fd: number, a: FileAttributes): void {
+  const [as, ans] = splitNs(a.atime);
+  const [ms, mns] = splitNs(a.mtime);
+  load().fileAttrs(fd, a.uid, a.gid, a.mode & 0o7777, a.xattrs.map((x) => x.name), a.xattrs.map((x) => x.value), as, ans, ms, mns);
+}
+
+/**
+ * Creates a regular file that must not exist yet (O_CREAT|O_EXCL|O_NOFOLLOW) with this
+ * content and every attribute, in one native call (open, write, the fileAttrs calls, close).
+ * EEXIST is thrown as is; on any other failure the file may exist, partly written.
+ */
+export function createFile(file: PathLike, data: Buffer, a: FileAttributes): void {
+  const [as, ans] = splitNs(a.atime);
+  const [ms, mns] = splitNs(a.mtime);
+  load().createFile(file, data, a.uid, a.gid, a.mode & 0o7777, a.xattrs.map((x) => x.name), a.xattrs.map((x) => x.value), as, ans, ms, mns);
 }

@@ -10,16 +10,22 @@
  * a symlink, whatever the layer or the target already holds. The root itself may be a
  * symlink (the user named it).
  */
-import { constants } from 'node:fs';
+import { chmodSync, constants, lchownSync, mkdirSync } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { LayerEntry } from '../layer/entry.js';
 import type { FreeSpace, TreeWriter } from './tree-writer.js';
-import { errnoCode, lutimes, mknod, setXattr, syncFs } from '../fsx/index.js';
+import { createFile, errnoCode, fileAttrs, lutimes, mknod, setXattr, syncFs, type FileAttributes } from '../fsx/index.js';
 
 /** Bytes per write of file content: small pieces are gathered into writes of this size. */
 const CHUNK = 1024 * 1024;
+/**
+ * Files up to this size are gathered in memory and created with all their attributes in one
+ * native call (open, write, fchown, fchmod, fsetxattr, futimens, close) on the main thread:
+ * for small files the thread-pool round trip of each async call costs more than the call.
+ */
+const SMALL_FILE = 256 * 1024;
 
 const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW, O_NONBLOCK } = constants;
 
@@ -346,8 +352,9 @@ export class HostTreeWriter implements TreeWriter {
         await this.writeDirectory(rel);
         break;
       case 'file':
+        // Owner, mode, xattrs and times are applied on the open file, in writeRegular.
         await this.writeRegular(rel, entry, content);
-        break;
+        return;
       case 'symlink':
         if (entry.linkTarget === undefined) throw new Error(`${shown}: symlink without a target`);
         if (entry.linkTarget.includes('\0')) throw new Error(`${shown}: refusing a symlink target with a NUL byte`);
@@ -369,10 +376,9 @@ export class HostTreeWriter implements TreeWriter {
         throw new Error(`${shown}: unknown entry kind ${String((entry as { kind: unknown }).kind)}`);
     }
     // Owner before mode: chown(2) clears setuid/setgid (and security.capability, so xattrs come after it).
-    if (entry.kind !== 'file') {
-      await this.attempt(shown, `set its owner to ${entry.uid}:${entry.gid}`, () => fs.lchown(abs, entry.uid, entry.gid));
-      if (entry.kind !== 'symlink') await this.attempt(shown, 'set its mode', () => fs.chmod(abs, entry.mode & 0o7777));
-    }
+    // Synchronous: tiny calls, cheaper on the main thread than a thread-pool round trip.
+    await this.attempt(shown, `set its owner to ${entry.uid}:${entry.gid}`, () => lchownSync(abs, entry.uid, entry.gid));
+    if (entry.kind !== 'symlink') await this.attempt(shown, 'set its mode', () => chmodSync(abs, entry.mode & 0o7777));
     for (const x of entry.xattrs) {
       await this.attempt(shown, `set the extended attribute ${x.name}`, () => setXattr(abs, x.name, x.value));
     }
@@ -396,6 +402,30 @@ export class HostTreeWriter implements TreeWriter {
     try {
       await fn();
     } catch (err) {
+      throw this.failure(shown, action, err);
+    }
+  }
+
+  /** A failed fileAttrs/createFile call as one line naming the attribute that could not be set. */
+  private attrFailure(shown: string, entry: LayerEntry, err: unknown): Error {
+    const e = err as NodeJS.ErrnoException & { xattr?: string };
+    const action =
+      e.syscall === 'fchown'
+        ? `set its owner to ${entry.uid}:${entry.gid}`
+        : e.syscall === 'fchmod'
+          ? 'set its mode'
+          : e.syscall === 'fsetxattr'
+            ? `set the extended attribute ${e.xattr ?? '?'}`
+            : e.syscall === 'futimens'
+              ? 'set its times'
+              : e.syscall === 'write' || e.syscall === 'close'
+                ? 'write its content'
+                : 'create it';
+    return this.failure(shown, action, err);
+  }
+
+  private failure(shown: string, action: string, err: unknown): Error {
+    {
       const code = errnoCode(err);
       const hint =
         code === 'EPERM' || code === 'EACCES'
@@ -405,7 +435,7 @@ export class HostTreeWriter implements TreeWriter {
             : '';
       const e = new Error(`${shown}: cannot ${action} (${code ?? (err as Error).message})${hint}`);
       (e as NodeJS.ErrnoException).code = code;
-      throw e;
+      return e;
     }
   }
 
@@ -416,6 +446,15 @@ export class HostTreeWriter implements TreeWriter {
     }
     await this.requireParent(rel);
     const abs = this.abs(rel);
+    // mkdir first (synchronous: one tiny call): it never follows a symlink in its last
+    // component, and EEXIST tells us to look at what is there.
+    try {
+      mkdirSync(abs, 0o700);
+      this.realDirs.add(rel);
+      return;
+    } catch (err) {
+      if (errnoCode(err) !== 'EEXIST') throw err;
+    }
     const st = await lstatOrUndefined(abs);
     if (st?.isDirectory()) {
       this.realDirs.add(rel);
@@ -438,9 +477,45 @@ export class HostTreeWriter implements TreeWriter {
     return fs.open(abs, flags, 0o600);
   }
 
+  /** Exactly entry.size bytes of content in one Buffer (small files only). */
+  private async gather(shown: string, entry: LayerEntry, content: AsyncIterable<Buffer> | undefined): Promise<Buffer> {
+    let only: Buffer | undefined;
+    let parts: Buffer[] | undefined;
+    let total = 0;
+    if (content) {
+      for await (const piece of content) {
+        total += piece.length;
+        if (total > entry.size) throw new Error(`${shown}: content is longer than its size ${entry.size}`);
+        if (piece.length === 0) continue;
+        if (!only) only = piece;
+        else (parts ??= [only]).push(piece);
+      }
+    }
+    if (total !== entry.size) throw new Error(`${shown}: content is ${total} bytes, expected ${entry.size}`);
+    return parts ? Buffer.concat(parts, total) : (only ?? Buffer.alloc(0));
+  }
+
   private async writeRegular(rel: string, entry: LayerEntry, content: AsyncIterable<Buffer> | undefined): Promise<void> {
     const shown = this.shown(rel);
     await this.requireParent(rel);
+    const attrs: FileAttributes = entry;
+    if (entry.size <= SMALL_FILE) {
+      const data = await this.gather(shown, entry, content);
+      const abs = this.abs(rel);
+      try {
+        createFile(abs, data, attrs);
+      } catch (err) {
+        if (errnoCode(err) !== 'EEXIST' || (err as NodeJS.ErrnoException).syscall !== 'open') throw this.attrFailure(shown, entry, err);
+        // Something is in the way (a file of a lower layer, a symlink): replace it, never follow it.
+        await this.removeExisting(rel);
+        try {
+          createFile(abs, data, attrs);
+        } catch (err2) {
+          throw this.attrFailure(shown, entry, err2);
+        }
+      }
+      return;
+    }
     const handle = await this.createExclusive(rel);
     try {
       let written = 0;
@@ -469,8 +544,11 @@ export class HostTreeWriter implements TreeWriter {
       }
       if (fill > 0) await this.writeAll(handle, this.chunk, 0, fill, rel);
       if (written !== entry.size) throw new Error(`${shown}: content is ${written} bytes, expected ${entry.size}`);
-      await this.attempt(shown, `set its owner to ${entry.uid}:${entry.gid}`, () => handle.chown(entry.uid, entry.gid));
-      await this.attempt(shown, 'set its mode', () => handle.chmod(entry.mode & 0o7777));
+      try {
+        fileAttrs(handle.fd, attrs);
+      } catch (err) {
+        throw this.attrFailure(shown, entry, err);
+      }
     } finally {
       await handle.close();
     }
