@@ -14,12 +14,21 @@ export interface FileRecord {
 
 export class ContentMismatchError extends Error {}
 
+/** A Buffer with an ArrayBuffer of its own (Buffer.alloc never takes from the pool). */
+function ownCopy(b: Buffer): Buffer {
+  const out = Buffer.alloc(b.length);
+  b.copy(out);
+  return out;
+}
+
 /** The per-file records of a tar-split, by layer-relative path. */
 export async function fileRecords(tarSplit: Buffer, where: string): Promise<Map<string, FileRecord>> {
   const out = new Map<string, FileRecord>();
   for await (const e of readTarSplit(tarSplit, where)) {
     if (e.type !== FILE || e.size === 0) continue;
-    out.set(cleanTarPath(e.name.toString('utf8')), { size: e.size, crc: e.crc });
+    // A copy of its own: e.crc is a slice of Buffer's shared 8 KiB pool, and keeping it would
+    // keep the whole slab (with the tar-split's header bytes decoded next to it) alive.
+    out.set(cleanTarPath(e.name.toString('utf8')), { size: e.size, crc: e.crc ? ownCopy(e.crc) : undefined });
   }
   return out;
 }
