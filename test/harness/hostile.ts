@@ -423,6 +423,8 @@ function serveCli(): void {
       cb?.();
       return true;
     }) as typeof process.stdout.write;
+  // main() installs its signal handlers on every call: many runs in one process are expected here.
+  process.setMaxListeners(0);
   process.stdout.write = capture(() => out);
   process.stderr.write = capture(() => err);
   // One run at a time: the next request waits for the previous one.
