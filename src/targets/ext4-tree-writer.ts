@@ -188,9 +188,13 @@ export class Ext4TreeWriter implements TreeWriter {
 
   private full(rel: string): string {
     if (rel === '' || rel === '.') return '/';
-    if (rel.startsWith('/') || rel.split('/').some((c) => c === '..' || c === '' || c === '.')) {
-      throw new Error(`${this.description}: refusing path "${rel}"`);
+    if (rel.startsWith('/') || rel.includes('\0') || rel.split('/').some((c) => c === '..' || c === '' || c === '.')) {
+      throw new Error(`${this.description}: refusing path ${JSON.stringify(rel)}`);
     }
+    // A directory entry's name_len is one byte (EXT4_NAME_LEN 255, fs/ext4/ext4.h); a longer
+    // name was accepted without an error before this check.
+    const long = rel.split('/').find((c) => Buffer.byteLength(c) > 255);
+    if (long !== undefined) throw new Error(`${this.description}: refusing path ${JSON.stringify(rel.slice(0, 300))}: a name longer than 255 bytes`);
     return '/' + rel;
   }
 
