@@ -16,6 +16,8 @@ import { gzipSync } from 'node:zlib';
 import { assertOneLineError, show } from './harness/cli.js';
 import { runOk, requireTools, type RunResult } from './harness/exec.js';
 import { tempDir } from './harness/fixtures.js';
+import { buildBalenaImage } from './harness/balena-image.js';
+import { assertE2fsckClean, sha256File, withMountedData } from './harness/disk-judge.js';
 import { diffSnapshots, snapshotTree, layerCacheId } from './harness/judge.js';
 import {
   bundleBytes,
@@ -354,4 +356,54 @@ test('no space left on the target: one line, exit 1, the target left as it was (
   } finally {
     runOk('umount', [small]);
   }
+});
+
+// ---- the same tricks into a balenaOS disk image (written without mounting) ---------------
+
+test('hostile input into a disk image: refused or stored inside resin-data, e2fsck clean, the input image untouched, nothing on the host', T, async () => {
+  requireTools('e2fsck', 'mount', 'umount');
+  const s = scratch('tphostdisk-');
+  const img = buildBalenaImage(path.join(s.root, 'img'), 'balena.img', { deviceType: { slug: 'genericx86-64-ext', arch: 'amd64' } }).path;
+  const imgHash = sha256File(img);
+  const failures: string[] = [];
+  let n = 0;
+  for (const kind of ['bundle', 'archive'] as const) {
+    for (const c of hostileCases({ canary: s.canary, ups: UPS })) {
+      if (c.only && !c.only.includes(kind)) continue;
+      const what = `disk, ${kind}: ${c.name}`;
+      const input = path.join(s.root, containerFileName(kind));
+      fs.writeFileSync(input, await containerBytes(kind, c.layers));
+      const out = path.join(s.root, 'out.img');
+      const before = outside(s);
+      try {
+        const r = await cli(s, ['inject', input, '--disk', img, '--output', out], n++ % 10 === 0);
+        assertCleanOutcome(r, what);
+        const changed = mapDiff(before, outside(s)).filter((l) => !l.startsWith('out.img:'));
+        assert.deepEqual(changed, [], `${what}: something changed outside the target\n${show(r)}`);
+        assert.deepEqual(findPwned(s.root, []), [], `${what}: a file escaped onto the host`);
+        assert.deepEqual(fs.readdirSync(s.tmp), [], `${what}: temp files left in TMPDIR`);
+        if (r.code === 1) {
+          assert.notEqual(c.expect, 'accepted', `${what}: refused but should be accepted\n${show(r)}`);
+          assert.ok(!fs.existsSync(out), `${what}: a refused run left ${out}`);
+        } else {
+          assert.notEqual(c.expect, 'refused', `${what}: accepted but must be refused\n${show(r)}`);
+          assertE2fsckClean(out, s.root);
+          const img2 = await syntheticImage(c.layers);
+          await withMountedData(out, s.root, (mnt) => {
+            // Inside the image nothing may land outside the layer's own diff/.
+            const escaped = findPwned(mnt, []).filter((p) => !/\/docker\/overlay2\/[0-9a-f]{64}\/diff\//.test(p));
+            assert.deepEqual(escaped, [], `${what}: written outside a diff/ inside resin-data`);
+            const diff = topDiff(path.join(mnt, 'docker'), img2.chainIds);
+            assert.ok(diff !== undefined, `${what}: accepted, yet the layer is not in the image`);
+            if (c.check) assert.deepEqual(c.check(diff), [], what);
+          }, { readOnly: true });
+        }
+      } catch (e) {
+        failures.push((e as Error).message.split('\n').slice(0, 6).join('\n'));
+      }
+      fs.rmSync(out, { force: true });
+    }
+  }
+  assert.equal(sha256File(img), imgHash, 'the input disk image is untouched');
+  assert.deepEqual(failures, [], failures.join('\n---\n'));
 });
