@@ -7,13 +7,20 @@ import { VERSION } from '../version.js';
 import { UsageError } from './errors.js';
 import { InterruptedError, installInterruptHandlers } from './interrupt.js';
 import { Output } from './output.js';
-import { extractCommand } from './commands/extract.js';
+import { extractCommand, type ExtractOptions } from './commands/extract.js';
 import { injectCommand, type InjectCommandOptions } from './commands/inject.js';
 import { preloadCommand, type PreloadOptions } from './commands/preload.js';
 import { lsCommand } from './commands/ls.js';
 import { verifyCommand } from './commands/verify.js';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** Options of every command that reads a live device (--from ssh://…, ls ssh://…). */
+function sshOptions(command: Command): Command {
+  return command
+    .option('--identity <key-file>', 'with ssh://…: the private key to log in with (default: the ssh-agent, then ~/.ssh/id_*)')
+    .option('--insecure-host-key', 'with ssh://…: do not check the host key against ~/.ssh/known_hosts');
+}
 
 /** Options every command that writes into a target shares. */
 function targetOptions(command: Command): Command {
@@ -44,23 +51,21 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .exitOverride();
   program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
 
-  program
+  const extract = program
     .command('extract')
     .description('Copy images from an engine data root (or a bundle) into a bundle file.')
     .requiredOption(
       '--from <source>',
       "an engine data root (or a directory holding one as docker/ or var/lib/docker/), a tarball of one (.tar, .tar.gz, .tar.zst; '-' for standard input), a bundle, or a device: ssh://[user@]host[:port][/engine-root]",
     )
-    .option('--identity <key-file>', 'with --from ssh://…: the private key to log in with (default: the ssh-agent, then ~/.ssh/id_*)')
-    .option('--insecure-host-key', 'with --from ssh://…: do not check the host key against ~/.ssh/known_hosts')
     .option('--image <ref-or-id>', 'an image to take: name[:tag], name@sha256:<digest>, an image ID or a unique ID prefix (12+ hex); repeatable', collect, [])
     .option('--apps <file>', 'also take every service image of the first release of every app in this apps.json / device state')
     .option('-o, --output <bundle>', "the bundle file to write ('-' for standard output)")
     .option('--dry-run', 'print what would go into the bundle and write nothing')
-    .option('--json', 'print results as JSON')
-    .action(async (opts: { from: string; image: string[]; apps?: string; output?: string; dryRun?: boolean; json?: boolean; identity?: string; insecureHostKey?: boolean }) => {
-      await run((out) => extractCommand(opts, out), opts.json);
-    });
+    .option('--json', 'print results as JSON');
+  sshOptions(extract).action(async (opts: ExtractOptions) => {
+    await run((out) => extractCommand(opts, out), opts.json);
+  });
 
   const inject = program
     .command('inject')
@@ -74,20 +79,20 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
   const preload = program
     .command('preload')
     .description('Extract and inject in one pass, from a source straight into a target, with no bundle in between.')
-    .requiredOption('--from <source>', 'an engine data root (or a directory holding one), or a bundle')
+    .requiredOption('--from <source>', 'any source extract takes: an engine data root, a data-root tarball, ssh://…, a docker save archive, a bundle')
     .option('--image <ref-or-id>', 'an image to take (as for extract); repeatable', collect, []);
-  targetOptions(preload).action(async (opts: PreloadOptions) => {
+  targetOptions(sshOptions(preload)).action(async (opts: PreloadOptions) => {
     await run((out) => preloadCommand(opts, out), opts.json);
   });
 
-  program
+  const ls = program
     .command('ls')
-    .description('List the images of an engine data root, a bundle or a balenaOS disk image.')
-    .argument('<target>', 'a directory, a bundle file or a disk image')
-    .option('--json', 'print the listing as JSON')
-    .action(async (target: string, opts: { json?: boolean }) => {
-      await run((out) => lsCommand(target, opts, out), opts.json);
-    });
+    .description('List the images of an engine data root, a bundle, a tarball, a device, an archive or a balenaOS disk image (and, on a resin-data target, its apps.json).')
+    .argument('<target>', 'a directory, a bundle, a data-root tarball, ssh://…, a docker save archive, or a disk image')
+    .option('--json', 'print the listing as JSON');
+  sshOptions(ls).action(async (target: string, opts: { json?: boolean; identity?: string; insecureHostKey?: boolean }) => {
+    await run((out) => lsCommand(target, opts, out), opts.json);
+  });
 
   program
     .command('verify')

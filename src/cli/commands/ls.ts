@@ -28,7 +28,7 @@ function show(out: Output, result: { images: ImageListing[]; apps?: AppsStatus }
   else out.data({ images: result.images, appsJson: result.apps }, () => `${formatListing(result.images)}\n\n${formatAppsStatus(result.apps as AppsStatus)}`);
 }
 
-export async function lsCommand(target: string, opts: { json?: boolean }, out: Output): Promise<void> {
+export async function lsCommand(target: string, opts: { json?: boolean; identity?: string; insecureHostKey?: boolean }, out: Output): Promise<void> {
   const kind = await sniff(target);
   if (kind === 'disk-image') {
     const { DiskImageReader } = await import('../../disk/read-only.js');
@@ -45,7 +45,7 @@ export async function lsCommand(target: string, opts: { json?: boolean }, out: O
     show(out, await listTree(new HostReader(target), target));
     return;
   }
-  const source = await openSource(target);
+  const source = await openSource(target, { identity: opts.identity, insecureHostKey: opts.insecureHostKey });
   try {
     const images = await listImages(source);
     out.data(images, () => formatListing(images));

@@ -12,12 +12,14 @@ import { injectFrom, type InjectCommandOptions } from './inject.js';
 
 export interface PreloadOptions extends InjectCommandOptions {
   from: string;
+  identity?: string;
+  insecureHostKey?: boolean;
 }
 
 export async function preloadCommand(opts: PreloadOptions, out: Output): Promise<void> {
   if (opts.image.length === 0 && !opts.apps) throw new UsageError('preload needs --apps <file> or at least one --image');
   const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
-  const source = await openSource(opts.from);
+  const source = await openSource(opts.from, { identity: opts.identity, insecureHostKey: opts.insecureHostKey });
   try {
     const all = await source.images();
     const images: SourceImage[] = selectImages(opts.image, all, opts.from);
