@@ -114,8 +114,13 @@ export class EngineRootSource implements ImageSource {
       this.description,
     );
     const link = (await this.reader.readFile(this.at(`${cacheDir(record.cacheId)}/link`)))?.toString('utf8');
-    if ((await this.reader.kindOf(this.at(diffDir(record.cacheId)))) !== 'directory') {
-      throw new Error(`${this.description}: layer ${chainId} has no data (overlay2/${record.cacheId}/diff is missing)`);
+    // lstat of both: a symlink at overlay2/<cacheId> or at its diff/ would make us read (and
+    // copy into a bundle or target) files from outside the data root.
+    for (const dir of [cacheDir(record.cacheId), diffDir(record.cacheId)]) {
+      const kind = await this.reader.kindOf(this.at(dir));
+      if (kind !== 'directory') {
+        throw new Error(`${this.description}: layer ${chainId} has no data (${dir} is ${kind === undefined ? 'missing' : kind === 'symlink' ? 'a symlink, never followed' : 'not a directory'})`);
+      }
     }
     const counts = options.counts ? await countTree(this.hostDiff(record.cacheId)) : {};
     return { ...record, link, tarSplit: await read('tar-split.json.gz'), ...counts };
