@@ -407,3 +407,48 @@ test('hostile input into a disk image: refused or stored inside resin-data, e2fs
   assert.equal(sha256File(img), imgHash, 'the input disk image is untouched');
   assert.deepEqual(failures, [], failures.join('\n---\n'));
 });
+
+test('an engine-root directory whose layer directory is a symlink out of it is refused, nothing outside is read', T, async () => {
+  const s = scratch('tpsrcdir-');
+  const src = path.join(s.root, 'src');
+  fs.mkdirSync(src);
+  const input = path.join(s.root, 'in.bundle');
+  fs.writeFileSync(input, await bundleBytes([[{ name: 'ok', content: 'layer content' }]]));
+  const made = await cli(s, ['inject', input, '--engine-root', src], false);
+  assert.equal(made.code, 0, show(made));
+  const img = await syntheticImage([[{ name: 'ok', content: 'layer content' }]]);
+  const cache = layerCacheId(src, img.chainIds[0] as string) as string;
+  // Outside the data root: a directory shaped like a layer, holding a secret.
+  fs.mkdirSync(path.join(s.canary, 'layer', 'diff'), { recursive: true });
+  fs.writeFileSync(path.join(s.canary, 'layer', 'diff', 'secret'), 'outside-secret');
+  const failures: string[] = [];
+  for (const [what, swap] of [
+    ['diff/ is a symlink', () => {
+      fs.rmSync(path.join(src, 'overlay2', cache, 'diff'), { recursive: true });
+      fs.symlinkSync(path.join(s.canary, 'layer', 'diff'), path.join(src, 'overlay2', cache, 'diff'));
+    }],
+    ['overlay2/<cache> is a symlink', () => {
+      fs.rmSync(path.join(src, 'overlay2', cache), { recursive: true, force: true });
+      fs.symlinkSync(path.join(s.canary, 'layer'), path.join(src, 'overlay2', cache));
+    }],
+  ] as const) {
+    swap();
+    const out = path.join(s.root, 'x.bundle');
+    const target = path.join(s.root, 't2');
+    fs.mkdirSync(target, { recursive: true });
+    const x = await cli(s, ['extract', '--from', src, '--image', img.ref, '--output', out], false);
+    const i = await cli(s, ['inject', src, '--engine-root', target], false);
+    try {
+      assertOneLineError(x, `extract, ${what}`);
+      assert.match(x.stderr, /symlink/, `extract, ${what}: the error says why\n${show(x)}`);
+      assert.ok(!fs.existsSync(out), `extract, ${what}: wrote a bundle`);
+      assertOneLineError(i, `inject, ${what}`);
+      assert.deepEqual(fs.readdirSync(target), [], `inject, ${what}: the target changed`);
+    } catch (e) {
+      failures.push((e as Error).message.split('\n').slice(0, 5).join('\n'));
+    }
+    fs.rmSync(out, { force: true });
+    fs.rmSync(target, { recursive: true, force: true });
+  }
+  assert.deepEqual(failures, [], failures.join('\n---\n'));
+});
