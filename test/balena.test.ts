@@ -67,7 +67,9 @@ test('apps.json: the API device state, the dashboard copy and a plain v3 apps.js
   assert.deepEqual(fromApi.dropped, ['name']);
   assert.deepEqual(fromDash.dropped.sort(), ['dependent', 'name']);
   assert.deepEqual(fromV3.dropped, []);
-  // The API form has no pinDevice; the others say false. With the same option all three are byte-identical.
+  // The API form has no pinDevice; the others say false, which means the same and is dropped:
+  // all three are byte-identical as they are, and with the same option too.
+  assert.equal(new Set([fromV3, fromApi, fromDash].map((r) => serializeAppsJson(r.appsJson))).size, 1);
   const texts = [fromV3, fromApi, fromDash].map((r) => serializeAppsJson({ ...r.appsJson, pinDevice: false }));
   assert.equal(texts[0], texts[1]);
   assert.equal(texts[0], texts[2]);
@@ -214,7 +216,8 @@ test('apps.json: other shapes are refused with one clear line', () => {
   const block = JSON.parse(JSON.stringify(v3)) as AppsJson;
   block.apps[APP].class = 'block';
   assert.throws(() => normalizeTargetState(block, 'b.json', { pinDevice: true }), /pinDevice: is true but no app has class "fleet"/);
-  assert.equal(normalizeTargetState(block, 'b.json', { pinDevice: false }).pinDevice, false);
+  // false means the same as absent to the supervisor, so it is not written.
+  assert.equal(normalizeTargetState(block, 'b.json', { pinDevice: false }).pinDevice, undefined);
   // Config alone is a valid preload (the supervisor applies it).
   assert.deepEqual(normalizeTargetState({ config: { SUPERVISOR_DELTA: '1' } }, 'c.json'), { config: { SUPERVISOR_DELTA: '1' }, apps: {} });
 });

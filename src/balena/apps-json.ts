@@ -390,7 +390,9 @@ function toAppsJson(candidate: Record<string, unknown>): AppsJson {
     }
   }
   const out: AppsJson = { config: copy.config, apps: copy.apps };
-  if (copy.pinDevice !== undefined) out.pinDevice = copy.pinDevice;
+  // The supervisor pins only on a true pinDevice (device-state/preload.ts); false and absent
+  // mean the same, so every form of the same state gives the same file.
+  if (copy.pinDevice === true) out.pinDevice = true;
   return out;
 }
 
