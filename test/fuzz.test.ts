@@ -195,8 +195,15 @@ test(`fuzz: ${RUNS} mutated bundles, tarballs and archives end in exit 0 or one 
       fs.mkdirSync(target);
       fs.mkdirSync(tmp);
       const label = `run ${i} (seed ${SEED}): ${seedName}, ${what}`;
-      const extract = i % 7 === 3;
-      const args = extract ? ['extract', '--from', input, '--image', 'hostile/case:1', '--output', path.join(target, 'out.bundle')] : ['inject', input, '--engine-root', target];
+      // Mostly inject; every few runs extract, ls and verify read the same kind of input.
+      const args =
+        i % 7 === 3
+          ? ['extract', '--from', input, '--image', 'hostile/case:1', '--output', path.join(target, 'out.bundle')]
+          : i % 7 === 5
+            ? ['ls', input]
+            : i % 7 === 6 && seedName.includes('bundle')
+              ? ['verify', input]
+              : ['inject', input, '--engine-root', target];
       let r: { code: number; stdout: string; stderr: string };
       try {
         if (i % Math.floor(RUNS / PROCESS_RUNS) === 0) {
