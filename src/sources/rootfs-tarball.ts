@@ -238,8 +238,9 @@ export class RootfsTarballSource implements ImageSource {
           s.entries++;
           if (rest !== undefined && s.problem === undefined) {
             try {
-              checkRelativePath(rest, this.description);
+              checkRelativePath(rest, 'entry');
             } catch (err) {
+              // Named once: layer() prefixes the tarball's name to the problem.
               s.problem = `${(err as Error).message} in overlay2/${cacheId}/diff`;
             }
           }
