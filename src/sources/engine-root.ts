@@ -2,7 +2,7 @@
  * An engine data root in a host directory: /var/lib/docker, a mounted resin-data (`docker/`),
  * or a copied root file system (`var/lib/docker/`). Read only; nothing is ever written here.
  */
-import { promises as fs } from 'node:fs';
+import { lstatSync, promises as fs, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds, sha256Digest } from '../engine/digest.js';
@@ -142,7 +142,10 @@ export class EngineRootSource implements ImageSource {
   }
 }
 
-/** Inodes and content bytes under a directory (lstat only). */
+/**
+ * Inodes and content bytes under a directory (readdir and lstat only). Synchronous calls: for
+ * tens of thousands of tiny lstats a thread-pool round trip each costs more than the call.
+ */
 async function countTree(dir: string): Promise<{ entries: number; bytes: number }> {
   let entries = 1;
   let bytes = 0;
@@ -150,12 +153,12 @@ async function countTree(dir: string): Promise<{ entries: number; bytes: number 
   const stack = [dir];
   while (stack.length > 0) {
     const d = stack.pop() as string;
-    for (const dirent of await fs.readdir(d, { withFileTypes: true })) {
-      const p = path.join(d, dirent.name);
+    for (const dirent of readdirSync(d, { withFileTypes: true })) {
+      const p = `${d}/${dirent.name}`;
       entries++;
       if (dirent.isDirectory()) stack.push(p);
       else if (dirent.isFile()) {
-        const st = await fs.lstat(p, { bigint: true });
+        const st = lstatSync(p, { bigint: true });
         if (st.nlink > 1n) {
           if (seen.has(st.ino)) continue;
           seen.add(st.ino);
