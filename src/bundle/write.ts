@@ -6,6 +6,7 @@ import { emptyHeader, type TarHeader } from '../tar/header.js';
 import { TarPacker } from '../tar/pack.js';
 import type { ImageSource, SourceImage, SourceLayer } from '../sources/source.js';
 import { VERSION } from '../version.js';
+import { checkChains } from '../inject/plan.js';
 import {
   FORMAT,
   FORMAT_VERSION,
@@ -53,6 +54,7 @@ export function contentOrderOf(source: ImageSource, chainIds: readonly string[])
 export async function planBundle(source: ImageSource, images: readonly SourceImage[]): Promise<{ manifest: BundleManifest; layers: SourceLayer[] }> {
   const layers: SourceLayer[] = [];
   for (const chainId of contentOrderOf(source, layersOf(images))) layers.push(await source.layer(chainId, { counts: true }));
+  checkChains(images, layers, source.description);
   const manifestLayers: BundleLayer[] = layers.map((l) => ({
     chainId: l.chainId,
     diffId: l.diffId,

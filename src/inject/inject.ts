@@ -3,7 +3,7 @@ import type { ImageSource, SourceImage } from '../sources/source.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 import { layersOf } from '../bundle/write.js';
 import { applyPlan, type InjectProgress } from './apply.js';
-import { planChangesNothing, planInjection, type InjectPlan } from './plan.js';
+import { checkChains, planChangesNothing, planInjection, type InjectPlan } from './plan.js';
 import { TargetStore } from './target-store.js';
 import { verifyEngineRoot } from '../verify/verify.js';
 
@@ -39,6 +39,7 @@ export async function planFor(
   const store = await TargetStore.read(writer, prefix);
   const layers = [];
   for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
+  checkChains(images, layers, source.description);
   return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? []), store };
 }
 

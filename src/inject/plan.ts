@@ -3,7 +3,8 @@
  * copied), which are copied and under which cache and link IDs, which references change,
  * and how many bytes and inodes it needs. Pure decisions; apply.ts does the writing.
  */
-import { newCacheId, newLinkId } from '../engine/digest.js';
+import { chainIds, newCacheId, newLinkId } from '../engine/digest.js';
+import { configPlatform } from '../sources/source.js';
 import { mergeReferences, type MergeOutcome } from '../engine/repositories.js';
 import type { SourceImage, SourceLayer } from '../sources/source.js';
 import type { TargetStore } from './target-store.js';
@@ -34,6 +35,42 @@ export interface InjectPlan {
 // Per copied layer: its overlay2 dir, diff, work, link, lower, committed, l/ link, layerdb dir and files.
 const INODES_PER_LAYER = 12;
 const BYTES_PER_LAYER = 64 * 1024;
+
+/**
+ * Checks that each image's layers form the chain its config names (layer/layer.go
+ * CreateChainID): image.chainIds are the ChainIDs of rootfs.diff_ids, each layer's DiffID is
+ * the config's and its parent the ChainID below it. A source whose metadata disagrees would
+ * give a layer store the engine does not load (the image is dropped), or the wrong parent.
+ */
+export function checkChains(images: readonly SourceImage[], layers: readonly SourceLayer[], where: string): void {
+  const byChain = new Map(layers.map((l) => [l.chainId, l]));
+  for (const image of images) {
+    const name = image.references[0] ?? image.id;
+    let diffIds: string[];
+    try {
+      diffIds = configPlatform(image.config).diffIds;
+    } catch (e) {
+      throw new Error(`${where}: image ${name}: ${(e as Error).message}`);
+    }
+    let expected: string[];
+    try {
+      expected = chainIds(diffIds);
+    } catch (e) {
+      throw new Error(`${where}: image ${name}: ${(e as Error).message}`);
+    }
+    if (expected.length !== image.chainIds.length || expected.some((c, i) => c !== image.chainIds[i])) {
+      throw new Error(`${where}: image ${name} lists layers that are not the chain of its config's diff_ids (corrupt input)`);
+    }
+    for (const [i, chainId] of expected.entries()) {
+      const layer = byChain.get(chainId);
+      if (!layer) continue;
+      if (layer.diffId !== diffIds[i]) throw new Error(`${where}: layer ${chainId} of image ${name} has DiffID ${layer.diffId}, its config says ${diffIds[i]} (corrupt input)`);
+      if ((layer.parent ?? undefined) !== (i === 0 ? undefined : expected[i - 1])) {
+        throw new Error(`${where}: layer ${chainId} of image ${name} names ${layer.parent ?? 'no'} parent, the chain says ${i === 0 ? 'none' : expected[i - 1]} (corrupt input)`);
+      }
+    }
+  }
+}
 
 export function planInjection(
   images: readonly SourceImage[],
