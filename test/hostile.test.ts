@@ -253,6 +253,9 @@ test('broken inputs: each fails with one line naming the input, exit 1, and the 
     ['a docker archive that lacks a layer named in manifest.json', 'nolayer.tar', await dockerArchiveBytes(GOOD, { manifestLayers: ['missing/layer.tar', 'other/layer.tar'] }), /missing\/layer\.tar/],
     ['a data-root tarball that lacks a layer\'s data', 'nodata.tar', await rootfsTarballBytesWithout(GOOD, 1), /layer|data|missing/i],
     ['a bundle whose image needs a layer it lacks', 'nolayer.bundle', bundleMissingLayer(bundle, img.chainIds[1] as string), /lacks|layer/i],
+    ['a bundle whose layer DiffID is not the config\'s (a broken chain)', 'chain.bundle', replaceSame(bundle, `"diffId":"${img.diffIds[1]}"`, `"diffId":"sha256:${'1'.repeat(64)}"`), /DiffID/],
+    ['a bundle whose image lists its layers out of order', 'order.bundle', replaceSame(bundle, `"chainIds":["${img.chainIds[0]}","${img.chainIds[1]}"]`, `"chainIds":["${img.chainIds[1]}","${img.chainIds[0]}"]`), /chain/],
+    ['a data-root tarball whose layer names the wrong parent', 'parent.tar', replaceSame(tarball, '/parent', '/parent', (t) => replaceParent(t, img.chainIds[0] as string)), /parent/],
   ];
   const failures: string[] = [];
   for (const [what, name, bytes, mention] of cases) {
@@ -452,3 +455,18 @@ test('an engine-root directory whose layer directory is a symlink out of it is r
   }
   assert.deepEqual(failures, [], failures.join('\n---\n'));
 });
+
+/** The input with one string replaced by another of the same length (offsets stay valid). */
+function replaceSame(b: Buffer, from: string, to: string, edit?: (text: string) => string): Buffer {
+  const text = b.toString('latin1');
+  assert.ok(text.includes(from), `the input holds ${from.slice(0, 60)}`);
+  assert.equal(from.length, to.length);
+  return Buffer.from(edit ? edit(text) : text.split(from).join(to), 'latin1');
+}
+
+/** A data-root tarball whose upper layer's parent file names another (valid-looking) ChainID. */
+function replaceParent(text: string, parent: string): string {
+  const at = text.indexOf(parent, text.indexOf('/parent'));
+  assert.ok(at > 0, 'the tarball holds a parent file');
+  return text.slice(0, at) + `sha256:${'2'.repeat(64)}` + text.slice(at + parent.length);
+}
