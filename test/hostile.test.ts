@@ -470,3 +470,26 @@ function replaceParent(text: string, parent: string): string {
   assert.ok(at > 0, 'the tarball holds a parent file');
   return text.slice(0, at) + `sha256:${'2'.repeat(64)}` + text.slice(at + parent.length);
 }
+
+test('a target whose store directories are symlinks out of it: refused or written beside them, never through them', T, async () => {
+  const failures: string[] = [];
+  const layers: HostileLayer[] = [[{ name: 'ok', content: 'content' }]];
+  for (const link of ['overlay2', 'overlay2/l', 'image', 'image/overlay2/layerdb/tmp', 'image/overlay2/layerdb/sha256', 'image/overlay2/imagedb/content/sha256', 'image/overlay2/repositories.json']) {
+    const s = scratch('tptarget-');
+    const input = path.join(s.root, 'in.bundle');
+    fs.writeFileSync(input, await bundleBytes(layers));
+    fs.mkdirSync(path.dirname(path.join(s.target, link)), { recursive: true });
+    fs.symlinkSync(link.endsWith('.json') ? path.join(s.canary, 'file') : s.canary, path.join(s.target, link));
+    const before = outside(s);
+    const r = await cli(s, ['inject', input, '--engine-root', s.target], false);
+    try {
+      assertCleanOutcome(r, `${link} a symlink`);
+      assert.deepEqual(mapDiff(before, outside(s)), [], `${link} a symlink: something changed outside the target\n${show(r)}`);
+      if (r.code === 0) assert.ok(!fs.lstatSync(path.join(s.target, link)).isSymbolicLink() || link.endsWith('.json'), `${link}: written through?`);
+    } catch (e) {
+      failures.push((e as Error).message.split('\n').slice(0, 5).join('\n'));
+    }
+    fs.rmSync(s.root, { recursive: true, force: true });
+  }
+  assert.deepEqual(failures, [], failures.join('\n---\n'));
+});
