@@ -83,6 +83,11 @@ async function killedRun(args: string[], engineRoot: string, trigger: Trigger): 
   return { killed, code, stderr, ms: Date.now() - started };
 }
 
+/** A partial bundle that has grown past its first megabyte. */
+function anyPartial(dir: string): boolean {
+  return fs.readdirSync(dir).some((n) => n.includes('.partial-') && fs.statSync(path.join(dir, n)).size > 1 << 20);
+}
+
 test('inject killed with SIGKILL at several moments: the engine still starts and runs the supervisor; a rerun completes it', T, async () => {
   const fx = await getFixtures();
   const work = tempDir('tpint-');
@@ -151,13 +156,21 @@ test('inject killed with SIGKILL at several moments: the engine still starts and
     problems.push(...(await judgeKilled(copy, fx.supervisor, trigger.label)));
     fs.rmSync(path.dirname(copy), { recursive: true, force: true });
   }
-  process.stderr.write(`# interrupt: complete run ${duration} ms; ${outcomes.join('; ')}\n`);
   assert.ok(outcomes.filter((o) => o.includes('killed')).length >= 3, `at least three runs were killed midway:\n${outcomes.join('\n')}`);
   assert.deepEqual(problems, [], problems.join('\n'));
+
+  // A killed extract leaves no file under the bundle's name (only its .partial-* beside it).
+  const out = path.join(work, 'extract-out', 'killed.bundle');
+  fs.mkdirSync(path.dirname(out));
+  const ex = await killedRun(['extract', '--from', src, '--image', big.ref, '--output', out], engineRoot, { label: 'extract', when: () => anyPartial(path.dirname(out)) });
+  if (ex.killed) assert.ok(!fs.existsSync(out), `a killed extract left ${out}`);
+  else assert.equal(ex.code, 0, `an extract that was not killed ends well\n${ex.stderr}`);
+  outcomes.push(`extract: ${ex.killed ? `killed after ${ex.ms} ms` : 'finished first'}`);
 
   // The complete run on the target the killed runs left.
   const done = transplant(['inject', bundle, '--resin-data', resinData]);
   assert.equal(done.code, 0, show(done));
+  process.stderr.write(`# interrupt: complete run ${duration} ms; ${outcomes.join('; ')}\n`);
   const verified = await verifyInjectedEngineRoot({
     engineRoot,
     sourceRoot: src,
