@@ -11,6 +11,7 @@
  *   fileAttrs(fd, uid, gid, mode, names, values, aS, aNs, mS, mNs)   fchown fchmod fsetxattr futimens
  *   createFile(path, data, uid, gid, mode, names, values, aS, aNs, mS, mNs)
  *                                                              open(O_EXCL|O_NOFOLLOW) write + the above + close
+ *   crc64Update(state: Buffer(8), data)                        CRC-64/ISO step, slicing-by-8 (no system call)
  *
  * Paths are strings (UTF-8) or Buffers (raw bytes). Errors are JS Errors shaped like
  * Node's own fs errors: code ('EPERM'), errno (negative), syscall, path, and a message
@@ -603,6 +604,79 @@ static napi_value CreateFile(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* ---- CRC-64/ISO -------------------------------------------------------------------- */
+
+/*
+ * Slicing-by-8 CRC-64 with the ISO polynomial, reflected (Go hash/crc64 ISO, the checksum
+ * tar-split records per file: vbatts/tar-split tar/storage/entry.go). The state is kept
+ * complemented between calls, as src/engine/tar-split.ts Crc64 keeps it.
+ */
+static uint64_t crc64_tab[8][256];
+static int crc64_ready = 0;
+
+static void crc64_init(void) {
+  const uint64_t poly = 0xD800000000000000ULL;
+  for (int i = 0; i < 256; i++) {
+    uint64_t c = (uint64_t)i;
+    for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ poly : c >> 1;
+    crc64_tab[0][i] = c;
+  }
+  for (int i = 0; i < 256; i++) {
+    uint64_t c = crc64_tab[0][i];
+    for (int k = 1; k < 8; k++) {
+      c = crc64_tab[0][c & 0xff] ^ (c >> 8);
+      crc64_tab[k][i] = c;
+    }
+  }
+  crc64_ready = 1;
+}
+
+/* crc64Update(state: Buffer of 8 bytes, the complemented CRC little-endian, updated in place; data) */
+static napi_value Crc64Update(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  bool ok = false;
+  napi_is_buffer(env, argv[0], &ok);
+  if (!ok) return throw_type(env, "state must be a Buffer");
+  void *sp = NULL;
+  size_t slen = 0;
+  napi_get_buffer_info(env, argv[0], &sp, &slen);
+  if (slen != 8) return throw_type(env, "state must be 8 bytes");
+  napi_is_typedarray(env, argv[1], &ok);
+  if (!ok) return throw_type(env, "data must be a Buffer or Uint8Array");
+  napi_typedarray_type tt;
+  napi_value ab;
+  size_t off = 0, n = 0;
+  void *pv = NULL;
+  napi_get_typedarray_info(env, argv[1], &tt, &n, &pv, &ab, &off);
+  if (tt != napi_uint8_array) return throw_type(env, "data must be a Buffer or Uint8Array");
+  if (!crc64_ready) crc64_init();
+  const uint8_t *p = pv;
+  uint8_t *st = sp;
+  uint64_t crc = 0;
+  for (int i = 7; i >= 0; i--) crc = (crc << 8) | st[i];
+  while (n >= 8) {
+    uint64_t w = (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
+                 (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+    crc ^= w;
+    crc = crc64_tab[7][crc & 0xff] ^ crc64_tab[6][(crc >> 8) & 0xff] ^ crc64_tab[5][(crc >> 16) & 0xff] ^
+          crc64_tab[4][(crc >> 24) & 0xff] ^ crc64_tab[3][(crc >> 32) & 0xff] ^ crc64_tab[2][(crc >> 40) & 0xff] ^
+          crc64_tab[1][(crc >> 48) & 0xff] ^ crc64_tab[0][crc >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n > 0) {
+    crc = crc64_tab[0][(crc ^ *p) & 0xff] ^ (crc >> 8);
+    p++;
+    n--;
+  }
+  for (int i = 0; i < 8; i++) {
+    st[i] = (uint8_t)(crc & 0xff);
+    crc >>= 8;
+  }
+  return NULL;
+}
+
 /* ---- flushing --------------------------------------------------------------- */
 
 /* Flushes the file system holding `path` (syncfs(2) on Linux; a global sync on macOS). */
@@ -645,6 +719,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"syncFs", NULL, SyncFs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fileAttrs", NULL, FileAttrs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"createFile", NULL, CreateFile, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"crc64Update", NULL, Crc64Update, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -21,6 +21,7 @@ import { createGzip, createGunzip } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import { TarParser, type TarEntry } from '../tar/parse.js';
 import { BLOCK, parsePaxRecords } from '../tar/header.js';
+import { nativeCrc64 } from '../fsx/index.js';
 
 // ---- CRC-64/ISO -----------------------------------------------------------------------
 
@@ -49,6 +50,15 @@ const [CRC_HI, CRC_LO] = (() => {
   return [hi, lo];
 })();
 
+/**
+ * Pieces from this size go to the native step (native/fsx.c; about 2x faster, 1.4 vs 0.6 GB/s
+ * of CPU measured); smaller ones, or without the addon, the JavaScript below.
+ */
+const NATIVE_CRC_MIN = 4096;
+/** undefined: not looked up yet; null: the addon is not available. */
+let NATIVE_CRC: ((state: Buffer, data: Uint8Array) => void) | null | undefined;
+const CRC_STATE = Buffer.alloc(8);
+
 /** Streaming CRC-64/ISO as Go's hash/crc64 computes it; digest() is big-endian like hash.Sum. */
 export class Crc64 {
   // The state is kept complemented (Go's update: crc = ^crc … return ^crc), as int32 halves.
@@ -56,6 +66,17 @@ export class Crc64 {
   private lo = -1;
 
   update(data: Uint8Array): this {
+    if (data.length >= NATIVE_CRC_MIN) {
+      NATIVE_CRC ??= nativeCrc64() ?? null;
+      if (NATIVE_CRC) {
+        CRC_STATE.writeInt32LE(this.lo, 0);
+        CRC_STATE.writeInt32LE(this.hi, 4);
+        NATIVE_CRC(CRC_STATE, data);
+        this.lo = CRC_STATE.readInt32LE(0);
+        this.hi = CRC_STATE.readInt32LE(4);
+        return this;
+      }
+    }
     let hi = this.hi;
     let lo = this.lo;
     const H = CRC_HI;

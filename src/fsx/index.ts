@@ -16,6 +16,7 @@ interface FsxAddon {
   lutimes(path: PathLike, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
   syncFs(path: PathLike): void;
   fileAttrs(fd: number, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
+  crc64Update(state: Buffer, data: Uint8Array): void;
   createFile(path: PathLike, data: Buffer, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
 }
 
@@ -123,4 +124,17 @@ export function createFile(file: PathLike, data: Buffer, a: FileAttributes): voi
   const [as, ans] = splitNs(a.atime);
   const [ms, mns] = splitNs(a.mtime);
   load().createFile(file, data, a.uid, a.gid, a.mode & 0o7777, a.xattrs.map((x) => x.name), a.xattrs.map((x) => x.value), as, ans, ms, mns);
+}
+
+/**
+ * The native CRC-64/ISO step (state: the complemented CRC, 8 bytes little-endian, updated in
+ * place; about 2x the JavaScript slicing-by-8), or undefined when the addon is not built.
+ */
+export function nativeCrc64(): ((state: Buffer, data: Uint8Array) => void) | undefined {
+  try {
+    const a = load();
+    return typeof a.crc64Update === 'function' ? a.crc64Update.bind(a) : undefined;
+  } catch {
+    return undefined;
+  }
 }
