@@ -40,7 +40,12 @@ export async function planFor(
   const layers = [];
   for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
   checkChains(images, layers, source.description);
-  return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? []), store };
+  try {
+    return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? []), store };
+  } catch (e) {
+    // An invalid reference or a digest reference the target gives to another image: name the input.
+    throw new Error(`${source.description}: ${(e as Error).message}`);
+  }
 }
 
 export async function injectImages(
