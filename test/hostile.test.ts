@@ -223,7 +223,7 @@ test('broken inputs: each fails with one line naming the input, exit 1, and the 
   const s = scratch('tpbroken-');
   // A target that already holds an image: a failed run must leave it exactly so.
   const prior = path.join(s.root, 'prior.bundle');
-  fs.writeFileSync(prior, await bundleBytes([[{ name: 'prior', content: 'prior image' }]], { ref: 'prior/image:1' }));
+  fs.writeFileSync(prior, await bundleBytes([[{ name: 'prior', content: 'prior image' }]], { references: ['prior/image:1', `prior/image@sha256:${'a'.repeat(64)}`] }));
   const first = await cli(s, ['inject', prior, '--engine-root', s.target], false);
   assert.equal(first.code, 0, show(first));
   const pristine = path.join(s.root, 'pristine');
@@ -252,6 +252,9 @@ test('broken inputs: each fails with one line naming the input, exit 1, and the 
     ['a docker archive cut short', 'cut-archive.tar', archive.subarray(0, Math.floor(archive.length * 0.5))],
     ['a docker archive that lacks a layer named in manifest.json', 'nolayer.tar', await dockerArchiveBytes(GOOD, { manifestLayers: ['missing/layer.tar', 'other/layer.tar'] }), /missing\/layer\.tar/],
     ['a data-root tarball that lacks a layer\'s data', 'nodata.tar', await rootfsTarballBytesWithout(GOOD, 1), /layer|data|missing/i],
+    ['a bundle with an invalid reference', 'ref.bundle', await bundleBytes(GOOD, { references: ['../../etc:1'] }), /reference/],
+    ['a bundle with a reference holding a newline', 'newline.bundle', await bundleBytes(GOOD, { references: ['ok/name:1', 'line\nbreak:1'] }), /reference/],
+    ['a bundle whose digest reference the target gives to another image', 'digest.bundle', await bundleBytes(GOOD, { references: [`prior/image@sha256:${'a'.repeat(64)}`] }), /digest/],
     ['a bundle whose image needs a layer it lacks', 'nolayer.bundle', bundleMissingLayer(bundle, img.chainIds[1] as string), /lacks|layer/i],
     ['a bundle whose layer DiffID is not the config\'s (a broken chain)', 'chain.bundle', replaceSame(bundle, `"diffId":"${img.diffIds[1]}"`, `"diffId":"sha256:${'1'.repeat(64)}"`), /DiffID/],
     ['a bundle whose image lists its layers out of order', 'order.bundle', replaceSame(bundle, `"chainIds":["${img.chainIds[0]}","${img.chainIds[1]}"]`, `"chainIds":["${img.chainIds[1]}","${img.chainIds[0]}"]`), /chain/],

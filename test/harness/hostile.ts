@@ -123,7 +123,7 @@ function countEntries(layer: HostileLayer): { entries: number; bytes: number } {
 }
 
 /** A transplant bundle (src/bundle/format.ts) with these layers; no tar-split (content is not checked against one). */
-export async function bundleBytes(layers: HostileLayer[], opts: { ref?: string } = {}): Promise<Buffer> {
+export async function bundleBytes(layers: HostileLayer[], opts: { ref?: string; references?: string[] } = {}): Promise<Buffer> {
   const img = await syntheticImage(layers, opts.ref);
   const { out, done } = collect();
   const tar = new TarPacker(out);
@@ -132,7 +132,7 @@ export async function bundleBytes(layers: HostileLayer[], opts: { ref?: string }
     version: 1,
     createdBy: 'hostile test',
     createdAt: new Date(0).toISOString(),
-    images: [{ id: img.id, references: [img.ref], chainIds: img.chainIds, architecture: 'amd64', os: 'linux' }],
+    images: [{ id: img.id, references: opts.references ?? [img.ref], chainIds: img.chainIds, architecture: 'amd64', os: 'linux' }],
     layers: layers.map((l, i) => ({
       chainId: img.chainIds[i],
       diffId: img.diffIds[i],
