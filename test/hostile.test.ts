@@ -6,7 +6,7 @@
  * the whole temp root of the run, its TMPDIR). Broken inputs each fail with one `error: …`
  * line naming the input, and leave the target as it was.
  */
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -57,10 +57,15 @@ function base(): string {
   requireTools('mount', 'umount');
   const dir = tempDir('tphostile-fs-');
   runOk('mount', ['-t', 'tmpfs', '-o', 'size=512m,mode=0755', 'transplant-hostile', dir]);
-  process.on('exit', () => spawnSync('umount', ['-l', dir]));
   scratchBase = dir;
   return dir;
 }
+
+after(async () => {
+  await worker?.close();
+  // Before the temp dirs are removed at exit.
+  if (scratchBase) spawnSync('umount', ['-l', scratchBase]);
+});
 
 function scratch(prefix: string): Scratch {
   const root = fs.mkdtempSync(path.join(base(), prefix));
