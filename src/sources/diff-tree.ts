@@ -10,16 +10,18 @@
 import { closeSync, constants, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import type { EntryKind, LayerEntry, LayerItem } from '../layer/entry.js';
 import { listXattrs } from '../fsx/index.js';
 
 /** Bytes per read of file content: large sequential reads, never the whole file. */
 const CHUNK = 1024 * 1024;
 /**
- * Files up to this size are read whole with synchronous calls (open, read, close on the main
- * thread): for small files a thread-pool round trip per call costs more than the call. The
- * tree walk itself (readdir, lstat, readlink) is synchronous for the same reason. (Reading
- * small files ahead in the thread pool was measured too: more CPU, no faster on 2 cores.)
+ * Files up to this size are read whole, with synchronous calls, by the walker (in its worker
+ * thread); larger ones are streamed in CHUNK reads when consumed. Synchronous calls because
+ * for small files a thread-pool round trip per call costs more than the call. (Reading small
+ * files ahead in the thread pool was measured too: more CPU, no faster on 2 cores.)
  */
 const SMALL_FILE = 256 * 1024;
 
@@ -70,7 +72,7 @@ class FileContent implements AsyncIterable<Buffer> {
   private async *read(): AsyncGenerator<Buffer> {
     if (this.size === 0) return;
     if (this.size <= SMALL_FILE) {
-      yield this.readSmall();
+      yield readWhole(this.file, this.size);
       return;
     }
     const handle = await fs.open(this.file, constants.O_RDONLY | constants.O_NOFOLLOW);
@@ -104,24 +106,6 @@ class FileContent implements AsyncIterable<Buffer> {
       if (pending) await pending.catch(() => undefined);
       await handle.close();
     }
-  }
-
-  private readSmall(): Buffer {
-    const buf = Buffer.allocUnsafe(this.size);
-    const fd = openSync(this.file, constants.O_RDONLY | constants.O_NOFOLLOW);
-    try {
-      let done = 0;
-      while (done < this.size) {
-        const n = readSync(fd, buf, done, this.size - done, null);
-        if (n === 0) {
-          throw new Error(`${this.file} shrank while being read (${done} of ${this.size} bytes): is something writing to this layer?`);
-        }
-        done += n;
-      }
-    } finally {
-      closeSync(fd);
-    }
-    return buf;
   }
 
   async abandon(): Promise<void> {
@@ -158,20 +142,28 @@ function sortedNames(dir: string): string[] {
   });
 }
 
-/** Walks `root` (a layer's diff/ directory) and yields every entry; see the file comment for the order. */
-export async function* readDiffTree(root: string): AsyncIterable<LayerItem> {
-  let rootSt: BigIntStats;
-  try {
-    rootSt = await fs.lstat(root, { bigint: true });
-  } catch (err) {
-    throw new Error(`cannot read the layer directory ${root}: ${(err as Error).message}`);
-  }
-  if (!rootSt.isDirectory()) throw new Error(`${root} is not a directory (expected a layer's diff/ directory)`);
+/** One entry as the walker produces it: small files carry their whole content. */
+export interface WalkedItem {
+  entry: LayerEntry;
+  /** Absolute path (large regular files are read from it when consumed). */
+  abs: string;
+  /** The content of a regular file of at most SMALL_FILE bytes. */
+  data?: Uint8Array;
+}
 
-  /** dev:ino of multiply-linked non-directories → the first layer path seen. */
-  const firstPath = new Map<string, string>();
+/**
+ * The synchronous walk behind readDiffTree, in batches: pre-order, names in byte order,
+ * hard links resolved to the first name seen. Runs in a worker thread (diff-tree-worker.ts),
+ * so that reading the source and writing the target use two cores, like `tar | tar`.
+ */
+export class DiffTreeWalker {
+  private readonly firstPath = new Map<string, string>();
+  private stack: Frame[] | undefined;
+  private rootDone = false;
 
-  const entryOf = (abs: string, rel: string, st: BigIntStats): { entry: LayerEntry; content?: FileContent } => {
+  constructor(private readonly root: string) {}
+
+  private item(abs: string, rel: string, st: BigIntStats): WalkedItem {
     const kind = kindOf(st, abs);
     const base = {
       path: rel,
@@ -183,54 +175,171 @@ export async function* readDiffTree(root: string): AsyncIterable<LayerItem> {
     };
     if (kind !== 'directory' && st.nlink > 1n) {
       const key = `${st.dev}:${st.ino}`;
-      const first = firstPath.get(key);
+      const first = this.firstPath.get(key);
       // A later name of an inode already yielded: its data and attributes are the first one's.
-      if (first !== undefined) return { entry: { ...base, kind: 'hardlink', size: 0, linkTarget: first, xattrs: [] } };
-      firstPath.set(key, rel);
+      if (first !== undefined) return { abs, entry: { ...base, kind: 'hardlink', size: 0, linkTarget: first, xattrs: [] } };
+      this.firstPath.set(key, rel);
     }
     const entry: LayerEntry = { ...base, kind, size: 0, xattrs: listXattrs(abs) };
     switch (kind) {
       case 'file':
         entry.size = Number(st.size);
-        return { entry, content: new FileContent(abs, entry.size) };
+        return entry.size > 0 && entry.size <= SMALL_FILE ? { abs, entry, data: readWhole(abs, entry.size) } : { abs, entry };
       case 'symlink':
-        return { entry };
+        entry.linkTarget = readlinkUtf8(abs);
+        return { abs, entry };
       case 'char-device':
       case 'block-device': {
         const { major, minor } = deviceNumbers(st.rdev);
         entry.devMajor = major;
         entry.devMinor = minor;
-        return { entry };
+        return { abs, entry };
       }
       default:
-        return { entry };
+        return { abs, entry };
     }
-  };
+  }
 
-  const rootItem = entryOf(root, '.', rootSt);
-  yield { entry: rootItem.entry };
+  /** The next entries (at most maxEntries, and stopping once maxBytes of content are held); [] at the end. */
+  next(maxEntries: number, maxBytes: number): WalkedItem[] {
+    const out: WalkedItem[] = [];
+    let bytes = 0;
+    if (!this.rootDone) {
+      this.rootDone = true;
+      let rootSt: BigIntStats;
+      try {
+        rootSt = lstatSync(this.root, { bigint: true });
+      } catch (err) {
+        throw new Error(`cannot read the layer directory ${this.root}: ${(err as Error).message}`);
+      }
+      if (!rootSt.isDirectory()) throw new Error(`${this.root} is not a directory (expected a layer's diff/ directory)`);
+      out.push(this.item(this.root, '.', rootSt));
+      this.stack = [{ abs: this.root, rel: '', names: sortedNames(this.root), next: 0 }];
+    }
+    const stack = this.stack as Frame[];
+    while (stack.length > 0 && out.length < maxEntries && bytes < maxBytes) {
+      const frame = stack[stack.length - 1];
+      if (frame.next >= frame.names.length) {
+        stack.pop();
+        continue;
+      }
+      const name = frame.names[frame.next++];
+      const abs = `${frame.abs}/${name}`;
+      const rel = frame.rel === '' ? name : `${frame.rel}/${name}`;
+      const it = this.item(abs, rel, lstatSync(abs, { bigint: true }));
+      out.push(it);
+      bytes += it.data?.length ?? 0;
+      if (it.entry.kind === 'directory') stack.push({ abs, rel, names: sortedNames(abs), next: 0 });
+    }
+    return out;
+  }
+}
 
-  const stack: Frame[] = [{ abs: root, rel: '', names: sortedNames(root), next: 0 }];
-  while (stack.length > 0) {
-    const frame = stack[stack.length - 1];
-    if (frame.next >= frame.names.length) {
-      stack.pop();
-      continue;
+function readWhole(file: string, size: number): Buffer {
+  const buf = Buffer.allocUnsafe(size);
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    let done = 0;
+    while (done < size) {
+      const n = readSync(fd, buf, done, size - done, null);
+      if (n === 0) throw new Error(`${file} shrank while being read (${done} of ${size} bytes): is something writing to this layer?`);
+      done += n;
     }
-    const name = frame.names[frame.next++];
-    const abs = `${frame.abs}/${name}`;
-    const rel = frame.rel === '' ? name : `${frame.rel}/${name}`;
-    const st = lstatSync(abs, { bigint: true });
-    const item = entryOf(abs, rel, st);
-    if (item.entry.kind === 'symlink') item.entry.linkTarget = readlinkUtf8(abs);
-    try {
-      yield item.content ? { entry: item.entry, content: item.content } : { entry: item.entry };
-    } finally {
-      // The consumer asked for the next entry (or stopped): never leave a file open behind it.
-      await item.content?.abandon();
+  } finally {
+    closeSync(fd);
+  }
+  return buf;
+}
+
+/** Entries and content bytes per batch a worker sends; two batches are asked for ahead. */
+const BATCH_ENTRIES = 512;
+const BATCH_BYTES = 4 << 20;
+
+type WorkerReply = { items: WalkedItem[]; error?: undefined } | { error: string; items?: undefined };
+
+/** Batches from a walker in a worker thread, two asked for ahead of the consumer. */
+async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
+  const worker = new Worker(path.join(__dirname, 'diff-tree-worker.js'), { workerData: { root, maxEntries: BATCH_ENTRIES, maxBytes: BATCH_BYTES } });
+  const replies: WorkerReply[] = [];
+  let wake: (() => void) | undefined;
+  let failure: Error | undefined;
+  worker.on('message', (m: WorkerReply) => {
+    replies.push(m);
+    wake?.();
+  });
+  worker.on('error', (e: Error) => {
+    failure = e;
+    wake?.();
+  });
+  worker.on('exit', (code) => {
+    failure ??= new Error(`the reader of ${root} stopped (exit code ${code})`);
+    wake?.();
+  });
+  try {
+    worker.postMessage('more');
+    worker.postMessage('more');
+    for (;;) {
+      while (replies.length === 0) {
+        if (failure) throw failure;
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+      const reply = replies.shift() as WorkerReply;
+      if (reply.error !== undefined) throw new Error(reply.error);
+      if (reply.items.length === 0) return;
+      worker.postMessage('more');
+      yield reply.items;
     }
-    if (item.entry.kind === 'directory') {
-      stack.push({ abs, rel, names: sortedNames(abs), next: 0 });
+  } finally {
+    worker.removeAllListeners('exit');
+    await worker.terminate();
+  }
+}
+
+/** The same batches in this thread (reading and writing then share one core). */
+async function* localBatches(root: string): AsyncGenerator<WalkedItem[]> {
+  const walker = new DiffTreeWalker(root);
+  for (;;) {
+    const items = walker.next(BATCH_ENTRIES, BATCH_BYTES);
+    if (items.length === 0) return;
+    yield items;
+  }
+}
+
+/**
+ * Walks `root` (a layer's diff/ directory) and yields every entry; see the file comment for
+ * the order. The walk and the reading of small files run in a worker thread unless
+ * `inThread` is set; files over SMALL_FILE bytes are streamed here when consumed.
+ */
+export async function* readDiffTree(root: string, options: { inThread?: boolean } = {}): AsyncIterable<LayerItem> {
+  const batches = options.inThread || process.env.TRANSPLANT_READ_IN_THREAD === '1' ? localBatches(root) : workerBatches(root);
+  for await (const items of batches) {
+    for (const { entry, abs, data } of items) {
+      // Structured cloning turns Buffers into plain Uint8Arrays: view them as Buffers again.
+      for (const x of entry.xattrs) x.value = asBuffer(x.value);
+      if (entry.kind !== 'file') {
+        yield { entry };
+        continue;
+      }
+      const content = data ? new Whole(asBuffer(data)) : new FileContent(abs, entry.size);
+      try {
+        yield { entry, content };
+      } finally {
+        // The consumer asked for the next entry (or stopped): never leave a file open behind it.
+        if (content instanceof FileContent) await content.abandon();
+      }
     }
+  }
+}
+
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+/** Content already read whole. */
+class Whole implements AsyncIterable<Buffer> {
+  constructor(private readonly data: Buffer) {}
+  async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    yield this.data;
   }
 }
