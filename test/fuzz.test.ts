@@ -15,6 +15,8 @@ import { spawnSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
 import { runOk, requireTools } from './harness/exec.js';
 import { tempDir } from './harness/fixtures.js';
+import { buildBalenaImage } from './harness/balena-image.js';
+import { dataPartition, e2fsckProblems, sha256File } from './harness/disk-judge.js';
 import { CliWorker, bundleBytes, dockerArchiveBytes, rootfsTarballBytes, type HostileLayer } from './harness/hostile.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20260526);
@@ -22,6 +24,8 @@ const RUNS = Number(process.env.FUZZ_RUNS ?? 300);
 /** Runs through a real `node bin/transplant` process (the rest go through main() in a worker). */
 const PROCESS_RUNS = 6;
 const RUN_TIMEOUT_MS = 30_000;
+/** Mutated inputs injected into a disk image. */
+const DISK_RUNS = Number(process.env.FUZZ_DISK_RUNS ?? 24);
 
 /** xorshift32: the same sequence for the same seed on every machine. */
 class Rng {
@@ -145,7 +149,7 @@ function listTree(dir: string): string[] {
 }
 
 test(`fuzz: ${RUNS} mutated bundles, tarballs and archives end in exit 0 or one error line, no crash, no hang, no escape (seed ${SEED})`, { timeout: 600_000 }, async () => {
-  requireTools('mount', 'umount', 'zstd');
+  requireTools('mount', 'umount', 'zstd', 'e2fsck');
   const base = tempDir('tpfuzz-');
   // On a tmpfs: every run ends with syncfs(2), cheap there.
   runOk('mount', ['-t', 'tmpfs', '-o', 'size=256m,mode=0755', 'transplant-fuzz', base]);
@@ -232,7 +236,45 @@ test(`fuzz: ${RUNS} mutated bundles, tarballs and archives end in exit 0 or one 
       if (failures.length === 0 || !failures[failures.length - 1]?.startsWith(label)) fs.rmSync(dir, { recursive: true, force: true });
       if (failures.length >= 10) break;
     }
-    process.stderr.write(`# fuzz (seed ${SEED}): ${outcomes.ok} accepted, ${outcomes.refused} refused\n`);
+    // A few into a balenaOS disk image (the ext4 writer), written to --output: a failed run
+    // leaves no output and no work files; a successful one leaves a clean file system.
+    const imgDir = path.join(base, 'img');
+    const img = buildBalenaImage(imgDir, 'fuzz.img', { deviceType: { slug: 'genericx86-64-ext', arch: 'amd64' } }).path;
+    const imgHash = sha256File(img);
+    const imgListing = fs.readdirSync(imgDir).sort().join(',');
+    const diskOutcomes = { ok: 0, refused: 0 };
+    for (let i = 0; i < DISK_RUNS && failures.length < 10; i++) {
+      const [seedName, seedBytes] = seeds[i % 3 === 2 ? 5 : i % 3] as [string, Buffer];
+      const { bytes, what } = mutate(seedBytes, rng);
+      const label = `disk run ${i} (seed ${SEED}): ${seedName}, ${what}`;
+      const input = path.join(base, 'disk-input');
+      fs.writeFileSync(input, bytes);
+      const out = path.join(imgDir, 'out.img');
+      let r: { code: number; stdout: string; stderr: string };
+      try {
+        r = await worker.run(['inject', input, '--disk', img, '--output', out], {}, RUN_TIMEOUT_MS);
+      } catch (e) {
+        failures.push(`${label}: ${(e as Error).message.split('\n').slice(0, 8).join('\n')}`);
+        await worker.close().catch(() => undefined);
+        worker = new CliWorker();
+        continue;
+      }
+      const lines = r.stderr.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('warning: '));
+      if (r.code !== 0 && r.code !== 1) failures.push(`${label}: exit ${r.code}\n${r.stderr.slice(0, 1500)}`);
+      else if (r.code === 1 && (lines.length !== 1 || !/^error: \S/.test(lines[0] as string))) failures.push(`${label}: not one error line\n${r.stderr.slice(0, 1500)}`);
+      else if (r.code === 1 && fs.readdirSync(imgDir).sort().join(',') !== imgListing) failures.push(`${label}: a failed run left ${fs.readdirSync(imgDir).join(', ')}`);
+      else if (r.code === 0) {
+        const fsck = e2fsckProblems(out, dataPartition(out), base);
+        if (fsck !== '') failures.push(`${label}: resin-data not clean after an accepted input\n${fsck.slice(0, 1500)}`);
+      }
+      if (process.env.FUZZ_SHOW) process.stderr.write(`${label}: exit ${r.code} ${r.stderr.trim().slice(0, 200)}\n`);
+      if (r.code === 0) diskOutcomes.ok++;
+      else diskOutcomes.refused++;
+      fs.rmSync(out, { force: true });
+    }
+    if (sha256File(img) !== imgHash) failures.push(`seed ${SEED}: the input disk image changed`);
+
+    process.stderr.write(`# fuzz (seed ${SEED}): ${outcomes.ok} accepted, ${outcomes.refused} refused; into a disk image ${diskOutcomes.ok} accepted, ${diskOutcomes.refused} refused\n`);
     assert.deepEqual(failures, [], `FUZZ_SEED=${SEED}:\n${failures.join('\n---\n')}`);
     assert.ok(outcomes.refused > RUNS / 4, `most mutations are refused (${outcomes.refused} of ${RUNS}): the fuzz reached the readers`);
   } finally {
