@@ -65,6 +65,8 @@ interface Result {
   c: Case;
   a: Sample[];
   b: Sample[];
+  /** Why the case stopped early (a side failed), if it did. */
+  failed?: string;
 }
 
 function log(s: string): void {
@@ -147,7 +149,7 @@ function cases(w: Workload): Case[] {
       check: (r) => r <= 1.3,
       a: {
         label: 'transplant preload',
-        before: () => void fresh(dest),
+        before: () => void fresh(path.join(dest, 'engine')),
         run: () => transplant(['preload', '--from', w.engineRoot, ...imageArgs, '--engine-root', path.join(dest, 'engine')]),
         with: (bin) => transplant(['preload', '--from', w.engineRoot, ...imageArgs, '--engine-root', path.join(dest, 'engine')], bin),
         after: clean,
@@ -174,7 +176,7 @@ function cases(w: Workload): Case[] {
       },
       a: {
         label: 'transplant extract + inject',
-        before: () => void fresh(dest),
+        before: () => void fresh(path.join(dest, 'engine')),
         run: () => extractInject(TRANSPLANT),
         with: (bin) => extractInject(bin),
         after: clean,
@@ -247,14 +249,14 @@ function cases(w: Workload): Case[] {
       check: () => true,
       a: {
         label: 'transplant extract --from docker.tar.gz',
-        before: () => void fresh(dest),
+        before: () => void fresh(path.join(dest, 'engine')),
         run: () => transplant(['extract', '--from', w.tarball, ...imageArgs, '-o', path.join(dest, 'images.bundle')]),
         with: (bin) => transplant(['extract', '--from', w.tarball, ...imageArgs, '-o', path.join(dest, 'images.bundle')], bin),
         after: clean,
       },
       b: {
         label: 'tar -xzf',
-        before: () => void fresh(dest),
+        before: () => void fresh(path.join(dest, 'engine')),
         run: () => sh(`tar -xzpf ${q(w.tarball)} ${TAR_X} -C ${q(dest)}; sync -f ${q(dest)}`),
         after: clean,
       },
@@ -275,6 +277,17 @@ function spread(xs: number[]): number {
 
 async function measure(c: Case): Promise<Result> {
   const res: Result = { c, a: [], b: [] };
+  try {
+    await measureInto(c, res);
+  } catch (err) {
+    // One failing case must not cost the others: report it in the table.
+    res.failed = (err as Error).message.split('\n').filter((l) => l.trim() && !/^Aborted\(OOM\)$/.test(l.trim())).slice(-1)[0] ?? String(err);
+    log(`${c.name} FAILED: ${res.failed}`);
+  }
+  return res;
+}
+
+async function measureInto(c: Case, res: Result): Promise<void> {
   await c.setup?.();
   try {
     for (let i = 0; i < RUNS; i++) {
@@ -293,7 +306,6 @@ async function measure(c: Case): Promise<Result> {
   } finally {
     await c.teardown?.();
   }
-  return res;
 }
 
 function table(results: Result[]): string {
@@ -301,7 +313,11 @@ function table(results: Result[]): string {
     '| case | transplant | median s | reference | median s | ratio | target | peak RSS (max of runs) | spread A / B |',
     '|---|---|---:|---|---:|---:|---|---:|---|',
   ];
-  for (const { c, a, b } of results) {
+  for (const { c, a, b, failed } of results) {
+    if (failed || a.length === 0 || b.length === 0) {
+      lines.push(`| ${c.what} | ${c.a.label} | – | ${c.b.label} | – | – | ${c.target} **failed**: ${(failed ?? 'no runs').replace(/\|/g, '/').slice(0, 300)} | – | – |`);
+      continue;
+    }
     const ma = median(a.map((s) => s.seconds));
     const mb = median(b.map((s) => s.seconds));
     const ratio = ma / mb;
@@ -311,6 +327,11 @@ function table(results: Result[]): string {
     );
   }
   return lines.join('\n');
+}
+
+function gitHead(): string {
+  const r = spawnSync('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD']);
+  return r.status === 0 ? r.stdout.toString().trim() : '?';
 }
 
 function machine(): string {
@@ -369,6 +390,8 @@ async function main(): Promise<void> {
       'Machine:',
       '',
       machine(),
+      '',
+      `Build measured: ${process.env.BENCH_TRANSPLANT ? `a copy of the checkout made at commit ${process.env.BENCH_COMMIT ?? '?'}` : `this checkout at commit ${gitHead()}`}.`,
       '',
       `Method: ${RUNS} runs per side, interleaved (transplant, reference, transplant, …), medians.`,
       DROP
