@@ -128,7 +128,15 @@ function mutate(seed: Buffer, rng: Rng): { bytes: Buffer; what: string } {
   if (headers.length === 0) return { bytes: b, what: 'unchanged (no tar header visible)' };
   const off = rng.pick(headers);
   const [field, fo, fl] = rng.pick(FIELDS);
-  const value = Buffer.from(kind === 3 ? rng.pick(FIELD_VALUES) : Array.from({ length: fl }, () => String.fromCharCode(rng.below(256))).join(''), 'latin1');
+  const numeric = ['mode', 'uid', 'size', 'mtime', 'devmajor'].includes(field);
+  // kind 3: a value the parser accepts (valid octal, or a name/type worth trying), so the run goes deeper; kind 4: random bytes.
+  const text =
+    kind === 3
+      ? numeric
+        ? (field === 'size' ? rng.below(1 << 16) : rng.next()).toString(8).padStart(fl - 1, '0').slice(-(fl - 1))
+        : rng.pick(FIELD_VALUES)
+      : Array.from({ length: fl }, () => String.fromCharCode(rng.below(256))).join('');
+  const value = Buffer.from(text, 'latin1');
   b.fill(0, off + fo, off + fo + fl);
   value.copy(b, off + fo, 0, Math.min(fl, value.length));
   fixChecksum(b, off);
