@@ -378,7 +378,7 @@ test('hostile input into a disk image: refused or stored inside resin-data, e2fs
   const imgHash = sha256File(img);
   const failures: string[] = [];
   let n = 0;
-  for (const kind of ['bundle', 'archive'] as const) {
+  for (const kind of ['bundle', 'tarball', 'archive'] as const) {
     for (const c of hostileCases({ canary: s.canary, ups: UPS })) {
       if (c.only && !c.only.includes(kind)) continue;
       const what = `disk, ${kind}: ${c.name}`;
