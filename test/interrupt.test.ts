@@ -4,7 +4,7 @@
  * each time (so every rerun meets what the killed runs left: orphan overlay2 dirs,
  * layerdb/tmp/write-set-*, l/ links, .tmp-* files). After each kill a copy of the target is
  * judged by a real engine: it starts, every reference in repositories.json resolves to its
- * image, the supervisor runs, no layer fails to load. Then a complete injection on the
+ * image, every image it names runs (the supervisor included), no layer fails to load. Then a complete injection on the
  * target itself, judged like core.test.ts (files, links, metadata, a real engine running and
  * saving every image, nothing pruned).
  */
@@ -22,7 +22,7 @@ import { bigImageArchive } from './harness/hostile.js';
 const T = { timeout: 900_000 };
 
 /** What an engine must still do with a target whose injection was killed. */
-async function judgeKilled(resinData: string, supervisor: FixtureImage, label: string): Promise<string[]> {
+async function judgeKilled(resinData: string, supervisor: FixtureImage, known: FixtureImage[], label: string): Promise<string[]> {
   const root = path.join(resinData, 'docker');
   const problems: string[] = [];
   // A config still being written sits under a name that is not a digest: image/fs.go skips it.
@@ -47,8 +47,12 @@ async function judgeKilled(resinData: string, supervisor: FixtureImage, label: s
       if (r.code !== 0) problems.push(`${label}: engine: ${ref} (in repositories.json) does not resolve: ${r.stderr.trim()}`);
       else if (r.stdout.trim() !== id) problems.push(`${label}: engine: ${ref} resolves to ${r.stdout.trim()}, repositories.json says ${id}`);
     }
-    const run = d.dockerRaw(['run', '--rm', '--network', 'none', supervisor.id], { timeoutMs: 60_000 });
-    if (run.code !== 0 || run.stdout.trim() !== supervisor.marker) problems.push(`${label}: engine: the supervisor does not run: ${run.stderr.trim()} ${run.stdout.trim()}`);
+    // Every image repositories.json names runs (the supervisor always is one) and prints its marker.
+    for (const id of new Set([supervisor.id, ...refs.values()])) {
+      const img = [supervisor, ...known].find((k) => k.id === id);
+      const run = d.dockerRaw(['run', '--rm', '--network', 'none', id], { timeoutMs: 60_000 });
+      if (run.code !== 0 || (img && run.stdout.trim() !== img.marker)) problems.push(`${label}: engine: ${img?.key ?? id} does not run: ${run.stderr.trim()} ${run.stdout.trim()}`);
+    }
   } finally {
     await d.stop();
   }
@@ -153,7 +157,7 @@ test('inject killed with SIGKILL at several moments: the engine still starts and
     // The engine judges a copy: the target itself keeps its leftovers for the next run.
     const copy = path.join(work, `judge-${i}`, 'resin-data');
     copyTree(resinData, copy);
-    problems.push(...(await judgeKilled(copy, fx.supervisor, trigger.label)));
+    problems.push(...(await judgeKilled(copy, fx.supervisor, [...injected, ...Object.values(fx.images)], trigger.label)));
     fs.rmSync(path.dirname(copy), { recursive: true, force: true });
   }
   assert.ok(outcomes.filter((o) => o.includes('killed')).length >= 3, `at least three runs were killed midway:\n${outcomes.join('\n')}`);
