@@ -91,13 +91,19 @@ export async function applyPlan(
   check?: () => Promise<void>,
 ): Promise<void> {
   const undo = new Undo(target.writer);
-  const at: { layer?: string } = {};
+  const at: { layer?: string; entry?: string } = {};
   try {
     await write(plan, source, target, undo, progress, at);
     if (check) await check();
   } catch (error) {
     await undo.run();
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
+    if (code === 'ENAMETOOLONG') {
+      const shown = at.entry && at.entry.length > 120 ? `${at.entry.slice(0, 60)}…${at.entry.slice(-40)}` : at.entry;
+      throw new Error(
+        `${source.description}: layer ${at.layer?.slice(7, 19) ?? '?'} holds a path the target cannot take (${shown ?? '?'}, ${at.entry?.length ?? '?'} bytes: over PATH_MAX with the target's prefix) (nothing was changed)`,
+      );
+    }
     if (code === 'ENOSPC' || code === 'EDQUOT') {
       // The plan's estimate passed, the file system still ran out (the estimate is not exact).
       throw new Error(
@@ -109,7 +115,7 @@ export async function applyPlan(
   }
 }
 
-async function write(plan: InjectPlan, source: ImageSource, target: TargetStore, created: Undo, progress: InjectProgress | undefined, where: { layer?: string }): Promise<void> {
+async function write(plan: InjectPlan, source: ImageSource, target: TargetStore, created: Undo, progress: InjectProgress | undefined, where: { layer?: string; entry?: string }): Promise<void> {
   const w: TreeWriter = target.writer;
   const at = (p: string): string => target.path(p);
 
@@ -165,6 +171,7 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
       if (first && entry.path !== '.') await w.mkdirp(diff, MODE.diffDir);
       first = false;
       const record = content ? records?.get(entry.path) : undefined;
+      where.entry = entry.path;
       const body = content && record ? checked(content, record, () => `${source.description}: layer ${layer.chainId.slice(7, 19)}: ${entry.path}`) : content;
       await w.writeEntry(diff, entry, body);
       progress?.entryWritten(entry);
