@@ -339,6 +339,16 @@ export function hostileCases(aim: Aim): HostileCase[] {
     { name: 'a device node named ../', layers: [[{ name: `${up}canary/pwned-dev`, type: 'char-device' }]], expect: 'refused' },
     { name: 'a whiteout of ..', layers: [[dirE('w'), fileE('w/.wh...', '')]], expect: 'either', only: ['archive'] },
     { name: 'an entry named . inside a path', layers: [[dirE('p'), fileE('p/./q')]], expect: 'either' },
+    {
+      name: 'a path longer than PATH_MAX (4096 bytes)',
+      layers: [[...Array.from({ length: 40 }, (_, i) => dirE(Array.from({ length: i + 1 }, (_, j) => `${j}`.padStart(120, 'd')).join('/'))), fileE(Array.from({ length: 40 }, (_, j) => `${j}`.padStart(120, 'd')).join('/') + '/deep')]],
+      expect: 'either',
+    },
+    {
+      name: 'a hard link to a directory',
+      layers: [[dirE('dir'), { name: 'hl-dir', type: 'hardlink', linkname: 'dir' }]],
+      expect: 'refused',
+    },
   ];
 }
 
