@@ -65,8 +65,16 @@ interface Result {
   c: Case;
   a: Sample[];
   b: Sample[];
-  /** Why the case stopped early (a side failed), if it did. */
+  /** Why the case stopped early (its setup failed), if it did. */
   failed?: string;
+  /** Why a side stopped (its first failure), if it did. */
+  aFailed?: string;
+  bFailed?: string;
+}
+
+/** The last meaningful line of an error message (ext2fs prints "Aborted(OOM)" lines before the real one). */
+function lastLine(message: string): string {
+  return message.split('\n').filter((l) => l.trim() && !/^Aborted\(OOM\)$/.test(l.trim())).slice(-1)[0] ?? message;
 }
 
 function log(s: string): void {
@@ -281,7 +289,7 @@ async function measure(c: Case): Promise<Result> {
     await measureInto(c, res);
   } catch (err) {
     // One failing case must not cost the others: report it in the table.
-    res.failed = (err as Error).message.split('\n').filter((l) => l.trim() && !/^Aborted\(OOM\)$/.test(l.trim())).slice(-1)[0] ?? String(err);
+    res.failed = lastLine((err as Error).message);
     log(`${c.name} FAILED: ${res.failed}`);
   }
   return res;
@@ -291,13 +299,18 @@ async function measureInto(c: Case, res: Result): Promise<void> {
   await c.setup?.();
   try {
     for (let i = 0; i < RUNS; i++) {
-      for (const [side, out] of [[c.a, res.a], [c.b, res.b]] as const) {
+      for (const [side, out, key] of [[c.a, res.a, 'aFailed'], [c.b, res.b, 'bFailed']] as const) {
+        if (res[key]) continue;
         await side.before?.();
         dropCaches();
         try {
           const s = await side.run();
           out.push(s);
           log(`${c.name} ${i + 1}/${RUNS} ${side.label}: ${s.seconds.toFixed(2)} s${s.rssMB !== undefined ? `, peak RSS ${s.rssMB.toFixed(0)} MB` : ''}`);
+        } catch (err) {
+          // A failing side is reported; the other side is still measured.
+          res[key] = lastLine((err as Error).message);
+          log(`${c.name} ${side.label} FAILED: ${res[key]}`);
         } finally {
           await side.after?.();
         }
@@ -313,9 +326,12 @@ function table(results: Result[]): string {
     '| case | transplant | median s | reference | median s | ratio | target | peak RSS (max of runs) | spread A / B |',
     '|---|---|---:|---|---:|---:|---|---:|---|',
   ];
-  for (const { c, a, b, failed } of results) {
+  const cell = (t: string): string => t.replace(/\|/g, '\\|');
+  for (const { c, a, b, failed, aFailed, bFailed } of results) {
     if (failed || a.length === 0 || b.length === 0) {
-      lines.push(`| ${c.what} | ${c.a.label} | – | ${c.b.label} | – | – | ${c.target} **failed**: ${(failed ?? 'no runs').replace(/\|/g, '/').slice(0, 300)} | – | – |`);
+      const mb = b.length > 0 ? median(b.map((s) => s.seconds)).toFixed(2) : '–';
+      const why = failed ?? aFailed ?? bFailed ?? 'no runs';
+      lines.push(`| ${cell(c.what)} | ${cell(c.a.label)} | ${a.length > 0 ? median(a.map((s) => s.seconds)).toFixed(2) : '**failed**'} | ${cell(c.b.label)} | ${mb} | – | ${cell(c.target)}: ${cell(why).slice(0, 300)} | – | – |`);
       continue;
     }
     const ma = median(a.map((s) => s.seconds));
@@ -323,7 +339,7 @@ function table(results: Result[]): string {
     const ratio = ma / mb;
     const rss = Math.max(...a.map((s) => s.rssMB ?? 0));
     lines.push(
-      `| ${c.what} | ${c.a.label} | ${ma.toFixed(2)} | ${c.b.label} | ${mb.toFixed(2)} | ${ratio.toFixed(2)}× | ${c.target} ${c.check(ratio) ? 'met' : '**missed**'} | ${rss.toFixed(0)} MB ${rss <= 300 ? '' : '(**> 300 MB**)'} | ±${(spread(a.map((s) => s.seconds)) / 2).toFixed(0)}% / ±${(spread(b.map((s) => s.seconds)) / 2).toFixed(0)}% |`,
+      `| ${cell(c.what)} | ${cell(c.a.label)} | ${ma.toFixed(2)} | ${cell(c.b.label)} | ${mb.toFixed(2)} | ${ratio.toFixed(2)}× | ${c.target} ${c.check(ratio) ? 'met' : '**missed**'} | ${rss.toFixed(0)} MB ${rss <= 300 ? '' : '(**> 300 MB**)'} | ±${(spread(a.map((s) => s.seconds)) / 2).toFixed(0)}% / ±${(spread(b.map((s) => s.seconds)) / 2).toFixed(0)}% |`,
     );
   }
   return lines.join('\n');
@@ -347,7 +363,7 @@ function machine(): string {
   return [
     `- CPU: ${cpus.length} × ${cpus[0]?.model ?? '?'}`,
     `- memory: ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
-    `- disk: ${dev} (${fsType}${rotational === '0' ? ', non-rotational' : rotational === '1' ? ', rotational' : ''}) holding ${BENCH_DIR}`,
+    `- disk: ${dev} (${fsType}${rotational === '0' ? ', non-rotational' : rotational === '1' ? ', reported rotational' : ''}${dev.startsWith('/dev/vd') ? ', a virtio disk of a VM' : ''}) holding ${BENCH_DIR}`,
     `- kernel: ${os.type()} ${os.release()}, node ${process.version}, ${first('tar --version | head -1')}, ${first(`${DOCKER} --version`)}`,
   ].join('\n');
 }
@@ -375,7 +391,11 @@ async function main(): Promise<void> {
   const t = table(results);
   process.stdout.write(`\n${t}\n`);
   const runs = results
-    .map(({ c, a, b }) => `- ${c.name}: ${c.a.label} ${a.map((s) => s.seconds.toFixed(2)).join(', ')} s; ${c.b.label} ${b.map((s) => s.seconds.toFixed(2)).join(', ')} s`)
+    .map(({ c, a, b, failed, aFailed, bFailed }) => {
+      const side = (label: string, xs: Sample[], why?: string): string =>
+        `${label} ${xs.length > 0 ? `${xs.map((s) => s.seconds.toFixed(2)).join(', ')} s` : ''}${why ? ` (failed: ${why})` : ''}`;
+      return `- ${c.name}: ${failed ? `failed: ${failed}` : `${side(c.a.label, a, aFailed)}; ${side(c.b.label, b, bFailed)}`}`;
+    })
     .join('\n');
   if (process.env.BENCH_WRITE !== '0' && chosen.length === all.length && !BASELINE) {
     const doc = [
