@@ -9,6 +9,7 @@ import type { ImageSource } from '../sources/source.js';
 const SIGNALS: Record<string, number> = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 };
 
 let received: string | undefined;
+let installed = false;
 
 export class InterruptedError extends Error {
   constructor(readonly signal: string) {
@@ -20,6 +21,8 @@ export class InterruptedError extends Error {
 }
 
 export function installInterruptHandlers(): void {
+  if (installed) return;
+  installed = true;
   for (const signal of Object.keys(SIGNALS)) {
     process.on(signal, () => {
       if (received) process.exit(128 + (SIGNALS[signal] ?? 2));
