@@ -428,4 +428,35 @@ describe('writing into a balenaOS image', () => {
       await target.abort();
     }
   });
+
+  test('directories with thousands of subdirectories, symlinks and hard links (the binding does not expand a full directory block itself)', async () => {
+    const img = buildBalenaImage(path.join(work, 'wide'), 'wide.img', { table: 'mbr', dataMiB: 48 });
+    const target = await openDiskTarget(img.path);
+    const base = { mode: 0o755, uid: 0, gid: 0, mtime: 1_700_000_000_000_000_001n, atime: 1_700_000_000_000_000_001n, size: 0, xattrs: [] };
+    try {
+      await target.writer.mkdirp('w', 0o755);
+      await target.writer.writeEntry('w', { ...base, path: '.', kind: 'directory' });
+      await target.writer.writeEntry('w', { ...base, path: 'file', kind: 'file', mode: 0o644, size: 1 }, (async function* () { yield Buffer.from('x'); })());
+      for (let i = 0; i < 1500; i++) await target.writer.writeEntry('w', { ...base, path: `pkg-${i}`, kind: 'directory' });
+      for (let i = 0; i < 300; i++) await target.writer.writeEntry('w', { ...base, path: `ln-${i}`, kind: 'symlink', mode: 0o777, linkTarget: `pkg-${i}` });
+      for (let i = 0; i < 300; i++) await target.writer.writeEntry('w', { ...base, path: `hard-${i}`, kind: 'hardlink', mode: 0o644, linkTarget: 'file' });
+      await target.writer.finishTree('w');
+      await target.commit();
+    } catch (e) {
+      await target.abort();
+      throw e;
+    }
+    assert.equal(fsck(img.path), undefined);
+    const mnt = mountData(img.path);
+    try {
+      const names = fs.readdirSync(path.join(mnt, 'w'));
+      assert.equal(names.filter((n) => n.startsWith('pkg-')).length, 1500);
+      assert.equal(names.filter((n) => n.startsWith('ln-')).length, 300);
+      assert.equal(fs.statSync(path.join(mnt, 'w', 'file')).nlink, 301);
+      assert.ok(!names.some((n) => n.startsWith('.transplant-expand')), 'no placeholder left');
+      assert.equal(fs.lstatSync(path.join(mnt, 'w', 'pkg-1499')).isDirectory(), true);
+    } finally {
+      unmount(mnt);
+    }
+  });
 });

@@ -411,7 +411,7 @@ export class Ext4TreeWriter implements TreeWriter {
         continue;
       }
       await this.parentIno(s, cur);
-      await s.p.mkdir(cur, mode & 0o7777);
+      await this.withDirRoom(s, cur, () => s.p.mkdir(cur, mode & 0o7777));
       const ino = await this.chmodPath(s, cur, mode, O_RDONLY);
       this.edits.delete(ino);
       this.dirs.set(cur, ino);
@@ -473,7 +473,7 @@ export class Ext4TreeWriter implements TreeWriter {
     const p = this.full(rel);
     await this.parentIno(s, p);
     if (await this.lstatIn(s, p)) await this.removeFull(s, p);
-    await s.p.symlink(target, p);
+    await this.withDirRoom(s, p, () => s.p.symlink(target, p));
     const st = await s.p.lstat(p);
     this.edits.delete(st.ino);
   }
@@ -501,7 +501,7 @@ export class Ext4TreeWriter implements TreeWriter {
       }
       await this.removeFull(s, to);
     }
-    await s.p.rename(from, to);
+    await this.withDirRoom(s, to, () => s.p.rename(from, to));
     const fromName = Buffer.from(path.posix.basename(from));
     const edit = this.edits.get(src.ino);
     if (edit) {
@@ -649,7 +649,7 @@ export class Ext4TreeWriter implements TreeWriter {
         if (entry.linkTarget === undefined) throw new Error(`${where}: symlink without a target`);
         await this.parentIno(s, p);
         await this.replaceable(s, p);
-        await s.p.symlink(entry.linkTarget, p);
+        await this.withDirRoom(s, p, () => s.p.symlink(entry.linkTarget as string, p));
         ino = (await s.p.lstat(p)).ino;
         break;
       }
@@ -707,10 +707,31 @@ export class Ext4TreeWriter implements TreeWriter {
       return st.ino;
     }
     if (st) await this.removeFull(s, p);
-    await s.p.mkdir(p, 0o700);
+    await this.withDirRoom(s, p, () => s.p.mkdir(p, 0o700));
     const ino = (await s.p.lstat(p)).ino;
     this.dirs.set(p, ino);
     return ino;
+  }
+
+  /**
+   * Runs a call that adds an entry to p's parent directory. The binding's mkdir, symlink and
+   * link fail with EXT2_ET_DIR_NO_SPACE (2133571366) when the parent's last block is full:
+   * libext2fs 1.44's ext2fs_mkdir/ext2fs_symlink/ext2fs_link do not expand the directory,
+   * while its file creation does. So a placeholder file is created (growing the directory
+   * by a block), removed again, and the call retried.
+   */
+  private async withDirRoom(s: Session, p: string, call: () => Promise<void>): Promise<void> {
+    try {
+      await call();
+      return;
+    } catch (err) {
+      if (!isDirNoSpace(err)) throw err;
+    }
+    const placeholder = `${p.slice(0, p.lastIndexOf('/'))}/.transplant-expand-${process.pid}`;
+    const fd = await openExt2(s.fs, placeholder, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+    await s.p.close(fd);
+    await s.p.unlink(placeholder);
+    await call();
   }
 
   private async createEmpty(s: Session, p: string): Promise<number> {
@@ -777,7 +798,7 @@ export class Ext4TreeWriter implements TreeWriter {
     if ((st.mode & S_IFMT) === S_IFDIR) throw new Error(`${this.description}:${p}: hard-link target ${target} is a directory`);
     if (p === target) return;
     await this.replaceable(s, p);
-    await s.p.link(target, p);
+    await this.withDirRoom(s, p, () => s.p.link(target, p));
     const edit = this.edits.get(st.ino);
     if (edit && (this.specials.has(target) || edit.dirents.length > 0)) {
       edit.dirents.push({ dirIno: parentIno, name: Buffer.from(path.posix.basename(p)) });
@@ -789,4 +810,12 @@ export class Ext4TreeWriter implements TreeWriter {
     // Directory times are part of the per-inode records written after unmount, when
     // nothing can change them any more; there is nothing to defer here.
   }
+}
+
+/** libext2fs EXT2_ET_DIR_NO_SPACE (lib/ext2fs/ext2_err.et.in: EXT2_ET_BASE + 38). */
+const EXT2_ET_DIR_NO_SPACE = 2133571366;
+
+function isDirNoSpace(err: unknown): boolean {
+  const e = err as { errno?: unknown; message?: unknown } | null;
+  return e !== null && typeof e === 'object' && (e.errno === EXT2_ET_DIR_NO_SPACE || String(e.message).includes(String(EXT2_ET_DIR_NO_SPACE)));
 }
