@@ -1,21 +1,35 @@
 /**
- * The worker thread behind readDiffTree (diff-tree.ts): walks one layer's diff/ directory
- * with synchronous calls and answers each 'more' message with the next batch of entries
- * (small files with their content), then an empty batch at the end, or { error }.
+ * The worker thread behind readDiffTree (diff-tree.ts). A walk starts with
+ * { start: { root, maxEntries, maxBytes }, id }; each { id } then asks for the next batch of
+ * entries (small files with their content), answered { id, items } (empty at the end) or
+ * { id, error }. The worker is reused for the next walk; requests of an earlier walk are ignored.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { DiffTreeWalker } from './diff-tree.js';
 
-const { root, maxEntries, maxBytes } = workerData as { root: string; maxEntries: number; maxBytes: number };
-const walker = new DiffTreeWalker(root);
+interface Request {
+  id: number;
+  start?: { root: string; maxEntries: number; maxBytes: number };
+}
+
+let walker: DiffTreeWalker | undefined;
+let session = -1;
+let limits = { maxEntries: 512, maxBytes: 4 << 20 };
 let failed = false;
 
-parentPort?.on('message', () => {
-  if (failed) return;
+parentPort?.on('message', (m: Request) => {
+  if (m.start) {
+    session = m.id;
+    walker = new DiffTreeWalker(m.start.root);
+    limits = m.start;
+    failed = false;
+    return;
+  }
+  if (m.id !== session || failed || !walker) return;
   try {
-    parentPort?.postMessage({ items: walker.next(maxEntries, maxBytes) });
+    parentPort?.postMessage({ id: m.id, items: walker.next(limits.maxEntries, limits.maxBytes) });
   } catch (err) {
     failed = true;
-    parentPort?.postMessage({ error: (err as Error).message });
+    parentPort?.postMessage({ id: m.id, error: (err as Error).message });
   }
 });

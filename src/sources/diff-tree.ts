@@ -255,29 +255,45 @@ function readWhole(file: string, size: number): Buffer {
 const BATCH_ENTRIES = 512;
 const BATCH_BYTES = 4 << 20;
 
-type WorkerReply = { items: WalkedItem[]; error?: undefined } | { error: string; items?: undefined };
+type WorkerReply = { id: number; items: WalkedItem[]; error?: undefined } | { id: number; error: string; items?: undefined };
+
+/**
+ * Workers that finished a walk, kept for the next one (starting a worker costs ~30 ms, which
+ * an image of many small layers would pay per layer). Idle workers are unref'd, so they never
+ * keep the process alive.
+ */
+const idleWorkers: Worker[] = [];
+let sessions = 0;
 
 /** Batches from a walker in a worker thread, two asked for ahead of the consumer. */
 async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
-  const worker = new Worker(path.join(__dirname, 'diff-tree-worker.js'), { workerData: { root, maxEntries: BATCH_ENTRIES, maxBytes: BATCH_BYTES } });
+  const worker = idleWorkers.pop() ?? new Worker(path.join(__dirname, 'diff-tree-worker.js'));
+  worker.ref();
+  const id = ++sessions;
   const replies: WorkerReply[] = [];
   let wake: (() => void) | undefined;
   let failure: Error | undefined;
-  worker.on('message', (m: WorkerReply) => {
+  let finished = false;
+  const onMessage = (m: WorkerReply): void => {
+    if (m.id !== id) return; // a late answer to a 'more' of an earlier walk
     replies.push(m);
     wake?.();
-  });
-  worker.on('error', (e: Error) => {
+  };
+  const onError = (e: Error): void => {
     failure = e;
     wake?.();
-  });
-  worker.on('exit', (code) => {
+  };
+  const onExit = (code: number): void => {
     failure ??= new Error(`the reader of ${root} stopped (exit code ${code})`);
     wake?.();
-  });
+  };
+  worker.on('message', onMessage);
+  worker.on('error', onError);
+  worker.on('exit', onExit);
   try {
-    worker.postMessage('more');
-    worker.postMessage('more');
+    worker.postMessage({ start: { root, maxEntries: BATCH_ENTRIES, maxBytes: BATCH_BYTES }, id });
+    worker.postMessage({ id });
+    worker.postMessage({ id });
     for (;;) {
       while (replies.length === 0) {
         if (failure) throw failure;
@@ -286,13 +302,24 @@ async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
       }
       const reply = replies.shift() as WorkerReply;
       if (reply.error !== undefined) throw new Error(reply.error);
-      if (reply.items.length === 0) return;
-      worker.postMessage('more');
+      if (reply.items.length === 0) {
+        finished = true;
+        return;
+      }
+      worker.postMessage({ id });
       yield reply.items;
     }
   } finally {
-    worker.removeAllListeners('exit');
-    await worker.terminate();
+    worker.off('message', onMessage);
+    worker.off('error', onError);
+    worker.off('exit', onExit);
+    if (finished && !failure) {
+      worker.unref();
+      idleWorkers.push(worker);
+    } else {
+      // Stopped midway (or failed): its walk state is of no use to anyone.
+      await worker.terminate();
+    }
   }
 }
 
