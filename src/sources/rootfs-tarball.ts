@@ -22,7 +22,8 @@ import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import type { LayerEntry, LayerItem } from '../layer/entry.js';
+import type { LayerItem } from '../layer/entry.js';
+import { layerEntryFromTar } from '../layer/tar-entry.js';
 import { hexOf } from '../engine/digest.js';
 import { LAYERDB_SHA } from '../engine/layout.js';
 import { checkRelativePath } from '../bundle/read.js';
@@ -70,31 +71,6 @@ export function normalizeTarName(name: string): string {
   }
   n = n.replace(/\/+$/, '').replace(/\/{2,}/g, '/');
   return n === '.' ? '' : n;
-}
-
-/** A LayerEntry from a tar header (the path and any hard-link target already resolved by the caller). */
-export function layerEntryOf(e: TarEntry, rel: string): LayerEntry {
-  const h = e.header;
-  if (!['file', 'directory', 'symlink', 'hardlink', 'char-device', 'block-device', 'fifo'].includes(h.type)) {
-    throw new Error(`unexpected tar entry type ${h.type} for ${rel}`);
-  }
-  const entry: LayerEntry = {
-    path: rel,
-    kind: h.type as LayerEntry['kind'],
-    mode: h.mode,
-    uid: h.uid,
-    gid: h.gid,
-    mtime: h.mtime,
-    atime: h.atime ?? h.mtime,
-    size: h.type === 'file' ? h.size : 0,
-    xattrs: h.xattrs,
-  };
-  if (h.type === 'symlink') entry.linkTarget = h.linkname;
-  if (h.type === 'char-device' || h.type === 'block-device') {
-    entry.devMajor = h.devmajor;
-    entry.devMinor = h.devminor;
-  }
-  return entry;
 }
 
 export class RootfsTarballSource implements ImageSource {
@@ -339,7 +315,7 @@ export class RootfsTarballSource implements ImageSource {
       const m = DIFF_RE.exec(normalizeTarName(e.header.name));
       if (!m || m[1] !== this.rootPrefix || m[2] !== cacheId) continue;
       const rel = m[3] === undefined ? '.' : checkRelativePath(m[3], this.description);
-      const entry = layerEntryOf(e, rel);
+      const entry = layerEntryFromTar(e.header, rel);
       if (entry.kind === 'hardlink') {
         const t = DIFF_RE.exec(normalizeTarName(e.header.linkname));
         if (!t || t[1] !== this.rootPrefix || t[2] !== cacheId || t[3] === undefined) {

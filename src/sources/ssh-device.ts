@@ -33,7 +33,8 @@ import { parsePaxTime } from '../tar/header.js';
 import { FILE, SEGMENT, cleanTarPath, readTarSplit } from '../engine/tar-split.js';
 import { EngineRootSource } from './engine-root.js';
 import { MemoryStoreReader } from './memory-reader.js';
-import { layerEntryOf, normalizeTarName } from './rootfs-tarball.js';
+import { normalizeTarName } from './rootfs-tarball.js';
+import { layerEntryFromTar } from '../layer/tar-entry.js';
 import type { ImageSource, SourceImage, SourceLayer } from './source.js';
 
 export interface SshDeviceOptions {
@@ -500,7 +501,7 @@ export class SshDeviceSource implements ImageSource {
         if (name !== prefix && !name.startsWith(`${prefix}/`)) throw fail(`unexpected entry ${name} in the device's tar stream`);
         const rel = name === prefix ? '.' : checkRelativePath(name.slice(prefix.length + 1), this.description);
         if (count === 0 && rel !== '.') throw fail('the tar stream does not start with the layer directory');
-        const entry = adjust(layerEntryOf(e, rel), e);
+        const entry = adjust(layerEntryFromTar(e.header, rel), e);
         if (entry.kind === 'hardlink') {
           const target = normalizeTarName(e.header.linkname);
           if (!target.startsWith(`${prefix}/`)) throw fail(`hard link ${rel} points outside the layer`);
