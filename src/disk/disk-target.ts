@@ -231,13 +231,7 @@ export class DiskTargetImpl implements DiskTarget {
     this.assertOpen();
     try {
       await this.writer.close();
-      const fd = fs.openSync(this.workPath, 'r');
-      try {
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-      fs.renameSync(this.workPath, this.destination);
+      replaceWithWorkCopy(this.workPath, this.destination);
       this.state = 'committed';
     } catch (err) {
       await this.abort();
@@ -334,4 +328,15 @@ export async function readDeviceArch(imagePath: string): Promise<{ arch: string;
     throw new Error(`${imagePath}: resin-boot's device-type.json has no "arch" and "slug"`);
   }
   return { arch: o.arch, slug: o.slug };
+}
+
+/** The finished work copy, flushed to disk, takes the destination's name in one rename. */
+export function replaceWithWorkCopy(workPath: string, destination: string): void {
+  const fd = fs.openSync(workPath, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(workPath, destination);
 }

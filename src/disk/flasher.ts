@@ -4,7 +4,7 @@ import { ImageFile } from '../ext4/image-file.js';
 import { readSuperblock } from '../ext4/superblock.js';
 import { Ext4TreeWriter } from '../targets/ext4-tree-writer.js';
 import {
-  DiskTargetImpl, growthNeeded, inspectBalenaImage, workPathFor,
+  DiskTargetImpl, growthNeeded, inspectBalenaImage, replaceWithWorkCopy, workPathFor,
   type DiskTarget, type DiskTargetOptions, type RoomNeeded,
 } from './disk-target.js';
 import { copyImageFile, growExt4 } from './grow.js';
@@ -106,13 +106,7 @@ class FlasherTarget implements DiskTarget {
         fs.createReadStream(this.innerPath, { highWaterMark: MiB }),
       );
       await this.rootWriter.close();
-      const fd = fs.openSync(this.workPath, 'r');
-      try {
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-      fs.renameSync(this.workPath, this.destination);
+      replaceWithWorkCopy(this.workPath, this.destination);
       fs.rmSync(this.innerPath, { force: true });
       this.state = 'committed';
     } catch (err) {
