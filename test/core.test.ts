@@ -71,9 +71,10 @@ function getExtracted(): Promise<Extracted> {
 function lsJson(target: string): { id: string; references: string[] }[] {
   const r = transplant(['ls', target, '--json']);
   assert.equal(r.code, 0, `ls --json ${target}\n${show(r)}`);
-  const parsed: unknown = JSON.parse(r.stdout);
-  assert.ok(Array.isArray(parsed), `ls --json prints an array\n${r.stdout.slice(0, 2000)}`);
-  return parsed as { id: string; references: string[] }[];
+  const parsed = JSON.parse(r.stdout) as { images?: unknown; appsJson?: unknown };
+  assert.ok(Array.isArray(parsed.images), `ls --json prints { images: [...] }\n${r.stdout.slice(0, 2000)}`);
+  assert.ok('appsJson' in parsed, `ls --json says whether there is an apps.json (null when not)\n${r.stdout.slice(0, 2000)}`);
+  return parsed.images as { id: string; references: string[] }[];
 }
 
 test('extract: by tag, name, digest reference, full ID and ID prefix; ls shows every image and reference', T, async () => {

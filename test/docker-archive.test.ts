@@ -177,7 +177,7 @@ test('OCI layout (gzip and zstd layers, containerd name annotations) as a tar: l
 
   const ls = transplant(['ls', ociTar, '--json']);
   assert.equal(ls.code, 0, show(ls));
-  const listed = JSON.parse(ls.stdout) as { id: string; references: string[] }[];
+  const listed = (JSON.parse(ls.stdout) as { images: { id: string; references: string[] }[] }).images;
   for (const img of s.images) {
     const l = listed.find((i) => i.id === img.id);
     assert.ok(l, `${img.key} is listed`);
@@ -200,7 +200,7 @@ test('OCI layout (gzip and zstd layers, containerd name annotations) as a tar: l
   runOk('tar', ['-C', oci, '-cf', d25, 'blobs', 'index.json', 'manifest.json', 'oci-layout']);
   const ls25 = transplant(['ls', d25, '--json']);
   assert.equal(ls25.code, 0, show(ls25));
-  for (const l of JSON.parse(ls25.stdout) as { id: string; references: string[] }[]) {
+  for (const l of (JSON.parse(ls25.stdout) as { images: { id: string; references: string[] }[] }).images) {
     const img = s.images.find((i) => i.id === l.id);
     assert.ok(img, `unexpected image ${l.id}`);
     assert.deepEqual([...l.references].sort(), [...img.refs].sort(), `${img.key} references (Docker 25 archive)`);
@@ -210,17 +210,17 @@ test('OCI layout (gzip and zstd layers, containerd name annotations) as a tar: l
   // The layout as a directory, and a gzip-compressed docker save archive, are sources too.
   const lsDir = transplant(['ls', oci, '--json']);
   assert.equal(lsDir.code, 0, show(lsDir));
-  assert.equal((JSON.parse(lsDir.stdout) as unknown[]).length, s.images.length);
+  assert.equal((JSON.parse(lsDir.stdout) as { images: unknown[] }).images.length, s.images.length);
   // Standard input is spooled to a temp file (an archive is read more than once) and said so.
   const stdin = run(process.execPath, [path.join(repoRoot(), 'bin', 'transplant'), 'ls', '-', '--json'], { input: fs.readFileSync(s.archive), timeoutMs: 300_000 });
   assert.equal(stdin.code, 0, show(stdin));
-  assert.equal((JSON.parse(stdin.stdout) as unknown[]).length, s.images.length);
+  assert.equal((JSON.parse(stdin.stdout) as { images: unknown[] }).images.length, s.images.length);
   assert.match(stdin.stderr, /^warning: reading an image archive from standard input: spooling it to /, show(stdin));
   const gz = path.join(s.work, 'images.tar.gz');
   fs.writeFileSync(gz, runOk('gzip', ['-c', '-1', s.archive]).stdoutBytes);
   const lsGz = transplant(['ls', gz, '--json']);
   assert.equal(lsGz.code, 0, show(lsGz));
-  assert.equal((JSON.parse(lsGz.stdout) as unknown[]).length, s.images.length);
+  assert.equal((JSON.parse(lsGz.stdout) as { images: unknown[] }).images.length, s.images.length);
 });
 
 test('truncated and corrupt archives fail with one clear line naming the source, and leave the target as it was', { timeout: 600_000 }, async () => {

@@ -134,7 +134,7 @@ test('tarball: gzip with var/lib/docker/, zstd with ./, plain with docker/, one 
   // ls and --dry-run read the same metadata.
   const ls = transplant(['ls', s.tarballs.zst, '--json']);
   assert.equal(ls.code, 0, show(ls));
-  const listed = JSON.parse(ls.stdout) as { id: string; references: string[] }[];
+  const listed = (JSON.parse(ls.stdout) as { images: { id: string; references: string[] }[] }).images;
   for (const img of Object.values(s.fx.images)) {
     const e = listed.find((x) => x.id === img.id);
     assert.ok(e, `ls of the tarball lists ${img.key}`);

@@ -229,7 +229,7 @@ test('ssh: the ssh-agent logs in when no --identity is given; the dry run counts
   // ls takes a device too (with the agent's key).
   const ls = transplant(['ls', s.url, '--json'], env(s, { SSH_AUTH_SOCK: sock }));
   assert.equal(ls.code, 0, `ls over ssh failed\n${show(ls)}`);
-  const listed = JSON.parse(ls.stdout) as { id: string; references: string[] }[];
+  const listed = (JSON.parse(ls.stdout) as { images: { id: string; references: string[] }[] }).images;
   for (const img of Object.values(s.fx.images)) {
     const e = listed.find((x) => x.id === img.id);
     assert.ok(e, `ls over ssh lists ${img.key}`);

@@ -67,9 +67,7 @@ export interface ListedImage {
 export function lsJson(target: string, opts: CliOptions = {}): ListedImage[] {
   const r = transplant(['ls', target, '--json'], opts);
   assert.equal(r.code, 0, `ls --json ${target}\n${show(r)}`);
-  const parsed: unknown = JSON.parse(r.stdout);
-  // An array of images, or `{ images, appsJson }` when the target holds an apps.json.
-  const images = Array.isArray(parsed) ? parsed : (parsed as { images?: unknown } | null)?.images;
+  const images = (JSON.parse(r.stdout) as { images?: unknown } | null)?.images;
   assert.ok(Array.isArray(images), `ls --json prints the images\n${r.stdout.slice(0, 2000)}`);
   return images as ListedImage[];
 }

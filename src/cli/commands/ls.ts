@@ -23,9 +23,11 @@ async function listTree(reader: StoreReader, description: string): Promise<{ ima
   return { images, apps };
 }
 
+/** Text: the table, then the apps.json status when there is one. JSON: always `{ images, appsJson }` (appsJson null when absent). */
 function show(out: Output, result: { images: ImageListing[]; apps?: AppsStatus }): void {
-  if (result.apps === undefined) out.data(result.images, () => formatListing(result.images));
-  else out.data({ images: result.images, appsJson: result.apps }, () => `${formatListing(result.images)}\n\n${formatAppsStatus(result.apps as AppsStatus)}`);
+  out.data({ images: result.images, appsJson: result.apps ?? null }, () =>
+    result.apps === undefined ? formatListing(result.images) : `${formatListing(result.images)}\n\n${formatAppsStatus(result.apps)}`,
+  );
 }
 
 export async function lsCommand(target: string, opts: { json?: boolean; identity?: string; insecureHostKey?: boolean }, out: Output): Promise<void> {
@@ -47,8 +49,7 @@ export async function lsCommand(target: string, opts: { json?: boolean; identity
   }
   const source = await openSource(target, { identity: opts.identity, insecureHostKey: opts.insecureHostKey });
   try {
-    const images = await listImages(source);
-    out.data(images, () => formatListing(images));
+    show(out, { images: await listImages(source) });
   } finally {
     await source.close();
   }
