@@ -429,6 +429,7 @@ async function main(): Promise<void> {
       '',
       runs,
       '',
+      fs.readFileSync(path.join(REPO, 'bench', 'analysis.md'), 'utf8'),
     ].join('\n');
     fs.writeFileSync(path.join(REPO, 'docs', 'benchmarks.md'), doc);
     log('wrote docs/benchmarks.md');
