@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { Dockerd } from './harness/dockerd.js';
 import { repoRoot, run, type RunResult } from './harness/exec.js';
 import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from './harness/fixtures.js';
-import { chainIds, diffSnapshots, layerCacheId, metadataProblems, overlayProblems, snapshotTree, treeDigest } from './harness/judge.js';
+import { chainIds, diffSnapshots, layerCacheId, layerCacheIds, metadataProblems, overlayProblems, snapshotTree, treeDigest } from './harness/judge.js';
 import { verifyInjectedEngineRoot } from './harness/verify.js';
 
 const T = { timeout: 600_000 };
@@ -157,8 +157,7 @@ function getInjected(): Promise<Injected> {
     const resinData = path.join(work, 'target', 'resin-data');
     copyTree(fx.targetResinData, resinData);
     const engineRoot = path.join(resinData, 'docker');
-    const reused = new Map<string, string>();
-    for (const chain of chainIds(fx.supervisor.diffIds)) reused.set(chain, layerCacheId(engineRoot, chain) as string);
+    const reused = layerCacheIds(engineRoot, [fx.supervisor]);
     const first = transplant(['inject', bundle, '--resin-data', resinData]);
     assert.equal(first.code, 0, `inject --resin-data\n${show(first)}`);
     const digestAfterFirst = treeDigest(resinData);
@@ -299,8 +298,7 @@ test('inject: cache IDs and link IDs that collide with the target\'s are replace
   // appA's second layer has descendants (appA's third, appC's layers).
   const taken = collide(engineRoot, supChains[supChains.length - 1] as string, fx.sourceRoot, appAChains[1] as string);
   assert.deepEqual(overlayProblems(engineRoot), [], 'the prepared target is consistent');
-  const reused = new Map<string, string>();
-  for (const chain of supChains) reused.set(chain, layerCacheId(engineRoot, chain) as string);
+  const reused = layerCacheIds(engineRoot, [fx.supervisor]);
   const r = transplant(['inject', bundle, '--resin-data', resinData]);
   assert.equal(r.code, 0, `inject\n${show(r)}`);
   assert.notEqual(layerCacheId(engineRoot, appAChains[1] as string), taken.cacheId, 'the colliding cache ID was not reused for another layer');
@@ -325,10 +323,7 @@ test('inject: into a target that already holds some of the images (a smaller bun
   const engineRoot = path.join(resinData, 'docker');
   const first = transplant(['inject', small, '--resin-data', resinData]);
   assert.equal(first.code, 0, show(first));
-  const reused = new Map<string, string>();
-  for (const img of [fx.images.appA, fx.images.appD, fx.supervisor]) {
-    for (const chain of chainIds(img.diffIds)) reused.set(chain, layerCacheId(engineRoot, chain) as string);
-  }
+  const reused = layerCacheIds(engineRoot, [fx.images.appA, fx.images.appD, fx.supervisor]);
   const second = transplant(['inject', bundle, '--resin-data', resinData]);
   assert.equal(second.code, 0, show(second));
   const problems = await verifyInjectedEngineRoot({

@@ -24,7 +24,7 @@ import { assertE2fsckClean, dataPartition, listDir, sha256File, tableProblems, w
 import { Dockerd } from './harness/dockerd.js';
 import { run, runOk } from './harness/exec.js';
 import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from './harness/fixtures.js';
-import { chainIds, layerCacheId } from './harness/judge.js';
+import { layerCacheIds } from './harness/judge.js';
 import { verifyInjectedEngineRoot } from './harness/verify.js';
 
 const T = { timeout: 600_000 };
@@ -55,9 +55,7 @@ function getSetup(): Promise<Setup> {
     const r = transplant(['extract', '--from', fx.sourceRoot, '--image', 'fixture/app-a:1.0', '--image', 'fixture/app-b', '--image', fx.digestRef, '--image', 'fixture/app-d:3.1', '--output', bundle]);
     assert.equal(r.code, 0, `extract\n${show(r)}`);
     giveToUser(bundle);
-    const reused = new Map<string, string>();
-    const targetEngine = path.join(fx.targetResinData, 'docker');
-    for (const chain of chainIds(fx.supervisor.diffIds)) reused.set(chain, layerCacheId(targetEngine, chain) as string);
+    const reused = layerCacheIds(path.join(fx.targetResinData, 'docker'), [fx.supervisor]);
     return { fx, work, userWork, bundle, selected: [appA, appB, appC, appD], reused, seq: 0 };
   })();
   return setup;

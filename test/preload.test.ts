@@ -17,7 +17,7 @@ import { assertE2fsckClean, listDir, mtoolsRead, nmcliAccepts, sha256File, table
 import { Dockerd } from './harness/dockerd.js';
 import { repoRoot, run, runOk } from './harness/exec.js';
 import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from './harness/fixtures.js';
-import { chainIds, layerCacheId, treeDigest } from './harness/judge.js';
+import { layerCacheIds, treeDigest } from './harness/judge.js';
 import { verifyInjectedEngineRoot } from './harness/verify.js';
 
 const T = { timeout: 600_000 };
@@ -106,8 +106,7 @@ function getSetup(): Promise<Setup> {
       api: write('device-state.json', { [DEVICE]: { name: 'quiet-forest', config, apps: { [APP]: app } } }),
       dashboard: write('dashboard-state.json', { local: { name: 'quiet-forest', config, apps: { [APP]: app } }, dependent: { apps: {}, devices: {} } }),
     };
-    const reused = new Map<string, string>();
-    for (const chain of chainIds(fx.supervisor.diffIds)) reused.set(chain, layerCacheId(path.join(fx.targetResinData, 'docker'), chain) as string);
+    const reused = layerCacheIds(path.join(fx.targetResinData, 'docker'), [fx.supervisor]);
     return { fx, work, userWork, services, appsJson, forms, needed: [appA, appB, appC, appD], reused, seq: 0 };
   })();
   return setup;

@@ -285,6 +285,22 @@ export function layerCacheId(engineRoot: string, chainId: string): string | unde
   return readText(path.join(layerdbDir(engineRoot), 'sha256', hexOf(chainId), 'cache-id'));
 }
 
+/**
+ * ChainID -> cache ID of every layer of these images in an engine root, as it is now (to check
+ * afterwards that an injection reused them); throws when a layer is missing.
+ */
+export function layerCacheIds(engineRoot: string, images: readonly { diffIds: readonly string[] }[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const img of images) {
+    for (const chain of chainIds([...img.diffIds])) {
+      const id = layerCacheId(engineRoot, chain);
+      if (id === undefined) throw new Error(`${engineRoot} has no layer ${chain}`);
+      out.set(chain, id);
+    }
+  }
+  return out;
+}
+
 /** The diff/ directory of a layer; throws when the layer is missing. */
 export function layerDiffDir(engineRoot: string, chainId: string): string {
   const id = layerCacheId(engineRoot, chainId);
