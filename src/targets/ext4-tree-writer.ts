@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { writeChunked } from '../stream/chunked-write.js';
 import * as path from 'node:path';
 import type { LayerEntry } from '../layer/entry.js';
 import type { FreeSpace, TreeWriter } from './tree-writer.js';
@@ -758,30 +759,11 @@ export class Ext4TreeWriter implements TreeWriter {
   private async writeRegular(s: Session, p: string, entry: LayerEntry, content: AsyncIterable<Buffer> | undefined, where: string): Promise<number> {
     const fd = await this.createExclusive(s, p);
     try {
-      let written = 0;
-      let fill = 0;
-      const flush = async () => {
-        if (fill === 0) return;
-        const { bytesWritten } = await s.p.write(fd, this.chunk, 0, fill, null);
-        if (bytesWritten !== fill) throw new Error(`${where}: short write (file system full?)`);
-        fill = 0;
-      };
-      if (content) {
-        for await (const piece of content) {
-          written += piece.length;
-          if (written > entry.size) throw new Error(`${where}: content longer than its size ${entry.size}`);
-          let off = 0;
-          while (off < piece.length) {
-            const n = Math.min(CHUNK - fill, piece.length - off);
-            piece.copy(this.chunk, fill, off, off + n);
-            fill += n;
-            off += n;
-            if (fill === CHUNK) await flush();
-          }
-        }
-        await flush();
-      }
-      if (written !== entry.size) throw new Error(`${where}: content is ${written} bytes, expected ${entry.size}`);
+      // Always through the chunk buffer: one write larger than the binding's 16 MiB WASM heap aborts it.
+      await writeChunked(content, entry.size, this.chunk, async (buf, length) => {
+        const { bytesWritten } = await s.p.write(fd, buf, 0, length, null);
+        if (bytesWritten !== length) throw new Error(`${where}: short write (file system full?)`);
+      }, where);
       return await inodeNumberOf(fd);
     } finally {
       await s.p.close(fd);

@@ -10,6 +10,7 @@
  * a symlink, whatever the layer or the target already holds. The root itself may be a
  * symlink (the user named it).
  */
+import { writeChunked } from '../stream/chunked-write.js';
 import { chmodSync, constants, lchownSync, mkdirSync } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
@@ -518,32 +519,7 @@ export class HostTreeWriter implements TreeWriter {
     }
     const handle = await this.createExclusive(rel);
     try {
-      let written = 0;
-      let fill = 0;
-      if (content) {
-        for await (const piece of content) {
-          written += piece.length;
-          if (written > entry.size) throw new Error(`${shown}: content is longer than its size ${entry.size}`);
-          if (fill === 0 && piece.length >= CHUNK / 4) {
-            // Already large: write it as it is.
-            await this.writeAll(handle, piece, 0, piece.length, rel);
-            continue;
-          }
-          let off = 0;
-          while (off < piece.length) {
-            const n = Math.min(CHUNK - fill, piece.length - off);
-            piece.copy(this.chunk, fill, off, off + n);
-            fill += n;
-            off += n;
-            if (fill === CHUNK) {
-              await this.writeAll(handle, this.chunk, 0, fill, rel);
-              fill = 0;
-            }
-          }
-        }
-      }
-      if (fill > 0) await this.writeAll(handle, this.chunk, 0, fill, rel);
-      if (written !== entry.size) throw new Error(`${shown}: content is ${written} bytes, expected ${entry.size}`);
+      await writeChunked(content, entry.size, this.chunk, (buf, length) => this.writeAll(handle, buf, 0, length, rel), shown, { passLarge: true });
       try {
         fileAttrs(handle.fd, attrs);
       } catch (err) {
