@@ -69,9 +69,9 @@ export function inspectBalenaImage(imagePath: string): { table: PartitionTable; 
     if (!fs.fstatSync(image.fd).isFile()) throw new Error(`${imagePath} is not a regular file; give a balenaOS disk image file`);
     const table = readPartitionTable(image);
     if (!table) throw new Error(`${imagePath} is not a balenaOS disk image: it has no MBR or GPT partition table`);
-    const data = findPartition(table, DATA_LABEL);
+    const data = findPartition(table, DATA_LABEL, imagePath);
     if (!data) {
-      if (findPartition(table, 'flash-rootA')) {
+      if (findPartition(table, 'flash-rootA', imagePath)) {
         throw new Error(`${imagePath} is a balenaOS flasher image: its resin-data is inside the image file in flash-rootA`);
       }
       throw new Error(`${imagePath} is not a balenaOS disk image: it has no ${DATA_LABEL} partition`);
@@ -134,8 +134,8 @@ export function flasherRootA(imagePath: string): { rootA: Partition } | undefine
   const image = ImageFile.open(imagePath, false);
   try {
     const table = readPartitionTable(image);
-    if (!table || findPartition(table, DATA_LABEL)) return undefined;
-    const rootA = findPartition(table, 'flash-rootA');
+    if (!table || findPartition(table, DATA_LABEL, imagePath)) return undefined;
+    const rootA = findPartition(table, 'flash-rootA', imagePath);
     return rootA && rootA.fsType === 'ext4' ? { rootA } : undefined;
   } catch {
     return undefined;
@@ -313,9 +313,9 @@ export async function readDeviceArch(imagePath: string): Promise<{ arch: string;
     image.close();
   }
   if (!table) throw new Error(`${imagePath} is not a balenaOS disk image: it has no MBR or GPT partition table`);
-  const boot = findPartition(table, 'resin-boot') ?? findPartition(table, 'flash-boot');
+  const boot = findPartition(table, 'resin-boot', imagePath) ?? findPartition(table, 'flash-boot', imagePath);
   if (!boot) throw new Error(`${imagePath} is not a balenaOS disk image: it has no resin-boot partition`);
-  const raw = await readFatFile(imagePath, boot.index, '/device-type.json');
+  const raw = readFatFile(imagePath, boot, `${imagePath}:${boot.label ?? boot.name ?? 'resin-boot'}`, 'device-type.json');
   if (!raw) throw new Error(`${imagePath}: resin-boot has no device-type.json`);
   let parsed: unknown;
   try {

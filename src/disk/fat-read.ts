@@ -1,17 +1,13 @@
-import { withOpenFile, FileDisk } from 'file-disk';
-import { interact } from 'balena-image-fs';
+import { ImageFile } from '../ext4/image-file.js';
+import { FatVolume } from '../fat/volume.js';
+import type { Partition } from './partition-table.js';
 
-/** Reads one file from a FAT partition (1-based Linux partition number) of an image, without mounting; undefined when absent. */
-export async function readFatFile(imagePath: string, partitionIndex: number, filePath: string): Promise<Buffer | undefined> {
-  return withOpenFile(imagePath, 'r', async (handle) => {
-    const disk = new FileDisk(handle, true, false, false);
-    return interact(disk, partitionIndex, async (fatFs) => {
-      try {
-        return await fatFs.promises.readFile(filePath);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-        throw err;
-      }
-    });
-  });
+/** Reads one file from the FAT file system of a partition of an image, without mounting; undefined when absent. */
+export function readFatFile(imagePath: string, part: Pick<Partition, 'offset' | 'size'>, where: string, filePath: string): Buffer | undefined {
+  const image = ImageFile.open(imagePath, false);
+  try {
+    return FatVolume.open(image, part.offset, part.size, where).readFile(filePath, 1024 * 1024);
+  } finally {
+    image.close();
+  }
 }

@@ -135,7 +135,7 @@ class FlasherTarget implements DiskTarget {
       if (grow === 0) return;
       const delta = Math.ceil(grow / ALIGN) * ALIGN;
       const table = readPartitionTable(image)!;
-      const part = findPartition(table, 'flash-rootA')!;
+      const part = findPartition(table, 'flash-rootA', this.imagePath)!;
       oldPartSize = part.size;
       const oldImageSize = image.size();
       const last = table.partitions.every((p) => p === part || p.offset + p.size <= part.offset);

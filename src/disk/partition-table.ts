@@ -53,6 +53,16 @@ export interface PartitionTable {
 
 const EXTENDED_TYPES = new Set([0x05, 0x0f, 0x85]);
 
+/** At most this many logical partitions are followed (the kernel's msdos.c stops at its partition limit too). */
+export const MAX_LOGICAL = 128;
+/**
+ * Sane bounds for a GPT entry array (UEFI spec 5.3.2: at least 16 KiB is reserved, entry
+ * size 128 × 2^n). Real tables hold 128 entries of 128 bytes; sgdisk allows a few thousand.
+ */
+export const MAX_GPT_ENTRIES = 16384;
+export const MAX_GPT_ENTRY_SIZE = 4096;
+export const MAX_GPT_ARRAY_BYTES = 4 * 1024 * 1024;
+
 function mbrEntries(sector: Buffer): Array<{ type: number; start: number; sectors: number }> {
   const out = [];
   for (let i = 0; i < 4; i++) {
@@ -66,19 +76,42 @@ function hasBootSignature(sector: Buffer): boolean {
   return sector[510] === 0x55 && sector[511] === 0xaa;
 }
 
-/** Reads the partition table; undefined when the file has none. */
+/** One line naming the image: the partition table cannot be trusted. */
+function damaged(image: ImageFile, why: string): Error {
+  return new Error(`${image.path}: ${why}; the partition table is damaged, nothing was changed`);
+}
+
+/**
+ * Reads and validates the partition table; undefined when the file has none. Throws (one
+ * line) when the table cannot be trusted: checksums, partitions outside the file or
+ * overlapping, logical partitions outside their extended partition, EBR chains that loop.
+ * Every command reads tables through here, so nothing is written on a damaged one.
+ */
 export function readPartitionTable(image: ImageFile): PartitionTable | undefined {
   const size = image.size();
   if (size < 2 * SECTOR) return undefined;
   const mbr = image.read(0, SECTOR);
   if (!hasBootSignature(mbr)) return undefined;
   const entries = mbrEntries(mbr);
-  if (entries.some((e) => e.type === 0xee)) return readGpt(image);
+  const table = entries.some((e) => e.type === 0xee) ? readGpt(image, size) : readMbr(image, size, entries);
+  if (!table) return undefined;
+  checkOverlaps(image, table);
+  for (const p of table.partitions) Object.assign(p, readFsLabel(image, p.offset));
+  return table;
+}
 
+function readMbr(image: ImageFile, size: number, entries: ReturnType<typeof mbrEntries>): PartitionTable {
+  const totalLba = Math.floor(size / SECTOR);
   const table: PartitionTable = { kind: 'mbr', partitions: [] };
+  const inFile = (what: string, start: number, sectors: number) => {
+    if (start === 0) throw damaged(image, `${what} starts at sector 0, over the MBR`);
+    if (start + sectors > totalLba) throw damaged(image, `${what} (sectors ${start}–${start + sectors - 1}) ends beyond the end of the file (${totalLba} sectors)`);
+  };
   entries.forEach((e, i) => {
     if (e.type === 0 || e.sectors === 0) return;
+    inFile(`partition ${i + 1}`, e.start, e.sectors);
     if (EXTENDED_TYPES.has(e.type)) {
+      if (table.extended) throw damaged(image, `the MBR holds two extended partitions (${table.extended.slot + 1} and ${i + 1})`);
       table.extended = { slot: i, startLba: e.start, sectors: e.sectors };
       return;
     }
@@ -88,20 +121,32 @@ export function readPartitionTable(image: ImageFile): PartitionTable | undefined
     });
   });
   if (table.extended) {
-    // EBR chain: entry 0 is the logical partition, its start relative to this EBR;
-    // entry 1 links to the next EBR, relative to the extended partition's start.
+    // EBR chain (msdos.c parse_extended): entry 0 is the logical partition, its start
+    // relative to this EBR; entry 1 links to the next EBR, relative to the extended
+    // partition's start. Every EBR and logical must lie inside the extended partition.
     const ext = table.extended.startLba;
+    const extEnd = ext + table.extended.sectors;
     let ebrLba = ext;
     const seen = new Set<number>();
-    for (let index = 5; index < 5 + 128; index++) {
-      if (seen.has(ebrLba) || ebrLba * SECTOR >= size) break;
+    for (let index = 5; ; index++) {
+      if (index >= 5 + MAX_LOGICAL) throw damaged(image, `the extended partition chains more than ${MAX_LOGICAL} logical partitions`);
+      if (seen.has(ebrLba)) throw damaged(image, `the extended partition's EBR chain loops (back to sector ${ebrLba})`);
       seen.add(ebrLba);
+      if (ebrLba < ext || ebrLba >= extEnd) throw damaged(image, `an EBR (sector ${ebrLba}) lies outside the extended partition`);
       const ebr = image.read(ebrLba * SECTOR, SECTOR);
-      if (!hasBootSignature(ebr)) break;
+      if (!hasBootSignature(ebr)) {
+        if (index === 5) break; // an empty extended partition
+        throw damaged(image, `the EBR at sector ${ebrLba} has no boot signature`);
+      }
       const [logical, next] = mbrEntries(ebr);
       if (logical.sectors > 0 && logical.type !== 0) {
+        const start = ebrLba + logical.start;
+        if (logical.start === 0) throw damaged(image, `logical partition ${index} starts on its own EBR (sector ${ebrLba})`);
+        if (start + logical.sectors > extEnd) {
+          throw damaged(image, `logical partition ${index} (sectors ${start}–${start + logical.sectors - 1}) does not lie inside the extended partition (sectors ${ext}–${extEnd - 1})`);
+        }
         table.partitions.push({
-          index, offset: (ebrLba + logical.start) * SECTOR, size: logical.sectors * SECTOR,
+          index, offset: start * SECTOR, size: logical.sectors * SECTOR,
           type: logical.type.toString(16).padStart(2, '0'), mbr: { tableLba: ebrLba, slot: 0 },
         });
       }
@@ -109,7 +154,6 @@ export function readPartitionTable(image: ImageFile): PartitionTable | undefined
       ebrLba = ext + next.start;
     }
   }
-  for (const p of table.partitions) Object.assign(p, readFsLabel(image, p.offset));
   return table;
 }
 
@@ -119,38 +163,106 @@ function guidString(b: Buffer): string {
   return `${le(h.slice(0, 8))}-${le(h.slice(8, 12))}-${le(h.slice(12, 16))}-${h.slice(16, 20)}-${h.slice(20)}`.toUpperCase();
 }
 
-function readGpt(image: ImageFile): PartitionTable | undefined {
-  const hdr = image.read(SECTOR, SECTOR);
-  if (hdr.toString('latin1', 0, 8) !== 'EFI PART') return undefined;
+/**
+ * Checks one GPT header (UEFI spec 5.3.2, kernel efi.c is_gpt_valid) at `lba`: signature,
+ * header size, CRC, MyLBA, and every claim bounded by the disk before anything is read
+ * on its word: entry size ≥ 128 and a multiple of 8, the entry array within sane limits
+ * and inside the disk, usable LBAs ordered and inside the disk.
+ */
+function parseGptHeader(image: ImageFile, lba: number, totalLba: number, which: string): { gpt: GptInfo; arrayCrc: number; headerSize: number } {
+  const hdr = image.read(lba * SECTOR, SECTOR);
+  if (hdr.toString('latin1', 0, 8) !== 'EFI PART') throw damaged(image, `the ${which} GPT header has no "EFI PART" signature`);
   const headerSize = hdr.readUInt32LE(12);
+  if (headerSize < 92 || headerSize > SECTOR) throw damaged(image, `the ${which} GPT header claims a size of ${headerSize} bytes (92–512 allowed)`);
   const check = Buffer.from(hdr.subarray(0, headerSize));
   check.writeUInt32LE(0, 16);
-  if (crc32(check) !== hdr.readUInt32LE(16)) throw new Error(`${image.path}: the GPT header checksum is wrong; the partition table is damaged`);
+  if (crc32(check) !== hdr.readUInt32LE(16)) throw damaged(image, `the ${which} GPT header checksum is wrong`);
+  const u64 = (at: number) => hdr.readBigUInt64LE(at);
+  const limit = BigInt(totalLba);
+  if (u64(24) !== BigInt(lba)) throw damaged(image, `the ${which} GPT header says it lies at sector ${u64(24)}, not ${lba}`);
+  for (const [at, name] of [[32, 'alternate header'], [40, 'first usable'], [48, 'last usable'], [72, 'entry array']] as const) {
+    if (u64(at) >= limit) throw damaged(image, `the ${which} GPT header's ${name} LBA ${u64(at)} is beyond the end of the file (${totalLba} sectors)`);
+  }
   const gpt: GptInfo = {
-    backupLba: Number(hdr.readBigUInt64LE(32)),
-    firstUsableLba: Number(hdr.readBigUInt64LE(40)),
-    lastUsableLba: Number(hdr.readBigUInt64LE(48)),
-    entriesLba: Number(hdr.readBigUInt64LE(72)),
+    backupLba: Number(u64(32)),
+    firstUsableLba: Number(u64(40)),
+    lastUsableLba: Number(u64(48)),
+    entriesLba: Number(u64(72)),
     entryCount: hdr.readUInt32LE(80),
     entrySize: hdr.readUInt32LE(84),
   };
+  if (gpt.entrySize < 128 || gpt.entrySize % 8 !== 0 || gpt.entrySize > MAX_GPT_ENTRY_SIZE) {
+    throw damaged(image, `the ${which} GPT header claims entries of ${gpt.entrySize} bytes (a multiple of 8, 128–${MAX_GPT_ENTRY_SIZE})`);
+  }
+  const arrayBytes = gpt.entryCount * gpt.entrySize;
+  if (gpt.entryCount === 0 || gpt.entryCount > MAX_GPT_ENTRIES || arrayBytes > MAX_GPT_ARRAY_BYTES) {
+    throw damaged(image, `the ${which} GPT header claims ${gpt.entryCount} entries of ${gpt.entrySize} bytes (at most ${MAX_GPT_ENTRIES} and ${MAX_GPT_ARRAY_BYTES} bytes)`);
+  }
+  const arraySectors = Math.ceil(arrayBytes / SECTOR);
+  if (gpt.entriesLba < 2 || gpt.entriesLba + arraySectors > totalLba) {
+    throw damaged(image, `the ${which} GPT entry array (sector ${gpt.entriesLba}, ${arraySectors} sectors) does not fit in the file`);
+  }
+  if (gpt.firstUsableLba > gpt.lastUsableLba) throw damaged(image, `the ${which} GPT header's first usable LBA is after its last`);
+  return { gpt, arrayCrc: hdr.readUInt32LE(88), headerSize };
+}
+
+function readGpt(image: ImageFile, size: number): PartitionTable | undefined {
+  const totalLba = Math.floor(size / SECTOR);
+  if (image.read(SECTOR, 8).toString('latin1') !== 'EFI PART') return undefined;
+  const { gpt, arrayCrc } = parseGptHeader(image, 1, totalLba, 'primary');
+  const arraySectors = Math.ceil((gpt.entryCount * gpt.entrySize) / SECTOR);
+  if (gpt.entriesLba + arraySectors > gpt.firstUsableLba) throw damaged(image, 'the primary GPT entry array overlaps the usable sectors');
   const array = image.read(gpt.entriesLba * SECTOR, gpt.entryCount * gpt.entrySize);
-  if (crc32(array) !== hdr.readUInt32LE(88)) throw new Error(`${image.path}: the GPT partition entries checksum is wrong; the partition table is damaged`);
+  if (crc32(array) !== arrayCrc) throw damaged(image, 'the GPT partition entries checksum is wrong');
+  // The backup header (at the primary's AlternateLBA) must describe the same table.
+  if (gpt.backupLba <= 1) throw damaged(image, `the GPT backup header LBA ${gpt.backupLba} is not after the primary`);
+  const backup = parseGptHeader(image, gpt.backupLba, totalLba, 'backup');
+  const backupArray = image.read(backup.gpt.entriesLba * SECTOR, backup.gpt.entryCount * backup.gpt.entrySize);
+  if (crc32(backupArray) !== backup.arrayCrc || backup.arrayCrc !== arrayCrc || backup.gpt.entryCount !== gpt.entryCount || backup.gpt.entrySize !== gpt.entrySize) {
+    throw damaged(image, 'the backup GPT does not match the primary one (repair it with sgdisk -e or gdisk)');
+  }
   const table: PartitionTable = { kind: 'gpt', partitions: [], gpt };
   for (let i = 0; i < gpt.entryCount; i++) {
     const e = array.subarray(i * gpt.entrySize, (i + 1) * gpt.entrySize);
     if (e.subarray(0, 16).every((b) => b === 0)) continue;
-    const first = Number(e.readBigUInt64LE(32));
-    const last = Number(e.readBigUInt64LE(40));
+    const first = e.readBigUInt64LE(32);
+    const last = e.readBigUInt64LE(40);
+    if (first > last) throw damaged(image, `GPT partition ${i + 1} ends (sector ${last}) before it starts (sector ${first})`);
+    if (first < BigInt(gpt.firstUsableLba) || last > BigInt(gpt.lastUsableLba)) {
+      throw damaged(image, `GPT partition ${i + 1} (sectors ${first}–${last}) lies outside the usable sectors ${gpt.firstUsableLba}–${gpt.lastUsableLba}`);
+    }
     const nameRaw = e.toString('utf16le', 56, 128);
     const nul = nameRaw.indexOf('\0');
     table.partitions.push({
-      index: i + 1, offset: first * SECTOR, size: (last - first + 1) * SECTOR,
+      index: i + 1, offset: Number(first) * SECTOR, size: (Number(last) - Number(first) + 1) * SECTOR,
       type: guidString(e.subarray(0, 16)), name: nul < 0 ? nameRaw : nameRaw.slice(0, nul),
     });
   }
-  for (const p of table.partitions) Object.assign(p, readFsLabel(image, p.offset));
   return table;
+}
+
+/** No two partitions (nor a partition and an EBR, nor a primary and the extended partition) share a sector. */
+function checkOverlaps(image: ImageFile, table: PartitionTable): void {
+  const ranges: Array<{ what: string; start: number; end: number }> = table.partitions.map((p) => ({
+    what: `partition ${p.index}`, start: p.offset, end: p.offset + p.size,
+  }));
+  if (table.extended) {
+    const ext = table.extended;
+    // Primaries must not overlap the extended partition; logicals (inside it) are checked against each other and the EBRs.
+    const extRange = { start: ext.startLba * SECTOR, end: (ext.startLba + ext.sectors) * SECTOR };
+    for (const p of table.partitions) {
+      if (p.mbr?.tableLba === 0 && p.offset < extRange.end && extRange.start < p.offset + p.size) {
+        throw damaged(image, `partition ${p.index} overlaps the extended partition ${ext.slot + 1}`);
+      }
+    }
+    for (const p of table.partitions) {
+      if (p.mbr && p.mbr.tableLba !== 0) ranges.push({ what: `the EBR of partition ${p.index}`, start: p.mbr.tableLba * SECTOR, end: (p.mbr.tableLba + 1) * SECTOR });
+    }
+  }
+  ranges.sort((a, b) => a.start - b.start);
+  for (let i = 1; i < ranges.length; i++) {
+    if (ranges[i].start < ranges[i - 1].end) throw damaged(image, `${ranges[i - 1].what} and ${ranges[i].what} overlap`);
+  }
 }
 
 /** The file-system label from an ext4 superblock or a FAT boot sector. */
@@ -172,9 +284,19 @@ export function readFsLabel(image: ImageFile, offset: number): { label?: string;
   return {};
 }
 
-/** A partition whose GPT name or file-system label is `label`. */
-export function findPartition(table: PartitionTable, label: string): Partition | undefined {
-  return table.partitions.find((p) => p.label === label) ?? table.partitions.find((p) => p.name === label);
+/**
+ * The one rule every command uses to find a partition: by GPT partition name when the
+ * table is GPT and an entry carries that name, else by the file-system label (ext4
+ * superblock s_volume_name, FAT boot sector BS_VolLab). Two partitions answering to the
+ * same name are refused: writing into the wrong one would be silent.
+ */
+export function findPartition(table: PartitionTable, label: string, where = 'the image'): Partition | undefined {
+  const byName = table.partitions.filter((p) => p.name === label);
+  const matches = byName.length > 0 ? byName : table.partitions.filter((p) => p.label === label);
+  if (matches.length > 1) {
+    throw new Error(`${where}: partitions ${matches.map((p) => p.index).join(' and ')} are both labelled ${label}; refusing to guess which one is meant`);
+  }
+  return matches[0];
 }
 
 /**
