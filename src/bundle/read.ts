@@ -2,7 +2,7 @@
  * Reads a bundle as a stream: the manifest, configs and tar-splits first, then each layer's
  * files in order. Every name and link is checked against the layer it belongs to.
  */
-import { createReadStream } from 'node:fs';
+import { createReadStream, fstatSync, promises as fsp } from 'node:fs';
 import { createGunzip } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import type { LayerEntry, LayerItem } from '../layer/entry.js';
@@ -78,14 +78,31 @@ export class BundleSource implements ImageSource {
   private pending?: TarEntry;
   private nextLayer = 0;
   private entriesRead = 0;
+  contentLimit?: number;
+  /** Removed on close (a spool of standard input). */
+  private cleanup?: string;
 
   private constructor(
     readonly description: string,
     private readonly parser: TarParser,
   ) {}
 
-  /** Opens a bundle file ('-' for standard input); gzip-compressed bundles are accepted too. */
-  static async open(file: string): Promise<BundleSource> {
+  /**
+   * Opens a bundle file ('-' for standard input); gzip-compressed bundles are accepted too.
+   * `options.description` names it in messages (default: `file`); `options.removeOnClose`
+   * is a directory removed by close() (where standard input was spooled).
+   */
+  static async open(file: string, options: { description?: string; removeOnClose?: string } = {}): Promise<BundleSource> {
+    // What the input can hold bounds every size its manifest declares: a file's (or a
+    // redirected standard input's) size; gzip expands at most 1032 times (zlib's
+    // "maximum compression factor" of deflate). A pipe has no size: contentLimit stays unset.
+    let inputSize: number | undefined;
+    try {
+      const st = file === '-' ? fstatSync(0) : await fsp.stat(file);
+      if (st.isFile()) inputSize = st.size;
+    } catch {
+      /* a missing file is reported by the first read */
+    }
     const raw: Readable = file === '-' ? process.stdin : createReadStream(file, { highWaterMark: 1 << 20 });
     const probe = new ByteReader(raw);
     const head = await probe.readAtMost(2).catch((e: NodeJS.ErrnoException) => {
@@ -112,8 +129,15 @@ export class BundleSource implements ImageSource {
       })();
       stream = gunzip;
     }
-    const bundle = new BundleSource(file, new TarParser(stream));
-    await bundle.readHead();
+    const bundle = new BundleSource(options.description ?? file, new TarParser(stream));
+    bundle.cleanup = options.removeOnClose;
+    if (inputSize !== undefined) bundle.contentLimit = head[0] === 0x1f && head[1] === 0x8b ? inputSize * 1032 : inputSize;
+    try {
+      await bundle.readHead();
+    } catch (e) {
+      await bundle.close().catch(() => undefined);
+      throw e;
+    }
     return bundle;
   }
 
@@ -225,6 +249,7 @@ export class BundleSource implements ImageSource {
     const prefix = `${layerPrefix(chainId)}/diff`;
     const seen = new Set<string>();
     let count = 0;
+    let delivered = 0;
     for (;;) {
       const e = await this.nextEntry();
       if (!e) this.fail(`truncated bundle: layer ${chainId} is incomplete`);
@@ -251,9 +276,15 @@ export class BundleSource implements ImageSource {
         entry.linkTarget = target;
       }
       count++;
+      if (entry.kind === 'file') delivered += h.size;
       yield { entry, content: entry.kind === 'file' ? this.guard(e.content, `${rel} of layer ${chainId}`) : undefined };
     }
     if (count !== layer.entries) this.fail(`layer ${chainId} holds ${count} entries, the manifest says ${layer.entries} (corrupt bundle)`);
+    // The declared size is what a disk target grew by: a claim well above what came is a
+    // lie, and the run is undone. (Some slack: a layer's engine-counted size may differ a little.)
+    if (layer.bytes > delivered + (1 << 20) + delivered / 100) {
+      this.fail(`layer ${chainId} holds ${delivered} bytes of files, the manifest says ${layer.bytes} (corrupt bundle)`);
+    }
     this.entriesRead += count;
     this.nextLayer++;
     if (this.nextLayer === this.manifest.layers.length) await this.readTrailer();
@@ -286,6 +317,11 @@ export class BundleSource implements ImageSource {
   private trailerSeen = false;
 
   async close(): Promise<void> {
-    await this.parser.close();
+    try {
+      await this.parser.close();
+    } finally {
+      if (this.cleanup) await fsp.rm(this.cleanup, { recursive: true, force: true });
+      this.cleanup = undefined;
+    }
   }
 }

@@ -41,6 +41,9 @@ export function interruptible(source: ImageSource): ImageSource {
     get description() {
       return source.description;
     },
+    get contentLimit() {
+      return source.contentLimit;
+    },
     images: () => source.images(),
     layer: (chainId, options) => source.layer(chainId, options),
     contentOrder: source.contentOrder ? (chainIds: readonly string[]) => source.contentOrder?.(chainIds) ?? [...chainIds] : undefined,

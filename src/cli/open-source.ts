@@ -3,7 +3,10 @@
  * a directory holding an engine data root, a bundle file, a tarball of a device's data root
  * (plain or compressed), or a live device (ssh://…).
  */
-import { promises as fs } from 'node:fs';
+import { createWriteStream, promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { BundleSource } from '../bundle/read.js';
 import { MANIFEST_NAME } from '../bundle/format.js';
 import { EngineRootSource } from '../sources/engine-root.js';
@@ -20,6 +23,24 @@ export interface OpenSourceOptions {
   identity?: string;
   /** ssh://: accept any host key instead of checking ~/.ssh/known_hosts. */
   insecureHostKey?: boolean;
+  /**
+   * A bundle on standard input is first spooled to TMPDIR, so that its size bounds what its
+   * manifest declares (a disk target grows by the declared size before the content comes).
+   */
+  spoolStdin?: boolean;
+}
+
+/** Copies standard input to a private temp directory; returns the file and the directory. */
+async function spoolStdin(): Promise<{ file: string; dir: string }> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-stdin-'));
+  const file = path.join(dir, 'bundle');
+  try {
+    await pipeline(process.stdin, createWriteStream(file, { mode: 0o600, flags: 'wx' }));
+  } catch (e) {
+    await fs.rm(dir, { recursive: true, force: true });
+    throw new Error(`standard input: cannot spool it to ${dir} (${(e as Error).message}); set TMPDIR to a place with room for it`);
+  }
+  return { file, dir };
 }
 
 const HEAD = 64 * 1024;
@@ -113,8 +134,16 @@ export async function openSource(file: string, options: OpenSourceOptions = {}):
   switch (kind) {
     case 'engine-root':
       return EngineRootSource.open(file);
-    case 'bundle':
-      return BundleSource.open(file);
+    case 'bundle': {
+      if (file !== '-' || !options.spoolStdin) return BundleSource.open(file);
+      const spool = await spoolStdin();
+      try {
+        return await BundleSource.open(spool.file, { description: 'standard input', removeOnClose: spool.dir });
+      } catch (e) {
+        await fs.rm(spool.dir, { recursive: true, force: true });
+        throw e;
+      }
+    }
     case 'docker-archive':
       return DockerArchiveSource.open(file);
     case 'data-root-tarball':

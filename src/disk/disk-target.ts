@@ -210,6 +210,20 @@ export class DiskTargetImpl implements DiskTarget {
   }
 
   private async grow(bytes: number): Promise<void> {
+    // The content the growth is for must land on the host's disk: a growth larger than the
+    // space free there can never be filled (a size declared by the input that lies), so it
+    // is refused before the image, partition and file system are grown.
+    const dir = path.dirname(path.resolve(this.workPath));
+    let free: number | undefined;
+    try {
+      const st = fs.statfsSync(dir);
+      free = st.bavail * st.bsize;
+    } catch {
+      free = undefined;
+    }
+    if (free !== undefined && bytes > free) {
+      throw new Error(`${this.imagePath}: ${DATA_LABEL} would have to grow by ${bytes} bytes for what is planned, but only ${free} bytes are free in ${dir}; nothing was written`);
+    }
     const image = ImageFile.open(this.workPath, true);
     let newPart: Partition;
     let oldSize: number;

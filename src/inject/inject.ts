@@ -41,7 +41,7 @@ export async function planFor(
   for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
   checkChains(images, layers, source.description);
   try {
-    return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? []), store };
+    return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? [], source), store };
   } catch (e) {
     // An invalid reference or a digest reference the target gives to another image: name the input.
     throw new Error(`${source.description}: ${(e as Error).message}`);

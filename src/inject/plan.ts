@@ -78,6 +78,8 @@ export function planInjection(
   target: TargetStore,
   /** References to add beyond the images' own (e.g. the exact names apps.json uses). */
   extraReferences: readonly { key: string; imageId: string }[] = [],
+  /** What the input can hold (ImageSource.contentLimit); the caller names the input in messages. */
+  input?: { contentLimit?: number },
 ): InjectPlan {
   const planned = new Map<string, PlannedLayer>();
   const takenCache = new Set<string>();
@@ -107,6 +109,7 @@ export function planInjection(
   const additions = [...images.flatMap((image) => image.references.map((key) => ({ key, imageId: image.id }))), ...extraReferences];
   const references = mergeReferences(target.repositories, additions);
   const copies = out.filter((l) => l.action === 'copy');
+  checkDeclaredSizes(copies, input);
   const configBytes = images.filter((i) => !target.imageIds.has(i.id)).reduce((n, i) => n + i.config.length + 4096, 0);
   return {
     images: images.map((image) => ({ image, present: target.imageIds.has(image.id) })),
@@ -116,6 +119,32 @@ export function planInjection(
     inodes: copies.reduce((n, l) => n + (l.source.entries ?? 0) + INODES_PER_LAYER, 0) + images.length * 3,
     filesToCopy: copies.reduce((n, l) => n + (l.source.entries ?? 0), 0),
   };
+}
+
+/**
+ * Sizes a source declares (a bundle manifest's bytes and entries) decide how far a disk
+ * target grows before any content arrives. They cannot exceed what the input holds: every
+ * byte of content and every entry's 512-byte tar header is in it.
+ */
+function checkDeclaredSizes(copies: readonly PlannedLayer[], input?: { contentLimit?: number }): void {
+  const limit = input?.contentLimit;
+  if (limit === undefined) return;
+  let bytes = 0;
+  let entries = 0;
+  for (const l of copies) {
+    const declaredBytes = l.source.bytes ?? l.source.size;
+    const declaredEntries = l.source.entries ?? 0;
+    if (!Number.isSafeInteger(declaredBytes) || declaredBytes < 0 || !Number.isSafeInteger(declaredEntries) || declaredEntries < 0) {
+      throw new Error(`layer ${l.chainId} declares an impossible size (corrupt input)`);
+    }
+    bytes += declaredBytes;
+    entries += declaredEntries;
+  }
+  if (bytes + entries * 512 > limit) {
+    throw new Error(
+      `its layers declare ${bytes} bytes in ${entries} files, more than the ${limit} bytes the input can hold (corrupt input); nothing was written`,
+    );
+  }
 }
 
 export function planChangesNothing(plan: InjectPlan): boolean {

@@ -58,6 +58,13 @@ export interface ImageSource {
    */
   contentOrder?(chainIds: readonly string[]): string[];
   close(): Promise<void>;
+  /**
+   * Optional: the most bytes of layer content (file data and tar headers together) the
+   * input can hold, known from its own size, for sources whose layer counts are declared
+   * by the input (a bundle's manifest) rather than counted. Planning refuses a declaration
+   * above it, so a disk is never grown on the input's word alone.
+   */
+  readonly contentLimit?: number;
 }
 
 /** Parses the architecture/os of an image config (image/image.go V1Image). */

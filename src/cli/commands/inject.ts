@@ -240,7 +240,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
 }
 
 export async function injectCommand(bundle: string, opts: InjectCommandOptions, out: Output): Promise<void> {
-  const source = await openSource(bundle);
+  const source = await openSource(bundle, { spoolStdin: opts.disk !== undefined });
   try {
     const all = await source.images();
     if (all.length === 0) {

@@ -19,7 +19,7 @@ export interface PreloadOptions extends InjectCommandOptions {
 export async function preloadCommand(opts: PreloadOptions, out: Output): Promise<void> {
   if (opts.image.length === 0 && !opts.apps) throw new UsageError('preload needs --apps <file> or at least one --image');
   const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
-  const source = await openSource(opts.from, { identity: opts.identity, insecureHostKey: opts.insecureHostKey });
+  const source = await openSource(opts.from, { identity: opts.identity, insecureHostKey: opts.insecureHostKey, spoolStdin: opts.disk !== undefined });
   try {
     const all = await source.images();
     const images: SourceImage[] = selectImages(opts.image, all, opts.from);
