@@ -148,7 +148,7 @@ export async function main(argv: string[]): Promise<number> {
 
 /**
  * The last resort for an error that escapes every promise chain: one `error:` line and exit 1,
- * as for any other failure. The WASM build of libext2fs (loaded through balena-image-fs)
+ * as for any other failure. The WASM build of libext2fs (the ext2fs package)
  * installs handlers that rethrow, which turned such an error into a dump of its minified
  * source and exit 7; ours run first.
  */
