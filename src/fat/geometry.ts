@@ -63,6 +63,7 @@ export function parseGeometry(bs: Buffer, partitionBytes: number, where: string)
   if ((bits === 32) !== (fatSz16 === 0)) throw bad(`${clusterCount} clusters make it FAT${bits}, but its BPB is laid out for ${fatSz16 === 0 ? 'FAT32' : 'FAT12/16'}`);
   if (bits === 32 && rootEntries !== 0) throw bad('a FAT32 with a fixed root directory');
   if (bits !== 32 && rootEntries === 0) throw bad('no root directory entries');
+  if ((rootEntries * 32) % bytesPerSector !== 0) throw bad(`${rootEntries} root directory entries do not fill whole sectors`);
   const fatBytes = fatSectors * bytesPerSector;
   if (fatBytes < Math.ceil(((clusterCount + 2) * bits) / 8)) throw bad(`a FAT of ${fatBytes} bytes is too small for ${clusterCount} clusters`);
   let rootCluster = 0;
