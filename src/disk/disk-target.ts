@@ -188,6 +188,14 @@ export class DiskTargetImpl implements DiskTarget {
   async ensureRoom(bytes: number, inodes: number): Promise<RoomNeeded> {
     this.assertOpen();
     if (!Number.isFinite(bytes) || bytes < 0 || !Number.isFinite(inodes) || inodes < 0) throw new Error('ensureRoom: bytes and inodes must be non-negative numbers');
+    // The content lands on the host's disk (the work copy is sparse or reflinked): more than
+    // is free there can never be written, whatever the input declares, so such a plan is
+    // refused before the image, partition and file system are grown for it.
+    const dir = path.dirname(path.resolve(this.workPath));
+    const free = hostFreeBytes(dir);
+    if (free !== undefined && bytes > free) {
+      throw new Error(`${this.imagePath}: the planned content takes ${bytes} bytes, but only ${free} bytes are free in ${dir} where the work copy is; free some space or choose an --output elsewhere`);
+    }
     await this.writer.suspend();
     const startSize = fs.statSync(this.workPath).size;
     for (let attempt = 0; attempt < 4; attempt++) {
@@ -210,20 +218,6 @@ export class DiskTargetImpl implements DiskTarget {
   }
 
   private async grow(bytes: number): Promise<void> {
-    // The content the growth is for must land on the host's disk: a growth larger than the
-    // space free there can never be filled (a size declared by the input that lies), so it
-    // is refused before the image, partition and file system are grown.
-    const dir = path.dirname(path.resolve(this.workPath));
-    let free: number | undefined;
-    try {
-      const st = fs.statfsSync(dir);
-      free = st.bavail * st.bsize;
-    } catch {
-      free = undefined;
-    }
-    if (free !== undefined && bytes > free) {
-      throw new Error(`${this.imagePath}: ${DATA_LABEL} would have to grow by ${bytes} bytes for what is planned, but only ${free} bytes are free in ${dir}; nothing was written`);
-    }
     const image = ImageFile.open(this.workPath, true);
     let newPart: Partition;
     let oldSize: number;
@@ -268,6 +262,16 @@ export class DiskTargetImpl implements DiskTarget {
     this.state = 'aborted';
     await this.writer.discard();
     fs.rmSync(this.workPath, { force: true });
+  }
+}
+
+/** Bytes an unprivileged writer may still use on the file system holding `dir`; undefined when unknown. */
+function hostFreeBytes(dir: string): number | undefined {
+  try {
+    const st = fs.statfsSync(dir);
+    return st.bavail * st.bsize;
+  } catch {
+    return undefined;
   }
 }
 
