@@ -174,6 +174,12 @@ const STATE_ERROR = 2;
 const RESIZE_INO = 7;
 const I_DIND_BLOCK = I_BLOCK + 13 * 4;
 
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, n) => {
+  let c = 0;
+  for (let b = n; b; b >>>= 1) c += b & 1;
+  return c;
+});
+
 /** A bitmap over a numbered range (blocks from s_first_data_block, or inodes from 1). */
 class Bits {
   readonly bytes: Uint8Array;
@@ -190,16 +196,27 @@ class Bits {
     this.bytes[i >>> 3] &= ~(1 << (i & 7));
   }
   setRange(from: number, count: number): void {
-    for (let i = from; i < from + count; i++) this.set(i);
+    this.fillRange(from, count, true);
   }
   clearRange(from: number, count: number): void {
-    for (let i = from; i < from + count; i++) this.clear(i);
+    this.fillRange(from, count, false);
+  }
+  private fillRange(from: number, count: number, on: boolean): void {
+    let i = from;
+    const end = from + count;
+    for (; i < end && i & 7; i++) on ? this.set(i) : this.clear(i);
+    const whole = (end - i) >>> 3;
+    if (whole) {
+      this.bytes.fill(on ? 0xff : 0, i >>> 3, (i >>> 3) + whole);
+      i += whole * 8;
+    }
+    for (; i < end; i++) on ? this.set(i) : this.clear(i);
   }
   /** First set bit in [from, to], or -1. */
   firstSet(from: number, to: number): number {
     let i = from;
     while (i <= to) {
-      if ((i & 7) === 0 && i + 7 <= to && this.bytes[i >>> 3] === 0) {
+      if ((i & 7) === 0 && this.bytes[i >>> 3] === 0) {
         i += 8;
         continue;
       }
@@ -208,21 +225,26 @@ class Bits {
     }
     return -1;
   }
+  /** First clear bit at or after `from` (below `limit`), else `limit`. */
+  firstClear(from: number, limit: number): number {
+    let i = from;
+    while (i < limit) {
+      if ((i & 7) === 0 && this.bytes[i >>> 3] === 0xff) {
+        i += 8;
+        continue;
+      }
+      if (!this.test(i)) return i;
+      i++;
+    }
+    return limit;
+  }
   count(from: number, n: number): number {
     let c = 0;
-    for (let i = from; i < from + n; ) {
-      if ((i & 7) === 0 && i + 8 <= from + n) {
-        let b = this.bytes[i >>> 3];
-        while (b) {
-          c += b & 1;
-          b >>>= 1;
-        }
-        i += 8;
-      } else {
-        if (this.test(i)) c++;
-        i++;
-      }
-    }
+    let i = from;
+    const end = from + n;
+    for (; i < end && i & 7; i++) if (this.test(i)) c++;
+    for (; i + 8 <= end; i += 8) c += POPCOUNT[this.bytes[i >>> 3]];
+    for (; i < end; i++) if (this.test(i)) c++;
     return c;
   }
   /** Bits [from, from + n) packed into bytes, LSB first (n a multiple of 8 or the tail zero-padded). */
@@ -238,7 +260,12 @@ class Bits {
     for (let i = 0; i < n; i++) if (this.test(from + i)) out[i >>> 3] |= 1 << (i & 7);
   }
   load(from: number, n: number, src: Buffer): void {
-    for (let i = 0; i < n; i++) {
+    let i = 0;
+    if ((from & 7) === 0) {
+      i = n & ~7;
+      this.bytes.set(src.subarray(0, i >>> 3), from >>> 3);
+    }
+    for (; i < n; i++) {
       if (src[i >>> 3] & (1 << (i & 7))) this.set(from + i);
       else this.clear(from + i);
     }
@@ -608,8 +635,9 @@ export function growExt4InPlace(io: PartitionIo, newSizeBytes: number, where: st
       }
       const hit = bmap.firstSet(b - fdb, b + num - 1 - fdb);
       if (hit < 0) return b;
-      // Every start up to the hit overlaps it; the real loop would stop at `finish` or wrap on the way.
-      const next = hit + fdb + 1;
+      // Every start up to the end of the run of used blocks at the hit overlaps a used block;
+      // the real loop would stop at `finish` or wrap on the way.
+      const next = bmap.firstClear(hit + 1, bmap.size) + fdb;
       if (finish > b && finish <= next) return undefined;
       b = next >= wrapAt && wrapAt > b ? wrapAt : next;
     }
@@ -757,14 +785,17 @@ export function growExt4InPlace(io: PartitionIo, newSizeBytes: number, where: st
   if (g.csum === 'metadata') flag.writeUInt32LE(superblockChecksum(flag), S_CHECKSUM);
   io.write(flag, SUPERBLOCK_OFFSET);
 
-  // New inode tables: zeros (adjust_superblock without lazy itable init).
+  // New inode tables: zeros (adjust_superblock without lazy itable init). Ranges that
+  // already read as zeros (holes of a sparse image, blocks mke2fs never wrote) are left
+  // alone, which also keeps them holes.
   {
-    const chunk = Buffer.alloc(Math.min(g.inodeBlocksPerGroup * bs, 4 * 1024 * 1024));
+    const zeros = Buffer.alloc(Math.min(g.inodeBlocksPerGroup * bs, 1024 * 1024));
     for (let gi = oldGroups; gi < newGroups; gi++) {
       const start = inodeTableLoc(gi) * bs;
-      const end = start + g.inodeBlocksPerGroup * bs;
-      for (let p = start; p < Math.min(end, zeroFrom); p += chunk.length) {
-        io.write(chunk.subarray(0, Math.min(chunk.length, end - p)), p);
+      const end = Math.min(start + g.inodeBlocksPerGroup * bs, zeroFrom);
+      for (let p = start; p < end; p += zeros.length) {
+        const n = Math.min(zeros.length, end - p);
+        if (!io.read(p, n).equals(zeros.subarray(0, n))) io.write(zeros.subarray(0, n), p);
       }
     }
   }
