@@ -403,6 +403,22 @@ describe('the disk path grows with no e2fsprogs at run time', () => {
     assert.doesNotMatch(grow, /spawn|exec|findTool|'e2fsck'|'resize2fs'/);
   });
 
+  test('a resin-data without resize_inode that would need more descriptor blocks: one line, the image unchanged, no work copy left', () => {
+    const dir = path.join(work, 'disk-refused');
+    const img = buildBalenaImage(dir, 'refused.img', { table: 'mbr', dataMiB: 16, dataMkfsArgs: ['-b', '1024', '-O', '^resize_inode'] });
+    fs.chownSync(dir, 65534, 65534);
+    fs.chownSync(img.path, 65534, 65534);
+    const hash = sha256(img.path);
+    const files = fs.readdirSync(dir).sort();
+    const r = asUser({ TRANSPLANT_GROW_MODE: 'disk', TRANSPLANT_GROW_IMAGE: img.path, TRANSPLANT_GROW_BYTES: String(300 * MiB) });
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0] as string, /^error: refused\.img:resin-data: growing to \d+ blocks needs \d+ more group descriptor block\(s\) and the file system has no resize_inode/);
+    assert.equal(sha256(img.path), hash, 'the image is unchanged');
+    assert.deepEqual(fs.readdirSync(dir).sort(), files, 'no work copy left');
+  });
+
   for (const kind of ['mbr', 'gpt'] as const) {
     test(`${kind}: ensureRoom grows a balenaOS image's resin-data as nobody with PATH=${USER_PATH}; then resize2fs grows it again as the device does`, () => {
       const dir = path.join(work, `disk-${kind}`);

@@ -375,26 +375,17 @@ function readGeometry(raw: Buffer, where: string): Geometry {
   };
 }
 
-/**
- * The size resize2fs settles on for a partition of `bytes` (resize/main.c: whole pages
- * when no size is given, at most 2^32 - 1 blocks without 64bit; resize2fs.c
- * adjust_new_size: a last group too small for its own metadata plus 50 blocks is
- * dropped, and so is one that would overflow the inode count).
- */
-export function resizedBlockCount(raw: Buffer, bytes: number): number {
-  const g = readGeometry(raw, 'ext4');
-  let size = Math.floor(bytes / g.bs);
-  if (g.bs < 4096) size -= size % (4096 / g.bs);
-  if (!(g.incompat & INCOMPAT_64BIT) && size >= 2 ** 32) size = 2 ** 32 - 1;
-  return adjustSize(g, raw.readUInt16LE(S_RESERVED_GDT_BLOCKS), size);
-}
-
 function hasSuperIn(g: Geometry, group: number): boolean {
   if (group <= 1 || !g.sparseSuper) return true;
   if (!(group & 1)) return false;
   return isPowerOf(group, 3) || isPowerOf(group, 5) || isPowerOf(group, 7);
 }
 
+/**
+ * The size resize2fs settles on (resize2fs.c adjust_new_size): a last group too small
+ * for its own metadata plus 50 blocks is dropped, and so is one that would overflow the
+ * inode count.
+ */
 function adjustSize(g: Geometry, reservedGdt: number, size: number): number {
   for (;;) {
     const groups = Math.ceil((size - g.firstDataBlock) / g.blocksPerGroup);
@@ -451,7 +442,7 @@ export function growExt4InPlace(io: PartitionIo, newSizeBytes: number, where: st
   if (oldReserved > bs / 4) refuse('the ext4 superblock looks damaged (reserved GDT blocks)');
   if (oldDescBlocks + oldReserved + fdb + 1 >= bpg) refuse('the ext4 superblock looks damaged (descriptor blocks)');
 
-  // --- the new size ---
+  // --- the new size (resize/main.c with no size given: whole pages, at most 2^32 - 1 blocks without 64bit) ---
   let newBlocks = Math.floor(newSizeBytes / bs);
   if (bs < 4096) newBlocks -= newBlocks % (4096 / bs);
   if (!wideSb && newBlocks >= 2 ** 32) newBlocks = 2 ** 32 - 1;
