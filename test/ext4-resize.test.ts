@@ -377,6 +377,13 @@ describe('ext4 growth in-process: what it refuses, with one line and no write', 
     fs.writeSync(fd2, Buffer.alloc(64), 0, 64, bb2 * 4096 + 64);
     fs.closeSync(fd2);
     assertRefused(plain, 512 * MiB, /block bitmap of group 0 does not match its free block count/);
+    // The resize inode without its double-indirect block (where the reserved GDT blocks are listed).
+    const ri = mkfs('hostile-resize-inode.img', 64 * MiB, ['-b', '4096', '-I', '256']);
+    const itable = Number(/Inode table at (\d+)/.exec(runOk('dumpe2fs', [ri]).stdout)![1]);
+    const fd3 = fs.openSync(ri, 'r+');
+    fs.writeSync(fd3, Buffer.alloc(4), 0, 4, itable * 4096 + 6 * 256 + 0x28 + 13 * 4);
+    fs.closeSync(fd3);
+    assertRefused(ri, 512 * MiB, /resize inode is damaged/);
     // Not ext4 at all.
     const zero = path.join(work, 'zeros.img');
     fs.writeFileSync(zero, Buffer.alloc(4 * MiB));
