@@ -450,9 +450,11 @@ export function growExt4InPlace(io: PartitionIo, newSizeBytes: number, where: st
     const groups = Math.ceil((newBlocks - fdb) / bpg);
     if (Math.ceil(groups / g.descPerBlock) + fdb > bpg) refuse('the new size needs too many block group descriptors');
   }
-  newBlocks = adjustSize(g, oldReserved, newBlocks);
   if (newBlocks < oldBlocks) refuse(`the partition (${newBlocks} blocks) is smaller than the file system (${oldBlocks} blocks); it is only ever grown`);
-  if (newBlocks === oldBlocks) return { oldBlocks, newBlocks, oldGroups, newGroups: oldGroups, blockSize: bs };
+  newBlocks = adjustSize(g, oldReserved, newBlocks);
+  // A new last group too small to keep: nothing to do at this size (resize2fs would shrink to
+  // the end of the previous group; a larger partition is needed to grow at all).
+  if (newBlocks <= oldBlocks) return { oldBlocks, newBlocks: oldBlocks, oldGroups, newGroups: oldGroups, blockSize: bs };
   const newGroups = Math.ceil((newBlocks - fdb) / bpg);
   if (newGroups * ipg > 0xffffffff) refuse('the new size would need more than 2^32 inodes');
   const newDescBlocks = Math.ceil(newGroups / g.descPerBlock);
