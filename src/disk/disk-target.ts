@@ -231,7 +231,7 @@ export class DiskTargetImpl implements DiskTarget {
     } finally {
       image.close();
     }
-    await growExt4(this.workPath, newPart.offset, this.partition.size, newPart.size, oldSize, `${path.basename(this.imagePath)}:${DATA_LABEL}`);
+    await growExt4(this.workPath, newPart.offset, newPart.size, oldSize, `${path.basename(this.imagePath)}:${DATA_LABEL}`);
     this.partition = newPart;
   }
 

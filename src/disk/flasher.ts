@@ -20,7 +20,7 @@ const INNER_SUFFIX = '.balenaos-img';
  * `/opt/*.balenaos-img` (shared/docs/balena-target.md). The inner image is streamed out
  * beside the work copy, written like any balenaOS image, and on commit streamed back
  * into flash-rootA, which is grown first when it lacks room (the partitions after it
- * move up; the file system grows with resize2fs like resin-data).
+ * move up; the file system grows in-process like resin-data, src/ext4/resize.ts).
  */
 export async function openFlasherTarget(imagePath: string, rootA: Partition, options: DiskTargetOptions): Promise<DiskTarget> {
   const destination = options.output ?? imagePath;
@@ -124,7 +124,6 @@ class FlasherTarget implements DiskTarget {
     await this.rootWriter.suspend();
     const image = ImageFile.open(this.workPath, true);
     let grown: Partition | undefined;
-    let oldPartSize = 0;
     let zeroFrom = Infinity;
     try {
       const sb = readSuperblock(image, this.rootA.offset)!;
@@ -136,7 +135,6 @@ class FlasherTarget implements DiskTarget {
       const delta = Math.ceil(grow / ALIGN) * ALIGN;
       const table = readPartitionTable(image)!;
       const part = findPartition(table, 'flash-rootA', this.imagePath)!;
-      oldPartSize = part.size;
       const oldImageSize = image.size();
       const last = table.partitions.every((p) => p === part || p.offset + p.size <= part.offset);
       if (last) {
@@ -151,7 +149,7 @@ class FlasherTarget implements DiskTarget {
     } finally {
       image.close();
     }
-    if (grown) await growExt4(this.workPath, grown.offset, oldPartSize, grown.size, zeroFrom, `${path.basename(this.imagePath)}:flash-rootA`);
+    if (grown) await growExt4(this.workPath, grown.offset, grown.size, zeroFrom, `${path.basename(this.imagePath)}:flash-rootA`);
   }
 
   async abort(): Promise<void> {

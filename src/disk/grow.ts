@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { ImageFile } from '../ext4/image-file.js';
+import { growExt4InPlace, imagePartitionIo } from '../ext4/resize.js';
 
 const CHUNK = 1024 * 1024;
 
@@ -10,15 +10,9 @@ function isZero(buf: Buffer, length: number): boolean {
   return buf.compare(ZERO, 0, length, 0, length) === 0;
 }
 
-/**
- * Copies `length` bytes from `from` at `fromOffset` to `to` at `toOffset`, leaving holes
- * where the source has zeros (unless `compare`, which writes only what differs from
- * what `to` already holds — for copying a file system back into an image; `to` is
- * known to hold zeros from byte `knownZeroFrom` on, which is then not read).
- */
-function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number, compare: boolean, knownZeroFrom = Infinity): void {
+/** Copies `length` bytes from `from` at `fromOffset` to `to` at `toOffset`, leaving holes where the source has zeros. */
+function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number): void {
   const a = Buffer.allocUnsafe(CHUNK);
-  const b = compare ? Buffer.allocUnsafe(CHUNK) : undefined;
   for (let done = 0; done < length; ) {
     const n = Math.min(CHUNK, length - done);
     let got = 0;
@@ -30,24 +24,7 @@ function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: n
       }
       got += r;
     }
-    let write: boolean;
-    if (b && toOffset + done >= knownZeroFrom) {
-      write = !isZero(a, n);
-    } else if (b) {
-      let have = 0;
-      while (have < n) {
-        const r = fs.readSync(toFd, b, have, n - have, toOffset + done + have);
-        if (r === 0) {
-          b.fill(0, have, n);
-          break;
-        }
-        have += r;
-      }
-      write = a.compare(b, 0, n, 0, n) !== 0;
-    } else {
-      write = !isZero(a, n);
-    }
-    if (write) {
+    if (!isZero(a, n)) {
       let w = 0;
       while (w < n) w += fs.writeSync(toFd, a, w, n - w, toOffset + done + w);
     }
@@ -74,7 +51,7 @@ export async function copyImageFile(from: string, to: string): Promise<void> {
     const size = fs.fstatSync(inFd).size;
     outFd = fs.openSync(to, 'wx', fs.fstatSync(inFd).mode & 0o666);
     fs.ftruncateSync(outFd, size);
-    copyRange(inFd, 0, outFd, 0, size, false);
+    copyRange(inFd, 0, outFd, 0, size);
     fs.fsyncSync(outFd);
   } catch (err) {
     if (outFd !== undefined) fs.closeSync(outFd);
@@ -89,55 +66,21 @@ export async function copyImageFile(from: string, to: string): Promise<void> {
   }
 }
 
-function findTool(name: string): string {
-  const dirs = ['/usr/sbin', '/sbin', '/usr/bin', '/bin', ...(process.env.PATH ?? '').split(':')];
-  for (const d of dirs) {
-    if (d && fs.existsSync(path.join(d, name))) return path.join(d, name);
-  }
-  throw new Error(`${name} (from e2fsprogs) is needed to grow the ext4 file system: install e2fsprogs`);
-}
-
-function runTool(tool: string, args: string[], where: string): { code: number; output: string } {
-  const r = spawnSync(findTool(tool), args, { encoding: 'utf8', timeout: 30 * 60_000 });
-  if (r.error) throw new Error(`${where}: cannot run ${tool}: ${r.error.message}`);
-  return { code: r.status ?? 1, output: `${r.stdout ?? ''}${r.stderr ?? ''}`.trim() };
-}
-
 /**
  * Grows the ext4 file system at `offset` of an image to `newSize` bytes (its partition
- * has already been grown). resize2fs must not be given `image?offset=N` (it then
- * truncates the whole image to the file-system size, see shared/docs/balena-target.md),
- * so the file system is copied into a plain sparse file beside the image, checked,
- * resized there and copied back (only the blocks that changed are written).
+ * has already been grown), in place and in-process (src/ext4/resize.ts: the layout
+ * resize2fs leaves). Bytes of the image from `oldImageSize` on are the zeros of
+ * ftruncate, so inode tables that land there are not written. A file system that is not
+ * clean, uses features the resizer does not handle, or has too few reserved GDT blocks
+ * is refused before anything is written.
  */
-export async function growExt4(imagePath: string, offset: number, oldSize: number, newSize: number, oldImageSize: number, where: string): Promise<void> {
-  const tmp = `${imagePath}.resize-${process.pid}`;
-  const imgFd = fs.openSync(imagePath, 'r+');
+export async function growExt4(imagePath: string, offset: number, newSize: number, oldImageSize: number, where: string): Promise<void> {
+  const image = ImageFile.open(imagePath, true);
   try {
-    const tmpFd = fs.openSync(tmp, 'w+', 0o600);
-    try {
-      fs.ftruncateSync(tmpFd, newSize);
-      copyRange(imgFd, offset, tmpFd, 0, oldSize, false);
-    } finally {
-      fs.closeSync(tmpFd);
-    }
-    const check = runTool('e2fsck', ['-fn', tmp], where);
-    if (check.code !== 0) {
-      throw new Error(`${where}: e2fsck finds problems in the file system, so it is not grown: ${check.output.split('\n').slice(-3).join(' ')}`);
-    }
-    // -f: the check above is the one resize2fs would ask for.
-    const resize = runTool('resize2fs', ['-f', tmp], where);
-    if (resize.code !== 0) throw new Error(`${where}: resize2fs failed: ${resize.output.split('\n').slice(-2).join(' ')}`);
-    const backFd = fs.openSync(tmp, 'r');
-    try {
-      // Past the old end of the image file the image holds only the zeros of ftruncate.
-      copyRange(backFd, 0, imgFd, offset, newSize, true, oldImageSize);
-    } finally {
-      fs.closeSync(backFd);
-    }
-    fs.fsyncSync(imgFd);
+    const zeroFrom = Number.isFinite(oldImageSize) ? Math.max(0, oldImageSize - offset) : Infinity;
+    growExt4InPlace(imagePartitionIo(image, offset), newSize, where, { zeroFrom });
+    image.sync();
   } finally {
-    fs.closeSync(imgFd);
-    fs.rmSync(tmp, { force: true });
+    image.close();
   }
 }
