@@ -177,6 +177,13 @@ export class Ext4Tree {
 
   private cacheDir(dir: Dir): void {
     this.dirs.set(dir.ino, dir);
+  }
+
+  /**
+   * Forgets clean directories beyond a bound. Called between operations only (never while
+   * an operation holds a Dir), so a change can never land in a forgotten copy.
+   */
+  trimCache(): void {
     if (this.dirs.size > 512) {
       for (const [k, d] of this.dirs) {
         if (this.dirs.size <= 384) break;
@@ -358,7 +365,7 @@ export class Ext4Tree {
       return 0;
     }
     const bs = this.vol.bs;
-    if (blockXattrBytes(xattrs) > bs) throw new Error(`${what}: its extended attributes need ${blockXattrBytes(xattrs)} bytes, more than one ${bs}-byte block holds`);
+    if (blockXattrBytes(xattrs) > bs) throw new Error(`${this.where}:/${what}: its extended attributes need ${blockXattrBytes(xattrs)} bytes, more than one ${bs}-byte block holds`);
     const [run] = this.vol.allocBlocks(1, what);
     const block = buildXattrBlock(xattrs, bs, (b) => this.xattrBlockChecksum(run.start, b) ?? 0);
     this.vol.writeBlocks(run.start, block);
@@ -388,7 +395,7 @@ export class Ext4Tree {
       file: S_IFREG, directory: S_IFDIR, symlink: S_IFLNK, 'char-device': S_IFCHR, 'block-device': S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK,
     };
     const type = kindBits[entry.kind];
-    if (type === undefined) throw new Error(`${what}: unknown entry kind ${entry.kind}`);
+    if (type === undefined) throw new Error(`${this.where}:/${what}: unknown entry kind ${entry.kind}`);
     const isDir = type === S_IFDIR;
     const ino = this.vol.allocInode(isDir, what, this.vol.groupOfInode(parentIno));
     const inode = this.newInode(type | (entry.mode & 0o7777), entry.uid, entry.gid, entry.atime, entry.mtime);
@@ -400,7 +407,7 @@ export class Ext4Tree {
         inode.writeUInt16LE(1, I_LINKS);
       } else if (type === S_IFLNK) {
         const target = Buffer.from(entry.linkTarget ?? '', 'utf8');
-        if (target.length >= this.vol.bs) throw new Error(`${what}: symlink target longer than a block`);
+        if (target.length >= this.vol.bs) throw new Error(`${this.where}:/${what}: symlink target longer than a block`);
         if (target.length < 60) {
           target.copy(inode, I_BLOCK);
           this.setSize(inode, target.length);
@@ -452,7 +459,7 @@ export class Ext4Tree {
       };
       this.chunk ??= Buffer.allocUnsafe(WRITE_CHUNK);
       const iter = (content ?? []) as AsyncIterable<Buffer>;
-      await writeChunked(iter, size, this.chunk, write, what, { passLarge: true });
+      await writeChunked(iter, size, this.chunk, write, `${this.where}:/${what}`, { passLarge: true });
       if (size % bs !== 0) await write(Buffer.alloc(bs - (size % bs)), bs - (size % bs));
       const tree = this.writeExtentTree(ino, inode, this.toExtents(runs), what);
       this.setSize(inode, size);
@@ -529,6 +536,7 @@ export class Ext4Tree {
   }
 
   private markDirty(dir: Dir): void {
+    this.dirs.set(dir.ino, dir);
     if (!dir.dirty) {
       dir.dirty = true;
       this.dirtyCount++;
@@ -564,8 +572,9 @@ export class Ext4Tree {
       this.collectDirs(e.ino, new Set([dirIno]), order);
       dir.entries.delete(key);
       this.markDirty(dir);
+      const dirs = new Set(order);
       for (const d of order.reverse()) {
-        for (const [, c] of this.loadDir(d).entries) if (!this.isDir(c.ino)) this.dropLink(c.ino);
+        for (const [, c] of this.loadDir(d).entries) if (!dirs.has(c.ino)) this.dropLink(c.ino);
         this.releaseInode(d);
       }
       return;
@@ -682,7 +691,7 @@ export class Ext4Tree {
         b.writeUInt32LE(crc32c(seed, b.subarray(0, t)), t + 8);
       }
     }
-    const what = `directory inode ${dir.ino}`;
+    const what = `a directory (inode ${dir.ino})`;
     const flags = inode.readUInt32LE(I_FLAGS);
     const old = Ext4Volume.size(inode) > 0 && (flags & EXT4_EXTENTS_FL) ? this.vol.fileMap(dir.ino, inode) : undefined;
     const oldBlocks = old ? old.extents.reduce((n, e) => n + e.len, 0) : -1;

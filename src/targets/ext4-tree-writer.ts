@@ -6,6 +6,8 @@ import { Ext4Volume } from '../ext4/volume.js';
 import { Ext4Tree, ROOT_INO, keyName, nameKey } from '../ext4/tree.js';
 import { FT_DIR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../ext4/inode.js';
 import { encodeXattr, type EncodedXattr } from '../ext4/xattr.js';
+import { ext4FileAccess } from '../ext4/file-access.js';
+import type { LayerFileAccess } from '../verify/verify.js';
 
 export interface Ext4TreeWriterOptions {
   /** For messages, e.g. `balena.img:resin-data`. */
@@ -55,7 +57,10 @@ export class Ext4TreeWriter implements TreeWriter {
 
   private open(): Session {
     if (this.closed) throw new Error(`${this.description}: writer already closed`);
-    if (this.session) return this.session;
+    if (this.session) {
+      this.session.tree.trimCache();
+      return this.session;
+    }
     const image = ImageFile.open(this.imagePath, true);
     try {
       const vol = Ext4Volume.open(image, this.fsOffset, { where: this.description, writable: true, limit: this.limit, check: !this.checked });
@@ -161,6 +166,11 @@ export class Ext4TreeWriter implements TreeWriter {
 
   // ---- reading ---------------------------------------------------------------
 
+  /** Streaming layer-file access with device numbers and xattrs (for verify after a write). */
+  fileAccess(): LayerFileAccess {
+    return ext4FileAccess(() => this.open().tree);
+  }
+
   async readFile(rel: string): Promise<Buffer | undefined> {
     return this.serial(() => {
       const { tree } = this.open();
@@ -260,7 +270,7 @@ export class Ext4TreeWriter implements TreeWriter {
           dir = e.ino;
           continue;
         }
-        const ino = await tree.createEntry(dir, this.meta(mode, 'directory', comps[i]), [], undefined, `${this.description}:/${comps.slice(0, i + 1).join('/')}`);
+        const ino = await tree.createEntry(dir, this.meta(mode, 'directory', comps[i]), [], undefined, comps.slice(0, i + 1).join('/'));
         tree.addEntry(dir, key, ino, FT_DIR);
         dir = ino;
       }
@@ -272,7 +282,7 @@ export class Ext4TreeWriter implements TreeWriter {
       const { tree } = this.open();
       const { dir, key } = this.parentOf(tree, rel);
       const e = tree.entry(dir, key);
-      const what = `${this.description}:/${rel}`;
+      const what = rel;
       if (e && this.kindOfIno(tree, e.ino) === 'file' && tree.info(e.ino).links === 1) {
         await tree.rewriteFile(e.ino, data, mode, what);
         return;
@@ -289,7 +299,7 @@ export class Ext4TreeWriter implements TreeWriter {
       const { tree } = this.open();
       const { dir, key } = this.parentOf(tree, rel);
       if (tree.entry(dir, key)) tree.removeEntry(dir, key);
-      const ino = await tree.createEntry(dir, { ...this.meta(0o777, 'symlink', rel), linkTarget: target }, [], undefined, `${this.description}:/${rel}`);
+      const ino = await tree.createEntry(dir, { ...this.meta(0o777, 'symlink', rel), linkTarget: target }, [], undefined, rel);
       tree.addEntry(dir, key, ino, 7);
     });
   }
@@ -358,7 +368,7 @@ export class Ext4TreeWriter implements TreeWriter {
     }
 
     if (isRoot && rel === '') {
-      tree.setAttributes(ROOT_INO, entry, xattrs, where);
+      tree.setAttributes(ROOT_INO, entry, xattrs, rel);
       return;
     }
     const { dir, key } = this.parentOf(tree, rel);
@@ -377,11 +387,11 @@ export class Ext4TreeWriter implements TreeWriter {
       return;
     }
     if (entry.kind === 'directory' && existing && tree.isDir(existing.ino)) {
-      tree.setAttributes(existing.ino, entry, xattrs, where);
+      tree.setAttributes(existing.ino, entry, xattrs, rel);
       return;
     }
     if (existing) tree.removeEntry(dir, key);
-    const ino = await tree.createEntry(dir, entry, xattrs, content, where);
+    const ino = await tree.createEntry(dir, entry, xattrs, content, rel);
     tree.addEntry(dir, key, ino, tree.fileType(ino));
     tree.maybeFlushDirs();
   }
