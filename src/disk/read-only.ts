@@ -7,7 +7,7 @@ import { ImageFile } from '../ext4/image-file.js';
 import { Ext4Volume } from '../ext4/volume.js';
 import { Ext4Tree, ROOT_INO, nameKey } from '../ext4/tree.js';
 import { ext4FileAccess } from '../ext4/file-access.js';
-import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../ext4/inode.js';
+import { FT_DIR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../ext4/inode.js';
 import type { StoreReader } from '../sources/store-reader.js';
 import type { LayerFileAccess } from '../verify/verify.js';
 import { inspectBalenaImage, DATA_LABEL } from './disk-target.js';
@@ -40,11 +40,13 @@ export class DiskImageReader implements StoreReader {
     this.tree.trimCache();
     let ino = ROOT_INO;
     if (p === '' || p === '.') return ino;
+    let dir = true;
     for (const c of p.split('/')) {
       if (c === '' || c === '.' || c === '..') return undefined;
-      if (!this.tree.isDir(ino)) return undefined;
+      if (ino !== ROOT_INO && !dir) return undefined;
       const e = this.tree.entry(ino, nameKey(c));
       if (!e) return undefined;
+      dir = e.type === FT_DIR;
       ino = e.ino;
     }
     return ino;

@@ -1,5 +1,5 @@
 import type { FileKind, LayerFileAccess } from '../verify/verify.js';
-import { S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from './inode.js';
+import { FT_DIR, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from './inode.js';
 import { ROOT_INO, type Ext4Tree } from './tree.js';
 
 /** Path bytes ('/'-separated, relative) to directory-entry keys (latin1 strings of the bytes); see tree.ts nameKey. */
@@ -10,10 +10,13 @@ function keysOf(rel: Buffer): string[] {
 /** Inode at a byte path, following no symlink; undefined when absent. */
 export function lookupBytes(tree: Ext4Tree, rel: Buffer): number | undefined {
   let ino = ROOT_INO;
+  let dir = true;
   for (const key of keysOf(rel)) {
-    if (key === '..' || !tree.isDir(ino)) return undefined;
+    // The entry's file_type byte says directory; loading it checks the inode's mode.
+    if (key === '..' || !dir) return undefined;
     const e = tree.entry(ino, key);
     if (!e) return undefined;
+    dir = e.type === FT_DIR;
     ino = e.ino;
   }
   return ino;

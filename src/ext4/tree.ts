@@ -9,6 +9,7 @@ import {
 } from './inode.js';
 import { RO_COMPAT_DIR_NLINK, RO_COMPAT_HUGE_FILE, RO_COMPAT_LARGE_FILE } from './superblock.js';
 import { Ext4Damaged, Ext4Volume, type Extent } from './volume.js';
+import { DX_HASH_HALF_MD4, buildHtree, halfMd4Hash } from './htree.js';
 import { XATTR_MAGIC, blockXattrBytes, buildXattrBlock, inodeXattrBytes, writeInodeXattrs, type EncodedXattr } from './xattr.js';
 
 /**
@@ -139,7 +140,7 @@ export class Ext4Tree {
     const cached = this.dirs.get(ino);
     if (cached) return cached;
     const inode = this.inode(ino);
-    if ((inode.readUInt16LE(I_MODE) & S_IFMT) !== S_IFDIR) throw new Error(`${this.where}: inode ${ino} is not a directory`);
+    if ((inode.readUInt16LE(I_MODE) & S_IFMT) !== S_IFDIR) throw new Ext4Damaged(`${this.where}: inode ${ino} is named as a directory but is not one; the image is damaged`);
     const size = this.vol.checkedSize(ino, inode);
     const bs = this.vol.bs;
     const map = this.vol.fileMap(ino, inode);
@@ -681,7 +682,23 @@ export class Ext4Tree {
 
     const inode = this.inode(dir.ino);
     const seed = this.vol.inodeCsumSeed(dir.ino, inode);
-    if (seed !== undefined) {
+    // More than one block: an htree index, as the kernel makes once a directory outgrows its
+    // first block (namei.c make_indexed_dir); the kernel keeps dir_nlink's count of 1 only on
+    // indexed directories (ext4_inc_count). half_md4 only; anything else stays linear.
+    let indexed: Buffer[] | undefined;
+    const hi = this.vol.hashInfo();
+    if (blocks.length > 1 && hi && hi.version === DX_HASH_HALF_MD4) {
+      const sorted = [...dir.entries].map(([key, e]) => {
+        const name = keyBytes(key);
+        return { hash: halfMd4Hash(name, hi.seed, hi.unsigned), ino: e.ino, name, type: e.type };
+      });
+      sorted.sort((a, b) => a.hash - b.hash);
+      indexed = buildHtree(bs, dir.ino, dir.parent, hi.version, sorted, seed)?.blocks;
+    }
+    if (indexed) {
+      blocks.length = 0;
+      blocks.push(...indexed);
+    } else if (seed !== undefined) {
       for (const b of blocks) {
         const t = bs - DIR_TAIL;
         b.writeUInt32LE(0, t);
@@ -712,7 +729,7 @@ export class Ext4Tree {
       this.vol.writeBlocks(e.start, Buffer.concat(blocks.slice(i, i + e.len)));
       i += e.len;
     }
-    inode.writeUInt32LE((inode.readUInt32LE(I_FLAGS) & ~EXT4_INDEX_FL) | EXT4_EXTENTS_FL, I_FLAGS);
+    inode.writeUInt32LE((inode.readUInt32LE(I_FLAGS) & ~EXT4_INDEX_FL) | EXT4_EXTENTS_FL | (indexed ? EXT4_INDEX_FL : 0), I_FLAGS);
     this.setSize(inode, blocks.length * bs);
     this.setBlocks(inode, blocks.length + treeBlocks + (Ext4Volume.xattrBlock(inode) ? 1 : 0));
     let links = 2 + subdirs;

@@ -130,6 +130,18 @@ export class Ext4Volume {
     }
   }
 
+  /**
+   * How directory names are hashed for htree indexes: s_def_hash_version (0xFC), s_hash_seed
+   * (0xEC, 4 le32 words) and the unsigned-char flag of s_flags (0x160, EXT2_FLAGS_UNSIGNED_HASH);
+   * undefined without dir_index (compat 0x20).
+   */
+  hashInfo(): { version: number; seed: Uint32Array; unsigned: boolean } | undefined {
+    if (!(this.sb.featureCompat & 0x20)) return undefined;
+    const seed = new Uint32Array(4);
+    for (let i = 0; i < 4; i++) seed[i] = this.sbRaw.readUInt32LE(0xec + i * 4);
+    return { version: this.sbRaw[0xfc], seed, unsigned: (this.sbRaw.readUInt32LE(0x160) & 0x2) !== 0 };
+  }
+
   get firstIno(): number {
     return this.sbRaw.readUInt32LE(0x4c) === 0 ? 11 : this.sbRaw.readUInt32LE(0x54);
   }

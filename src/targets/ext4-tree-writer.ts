@@ -131,8 +131,9 @@ export class Ext4TreeWriter implements TreeWriter {
   private dirAt(t: Ext4Tree, comps: string[]): number | undefined {
     let ino = ROOT_INO;
     for (const c of comps) {
+      // The entry's file_type byte says directory (filetype is required); loadDir checks the inode's mode.
       const e = t.entry(ino, nameKey(c));
-      if (!e || !t.isDir(e.ino)) return undefined;
+      if (!e || e.type !== FT_DIR) return undefined;
       ino = e.ino;
     }
     return ino;
