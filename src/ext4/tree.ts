@@ -138,7 +138,12 @@ export class Ext4Tree {
 
   private loadDir(ino: number): Dir {
     const cached = this.dirs.get(ino);
-    if (cached) return cached;
+    if (cached) {
+      // Most recently used last (Map order), so trimCache forgets the least recently used.
+      this.dirs.delete(ino);
+      this.dirs.set(ino, cached);
+      return cached;
+    }
     const inode = this.inode(ino);
     if ((inode.readUInt16LE(I_MODE) & S_IFMT) !== S_IFDIR) throw new Ext4Damaged(`${this.where}: inode ${ino} is named as a directory but is not one; the image is damaged`);
     const size = this.vol.checkedSize(ino, inode);
@@ -185,9 +190,9 @@ export class Ext4Tree {
    * an operation holds a Dir), so a change can never land in a forgotten copy.
    */
   trimCache(): void {
-    if (this.dirs.size > 512) {
+    if (this.dirs.size > 4096) {
       for (const [k, d] of this.dirs) {
-        if (this.dirs.size <= 384) break;
+        if (this.dirs.size <= 3072) break;
         if (!d.dirty) this.dirs.delete(k);
       }
     }
@@ -719,10 +724,15 @@ export class Ext4Tree {
       treeBlocks = 0;
     } else {
       this.releaseData(dir.ino, inode);
-      this.vol.setBlockGoal(this.vol.groupStart(this.vol.groupOfInode(dir.ino)));
-      const runs = this.vol.allocBlocks(blocks.length, what);
-      extents = this.toExtents(runs);
-      treeBlocks = this.writeExtentTree(dir.ino, inode, extents, what);
+      // Directory blocks near the directory's inode; file data goes on where it left off.
+      const dataGoal = this.vol.setBlockGoal(this.vol.groupStart(this.vol.groupOfInode(dir.ino)));
+      try {
+        const runs = this.vol.allocBlocks(blocks.length, what);
+        extents = this.toExtents(runs);
+        treeBlocks = this.writeExtentTree(dir.ino, inode, extents, what);
+      } finally {
+        this.vol.setBlockGoal(dataGoal);
+      }
     }
     let i = 0;
     for (const e of extents) {

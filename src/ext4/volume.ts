@@ -559,8 +559,10 @@ export class Ext4Volume {
   }
 
   /** Sets where the next allocations start looking (the next-fit cursor), e.g. after a group's metadata. */
-  setBlockGoal(block: number): void {
+  setBlockGoal(block: number): number {
+    const was = this.blockGoal;
     this.blockGoal = block;
+    return was;
   }
 
   /**

@@ -24,6 +24,11 @@ interface Session {
 
 type Kind = 'file' | 'directory' | 'symlink' | 'other';
 
+/** Directory-entry file_type of each layer entry kind (fs/ext4/ext4.h EXT4_FT_*). */
+const FILE_TYPE: Record<LayerEntry['kind'], number> = {
+  file: 1, directory: 2, 'char-device': 3, 'block-device': 4, fifo: 5, symlink: 7, hardlink: 0,
+};
+
 /**
  * A TreeWriter over the ext4 file system at byte `fsOffset` of an image file, written
  * in-process by transplant's own engine (src/ext4/volume.ts, tree.ts): blocks and inodes
@@ -40,6 +45,8 @@ export class Ext4TreeWriter implements TreeWriter {
   private closed = false;
   private checked = false;
   private readonly limit: number | undefined;
+  /** The directory dirAt found last (forgotten whenever anything is removed or renamed). */
+  private lastDir: { tree: Ext4Tree; path: string; ino: number } | undefined;
 
   constructor(readonly imagePath: string, readonly fsOffset: number, options: Ext4TreeWriterOptions = {}) {
     this.description = options.description ?? `${imagePath}@${fsOffset}`;
@@ -129,6 +136,9 @@ export class Ext4TreeWriter implements TreeWriter {
 
   /** Inode of the real directory at these components (no symlink followed), or undefined. */
   private dirAt(t: Ext4Tree, comps: string[]): number | undefined {
+    // Consecutive entries mostly share their parent: remember the last one found.
+    const joined = comps.join('/');
+    if (this.lastDir && this.lastDir.tree === t && this.lastDir.path === joined) return this.lastDir.ino;
     let ino = ROOT_INO;
     for (const c of comps) {
       // The entry's file_type byte says directory (filetype is required); loadDir checks the inode's mode.
@@ -136,6 +146,7 @@ export class Ext4TreeWriter implements TreeWriter {
       if (!e || e.type !== FT_DIR) return undefined;
       ino = e.ino;
     }
+    this.lastDir = { tree: t, path: joined, ino };
     return ino;
   }
 
@@ -288,7 +299,10 @@ export class Ext4TreeWriter implements TreeWriter {
         await tree.rewriteFile(e.ino, data, mode, what);
         return;
       }
-      if (e) tree.removeEntry(dir, key);
+      if (e) {
+        this.lastDir = undefined;
+        tree.removeEntry(dir, key);
+      }
       const entry = { ...this.meta(mode, 'file', rel), size: data.length };
       const ino = await tree.createEntry(dir, entry, [], [data] as unknown as AsyncIterable<Buffer>, what);
       tree.addEntry(dir, key, ino, 1);
@@ -299,7 +313,10 @@ export class Ext4TreeWriter implements TreeWriter {
     return this.serial(async () => {
       const { tree } = this.open();
       const { dir, key } = this.parentOf(tree, rel);
-      if (tree.entry(dir, key)) tree.removeEntry(dir, key);
+      if (tree.entry(dir, key)) {
+        this.lastDir = undefined;
+        tree.removeEntry(dir, key);
+      }
       const ino = await tree.createEntry(dir, { ...this.meta(0o777, 'symlink', rel), linkTarget: target }, [], undefined, rel);
       tree.addEntry(dir, key, ino, 7);
     });
@@ -307,6 +324,7 @@ export class Ext4TreeWriter implements TreeWriter {
 
   async rename(fromRel: string, toRel: string): Promise<void> {
     return this.serial(() => {
+      this.lastDir = undefined;
       const { tree } = this.open();
       const from = this.parentOf(tree, fromRel);
       const to = this.parentOf(tree, toRel);
@@ -324,6 +342,7 @@ export class Ext4TreeWriter implements TreeWriter {
 
   async remove(rel: string): Promise<void> {
     return this.serial(() => {
+      this.lastDir = undefined;
       const { tree } = this.open();
       const comps = this.parts(rel);
       if (comps.length === 0) throw new Error(`${this.description}: refusing to remove the root`);
@@ -383,7 +402,10 @@ export class Ext4TreeWriter implements TreeWriter {
       if (target === undefined) throw new Error(`${where}: hard-link target /${targetRel} does not exist`);
       if (tree.isDir(target)) throw new Error(`${where}: hard-link target /${targetRel} is a directory`);
       if (existing?.ino === target) return;
-      if (existing) tree.removeEntry(dir, key);
+      if (existing) {
+        this.lastDir = undefined;
+        tree.removeEntry(dir, key);
+      }
       tree.link(dir, key, target);
       return;
     }
@@ -391,9 +413,12 @@ export class Ext4TreeWriter implements TreeWriter {
       tree.setAttributes(existing.ino, entry, xattrs, rel);
       return;
     }
-    if (existing) tree.removeEntry(dir, key);
+    if (existing) {
+      this.lastDir = undefined;
+      tree.removeEntry(dir, key);
+    }
     const ino = await tree.createEntry(dir, entry, xattrs, content, rel);
-    tree.addEntry(dir, key, ino, tree.fileType(ino));
+    tree.addEntry(dir, key, ino, FILE_TYPE[entry.kind]);
     tree.maybeFlushDirs();
   }
 
