@@ -58,7 +58,7 @@ const MiB = 1024 * 1024;
 const IMAGE_ALIGN = 4 * MiB; // balenaOS aligns partitions to 4 MiB
 
 /** Reads the partition table and finds resin-data, refusing anything that is not a balenaOS image. */
-export function inspectBalenaImage(imagePath: string): { table: PartitionTable; data: Partition } {
+export function inspectBalenaImage(imagePath: string, opts: { forReading?: boolean } = {}): { table: PartitionTable; data: Partition } {
   let image: ImageFile;
   try {
     image = ImageFile.open(imagePath, false);
@@ -77,8 +77,9 @@ export function inspectBalenaImage(imagePath: string): { table: PartitionTable; 
       throw new Error(`${imagePath} is not a balenaOS disk image: it has no ${DATA_LABEL} partition`);
     }
     if (data.fsType !== 'ext4') throw new Error(`${imagePath}: the ${DATA_LABEL} partition does not hold an ext4 file system`);
-    const sb = readSuperblock(image, data.offset)!;
-    checkWritable(sb, `${imagePath}:${DATA_LABEL}`);
+    const sb = readSuperblock(image, data.offset);
+    if (!sb) throw new Error(`${imagePath}: the ${DATA_LABEL} partition has no readable ext4 superblock; the image is damaged`);
+    if (!opts.forReading) checkWritable(sb, `${imagePath}:${DATA_LABEL}`);
     if (sb.blocksCount * sb.blockSize > data.size) {
       throw new Error(`${imagePath}: the ${DATA_LABEL} file system is larger than its partition; the image is damaged`);
     }

@@ -184,3 +184,20 @@ export function checkWritable(sb: Superblock, where: string): void {
     throw new Error(`${where}: the ext4 superblock looks damaged (block size ${sb.blockSize})`);
   }
 }
+
+/** s_feature_compat bits the engine cannot work with (sparse_super2 moves the backup superblocks). */
+const COMPAT_SPARSE_SUPER2 = 0x200;
+
+/**
+ * Names of the features in `sb` the in-process engine (src/ext4/volume.ts) does not
+ * handle, comma-separated, or '' when it handles them all. needs_recovery is left to
+ * the writer (reading such a file system is allowed).
+ */
+export function unsupportedFeatures(sb: Superblock): string {
+  const badIncompat = sb.featureIncompat & ~(INCOMPAT_HANDLED | INCOMPAT_RECOVER);
+  const badRo = sb.featureRoCompat & ~RO_COMPAT_HANDLED;
+  const names = [featureList(badIncompat, INCOMPAT_NAMES), featureList(badRo, RO_COMPAT_NAMES)];
+  if (sb.featureCompat & COMPAT_SPARSE_SUPER2) names.push('sparse_super2');
+  if (!(sb.featureIncompat & INCOMPAT_FILETYPE)) names.push('no filetype');
+  return names.filter(Boolean).join(', ');
+}

@@ -101,6 +101,9 @@ export function hostFileAccess(root: string): LayerFileAccess {
 function readerFileAccess(reader: StoreReader): LayerFileAccess {
   const root = (reader as { root?: unknown }).root;
   if (typeof root === 'string') return hostFileAccess(root);
+  // A reader with its own streaming access (the ext4 engine of a disk image).
+  const own = (reader as { fileAccess?: () => LayerFileAccess }).fileAccess;
+  if (typeof own === 'function') return own.call(reader);
   // A file system the host cannot read directly (ext4 in a disk image): whole files, and
   // file types only (devices show as 'other'; xattrs are not visible through a StoreReader).
   return {

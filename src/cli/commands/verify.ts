@@ -21,16 +21,14 @@ async function verifyDirectory(dir: string, images: string[]): Promise<VerifyRep
 
 async function verifyDisk(image: string, images: string[]): Promise<VerifyReport> {
   // The ext4 reader of the disk target; loaded lazily so that the rest works without it.
-  const { inspectBalenaImage } = await import('../../disk/disk-target.js');
-  const { Ext4TreeWriter } = await import('../../targets/ext4-tree-writer.js');
-  const { data } = inspectBalenaImage(image);
-  const reader = new Ext4TreeWriter(image, data.offset, { description: `${image}:resin-data` });
+  const { DiskImageReader } = await import('../../disk/read-only.js');
+  const reader = await DiskImageReader.open(image, `${image}:resin-data`);
   try {
     const prefix = await findEngineRoot(reader);
     if (prefix === undefined) throw new Error(`${image}: its resin-data partition holds no engine data root (no docker/image/overlay2)`);
     return await verifyEngineRoot(reader, prefix, { images });
   } finally {
-    await reader.discard();
+    await reader.close();
   }
 }
 
