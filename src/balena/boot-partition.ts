@@ -374,6 +374,36 @@ async function writeInDirectory(root: string, parts: string[], data: Buffer, whe
   return { where, unchanged: false, replaced };
 }
 
+/**
+ * Checks, without writing, that writeBootFile(loc, rel, content) will succeed: nothing
+ * that is not a directory where a directory goes, nothing that is not a regular file in
+ * the file's place, and no other content there unless `overwrite`. For runs that must
+ * refuse before they write anything else.
+ */
+export async function checkBootFile(loc: BootLocation, rel: string, content: Buffer | string, options: WriteBootOptions = {}): Promise<void> {
+  const parts = checkRelative(rel);
+  const data = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
+  const where = `${describeBoot(loc)}/${rel}`;
+  if (loc.kind === 'directory') {
+    let p = loc.path;
+    for (const [i, part] of parts.entries()) {
+      p = path.join(p, part);
+      const st = await fsp.lstat(p).catch(() => undefined);
+      if (st === undefined) return; // created by the write
+      const last = i === parts.length - 1;
+      if (!last && !st.isDirectory()) throw new Error(`${p}: exists and is not a directory`);
+      if (last && !st.isFile()) throw new Error(`${p}: exists and is not a regular file`);
+    }
+  }
+  const existing = await readBootFile(loc, rel);
+  if (existing && !existing.equals(data) && !options.overwrite) throw conflict(where);
+}
+
+/** checkBootFile for a NetworkManager keyfile in `system-connections/`. */
+export async function checkSystemConnection(loc: BootLocation, keyfile: { fileName: string; content: string }, options: WriteBootOptions = {}): Promise<void> {
+  return checkBootFile(loc, `${SYSTEM_CONNECTIONS}/${keyfile.fileName}`, keyfile.content, options);
+}
+
 /** Puts a NetworkManager keyfile into resin-boot's `system-connections/`. */
 export async function writeSystemConnection(
   loc: BootLocation,

@@ -1,5 +1,5 @@
 /** transplant extract: images from a source into a bundle file. */
-import { createWriteStream, promises as fs } from 'node:fs';
+import { createWriteStream, promises as fs, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -7,7 +7,7 @@ import { planBundle, writeBundle } from '../../bundle/write.js';
 import { formatBytes } from '../../inject/inject.js';
 import { describeImages, selectImages } from '../../selection/select.js';
 import { openSource } from '../open-source.js';
-import { interruptible } from '../interrupt.js';
+import { interruptible, onInterrupt } from '../interrupt.js';
 import { imagesForApps, readApps } from '../../preload/apps.js';
 import { LayerProgressLine } from '../progress.js';
 import { UsageError } from '../errors.js';
@@ -54,6 +54,8 @@ export async function extractCommand(opts: ExtractOptions, out: Output): Promise
     // Written beside the target and renamed into place: never a partial bundle under its name.
     const partial = path.join(path.dirname(target), `.${path.basename(target)}.partial-${randomBytes(4).toString('hex')}`);
     const file = createWriteStream(partial, { flags: 'wx', highWaterMark: 1 << 20 });
+    // A signal exits at once (nothing was changed but this file): it goes too.
+    const forget = onInterrupt(() => rmSync(partial, { force: true }));
     try {
       await once(file, 'open');
       const manifest = await writeBundle(interruptible(source), images, file, new LayerProgressLine('extract'));
@@ -72,6 +74,8 @@ export async function extractCommand(opts: ExtractOptions, out: Output): Promise
       if (!file.closed) await once(file, 'close').catch(() => undefined);
       await fs.rm(partial, { force: true });
       throw e;
+    } finally {
+      forget();
     }
   } finally {
     await source.close();
