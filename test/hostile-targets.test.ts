@@ -74,6 +74,16 @@ async function until(what: string, cond: () => boolean, timeoutMs = 60_000, ever
   }
 }
 
+/** True once process `pid` has a handler for signal `n` (SigCgt in /proc/<pid>/status). */
+function catches(pid: number, n: number): boolean {
+  try {
+    const m = /^SigCgt:\s*([0-9a-f]+)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m !== null && (BigInt(`0x${m[1]}`) & (1n << BigInt(n - 1))) !== 0n;
+  } catch {
+    return false;
+  }
+}
+
 /** flock(1) holding an exclusive lock on `file` until killed; resolves once the lock is taken. */
 async function holdLock(file: string): Promise<ChildProcess> {
   requireTools('flock');
@@ -357,6 +367,26 @@ test('SIGKILLed runs of a bundle without cache IDs leave nothing a rerun does no
   assert.deepEqual(fs.readdirSync(path.join(root, 'image', 'overlay2', 'layerdb', 'tmp')), []);
   const v = transplant(['verify', root]);
   assert.equal(v.code, 0, show(v));
+
+  // The same for the other temp files a killed run leaves: a partial bundle of a killed
+  // extract, a keyfile being written into --resin-boot (both named with the dead pid).
+  const dead = spawn('true');
+  await exited(dead);
+  const out = path.join(work, 'again.bundle');
+  const stale = path.join(work, `.again.bundle.partial-${dead.pid}-0badcafe`);
+  fs.writeFileSync(stale, 'left by a killed extract');
+  const again = transplant(['extract', '--from', root, '--image', 'ht/orphan:1', '--output', out]);
+  assert.equal(again.code, 0, show(again));
+  assert.ok(!fs.existsSync(stale), 'the partial bundle of a killed extract is removed');
+  const rd = emptyResinData(path.join(work, 'rd'));
+  const boot = path.join(work, 'boot');
+  fs.mkdirSync(path.join(boot, 'system-connections'), { recursive: true });
+  fs.writeFileSync(path.join(boot, 'config.json'), '{}');
+  const staleKey = path.join(boot, 'system-connections', `.static-eth0.${dead.pid}.transplant.ignore`);
+  fs.writeFileSync(staleKey, 'left by a killed run');
+  const net = transplant(['inject', out, '--resin-data', rd, '--resin-boot', boot, '--static-ip', '10.0.0.2/24']);
+  assert.equal(net.code, 0, show(net));
+  assert.deepEqual(fs.readdirSync(path.join(boot, 'system-connections')), ['static-eth0'], 'only the keyfile is left');
 });
 
 // ---- item 9: the first signal stops every phase --------------------------------------------
@@ -376,7 +406,9 @@ test('the first SIGINT/SIGTERM stops every phase promptly (verify, waiting for a
     assert.equal(i.code, 0, show(i));
     const child = spawnTransplant(['verify', vroot]);
     const stderr = collectStderr(child);
-    await sleep(1000);
+    // Until the CLI has installed its handlers a signal kills it by default: that proves nothing.
+    await until('the CLI to catch SIGINT', () => catches(child.pid as number, 2), 30_000, 2);
+    await sleep(200);
     assert.equal(child.exitCode, null, 'verify is still running when the signal comes (else this test proves nothing)');
     const t0 = Date.now();
     child.kill('SIGINT');

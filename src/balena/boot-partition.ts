@@ -347,8 +347,19 @@ async function writeInDirectory(root: string, parts: string[], data: Buffer, whe
     if (!options.overwrite) throw conflict(where);
     replaced = true;
   }
-  // Written beside under a name balenaOS skips (`.ignore`), then renamed into place.
-  const tmp = path.join(dir, `.${parts[parts.length - 1]}.${process.pid}.transplant.ignore`);
+  // Written beside under a name balenaOS skips (`.ignore`), then renamed into place. One
+  // left by a killed run (its pid gone) is removed first.
+  const base = parts[parts.length - 1] as string;
+  for (const name of await fsp.readdir(dir)) {
+    const m = name.startsWith(`.${base}.`) ? /^\.(\d+)\.transplant\.ignore$/.exec(name.slice(base.length + 1)) : null;
+    if (!m) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') await fsp.rm(path.join(dir, name), { force: true });
+    }
+  }
+  const tmp = path.join(dir, `.${base}.${process.pid}.transplant.ignore`);
   const fh = await fsp.open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
   try {
     await fh.writeFile(data);

@@ -25,6 +25,26 @@ export interface ExtractOptions {
   insecureHostKey?: boolean;
 }
 
+/** Removes `.<base>.partial-<pid>-<hex>` files whose process no longer exists. */
+async function removeDeadPartials(dir: string, base: string): Promise<void> {
+  const prefix = `.${base}.partial-`;
+  let names: string[];
+  try {
+    names = (await fs.readdir(dir)).filter((n) => n.startsWith(prefix));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^(\d+)-[0-9a-f]{8}$/.exec(name.slice(prefix.length));
+    if (!m) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') await fs.rm(path.join(dir, name), { force: true });
+    }
+  }
+}
+
 export async function extractCommand(opts: ExtractOptions, out: Output): Promise<void> {
   if (!opts.output && !opts.dryRun) throw new UsageError('extract needs --output <bundle> (or --dry-run)');
   const source = await openSource(opts.from, { identity: opts.identity, insecureHostKey: opts.insecureHostKey });
@@ -52,7 +72,10 @@ export async function extractCommand(opts: ExtractOptions, out: Output): Promise
       return;
     }
     // Written beside the target and renamed into place: never a partial bundle under its name.
-    const partial = path.join(path.dirname(target), `.${path.basename(target)}.partial-${randomBytes(4).toString('hex')}`);
+    // Named with our pid, so that the partial bundle of a killed extract (its pid gone) is
+    // recognised and removed by the next extract to the same name.
+    await removeDeadPartials(path.dirname(target), path.basename(target));
+    const partial = path.join(path.dirname(target), `.${path.basename(target)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
     const file = createWriteStream(partial, { flags: 'wx', highWaterMark: 1 << 20 });
     // A signal exits at once (nothing was changed but this file): it goes too.
     const forget = onInterrupt(() => rmSync(partial, { force: true }));
