@@ -12,6 +12,7 @@
  *   createFile(path, data, uid, gid, mode, names, values, aS, aNs, mS, mNs)
  *                                                              open(O_EXCL|O_NOFOLLOW) write + the above + close
  *   crc64Update(state: Buffer(8), data)                        CRC-64/ISO step, slicing-by-8 (no system call)
+ *   tryLock(fd) -> boolean                                     flock(LOCK_EX|LOCK_NB): false when another holds it
  *
  * Paths are strings (UTF-8) or Buffers (raw bytes). Errors are JS Errors shaped like
  * Node's own fs errors: code ('EPERM'), errno (negative), syscall, path, and a message
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
@@ -708,6 +710,35 @@ static napi_value SyncFs(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- locking ---------------------------------------------------------------- */
+
+/*
+ * An exclusive flock(2) on an open file or directory, without waiting: true when taken,
+ * false when another open file description holds it (EWOULDBLOCK). The kernel drops the
+ * lock when the last descriptor closes, so a killed process never leaves it behind.
+ */
+static napi_value TryLock(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  double fd_d;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  if (!get_integer(env, argv[0], 0, 0x7fffffff, &fd_d, "fd must be a non-negative integer")) return NULL;
+  int rc;
+  do {
+    rc = flock((int)fd_d, LOCK_EX | LOCK_NB);
+  } while (rc != 0 && errno == EINTR);
+  int err = errno;
+  napi_value result;
+  if (rc == 0) {
+    napi_get_boolean(env, true, &result);
+    return result;
+  }
+  if (err == EWOULDBLOCK) {
+    napi_get_boolean(env, false, &result);
+    return result;
+  }
+  return throw_errno(env, err, "flock", NULL);
+}
+
 /* ---- module ----------------------------------------------------------------- */
 
 static napi_value Init(napi_env env, napi_value exports) {
@@ -720,6 +751,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"fileAttrs", NULL, FileAttrs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"createFile", NULL, CreateFile, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crc64Update", NULL, Crc64Update, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tryLock", NULL, TryLock, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -186,8 +186,19 @@ async function writeInDirectory(root: string, parts: string[], data: Buffer, whe
     if (!options.overwrite) throw conflict(where);
     replaced = true;
   }
-  // Written beside under a name balenaOS skips (`.ignore`), then renamed into place.
-  const tmp = path.join(dir, `.${parts[parts.length - 1]}.${process.pid}.transplant.ignore`);
+  // Written beside under a name balenaOS skips (`.ignore`), then renamed into place. One
+  // left by a killed run (its pid gone) is removed first.
+  const base = parts[parts.length - 1] as string;
+  for (const name of await fsp.readdir(dir)) {
+    const m = name.startsWith(`.${base}.`) ? /^\.(\d+)\.transplant\.ignore$/.exec(name.slice(base.length + 1)) : null;
+    if (!m) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') await fsp.rm(path.join(dir, name), { force: true });
+    }
+  }
+  const tmp = path.join(dir, `.${base}.${process.pid}.transplant.ignore`);
   const fh = await fsp.open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
   try {
     await fh.writeFile(data);
@@ -211,6 +222,36 @@ async function writeInDirectory(root: string, parts: string[], data: Buffer, whe
     await dh.close();
   }
   return { where, unchanged: false, replaced };
+}
+
+/**
+ * Checks, without writing, that writeBootFile(loc, rel, content) will succeed: nothing
+ * that is not a directory where a directory goes, nothing that is not a regular file in
+ * the file's place, and no other content there unless `overwrite`. For runs that must
+ * refuse before they write anything else.
+ */
+export async function checkBootFile(loc: BootLocation, rel: string, content: Buffer | string, options: WriteBootOptions = {}): Promise<void> {
+  const parts = checkRelative(rel);
+  const data = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
+  const where = `${describeBoot(loc)}/${rel}`;
+  if (loc.kind === 'directory') {
+    let p = loc.path;
+    for (const [i, part] of parts.entries()) {
+      p = path.join(p, part);
+      const st = await fsp.lstat(p).catch(() => undefined);
+      if (st === undefined) return; // created by the write
+      const last = i === parts.length - 1;
+      if (!last && !st.isDirectory()) throw new Error(`${p}: exists and is not a directory`);
+      if (last && !st.isFile()) throw new Error(`${p}: exists and is not a regular file`);
+    }
+  }
+  const existing = await readBootFile(loc, rel);
+  if (existing && !existing.equals(data) && !options.overwrite) throw conflict(where);
+}
+
+/** checkBootFile for a NetworkManager keyfile in `system-connections/`. */
+export async function checkSystemConnection(loc: BootLocation, keyfile: { fileName: string; content: string }, options: WriteBootOptions = {}): Promise<void> {
+  return checkBootFile(loc, `${SYSTEM_CONNECTIONS}/${keyfile.fileName}`, keyfile.content, options);
 }
 
 /** Puts a NetworkManager keyfile into resin-boot's `system-connections/`. */

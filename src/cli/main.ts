@@ -5,7 +5,7 @@
 import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version.js';
 import { UsageError } from './errors.js';
-import { InterruptedError, installInterruptHandlers } from './interrupt.js';
+import { InterruptedError, exitCodeOf, installInterruptHandlers, interruptedBy } from './interrupt.js';
 import { Output } from './output.js';
 import { extractCommand, type ExtractOptions } from './commands/extract.js';
 import { injectCommand, type InjectCommandOptions } from './commands/inject.js';
@@ -38,6 +38,7 @@ function targetOptions(command: Command): Command {
     .option('--resin-boot <dir>', 'a mounted resin-boot partition for the network settings (with --disk, the image\'s own is written)')
     .option('--verify', 'after writing, rebuild every injected layer from what was written and check it against its DiffID; undo the run on a mismatch')
     .option('--force', 'write even though an engine seems to be running on the target')
+    .option('--no-wait', 'when another run holds the target (it is locked for the whole run), fail at once with "in use by pid N" instead of waiting for it')
     .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing')
     .option('--json', 'print results as JSON');
 }
@@ -132,6 +133,12 @@ export async function main(argv: string[]): Promise<number> {
   if (failure instanceof InterruptedError) {
     process.stderr.write(`error: ${failure.message}\n`);
     return failure.exitCode;
+  }
+  const signal = interruptedBy();
+  if (signal !== undefined) {
+    // The run failed on its way out after a signal (not at a checkpoint): still the signal's status.
+    process.stderr.write(`error: interrupted by ${signal}; what this run had written was undone (${(failure as Error)?.message?.split('\n')[0] ?? String(failure)})\n`);
+    return exitCodeOf(signal);
   }
   if (failure instanceof UsageError) {
     process.stderr.write(`error: ${failure.message}\n(run with --help for usage)\n`);

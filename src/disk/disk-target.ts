@@ -7,12 +7,58 @@ import { Ext4TreeWriter } from '../targets/ext4-tree-writer.js';
 import { findPartition, growLastPartition, readPartitionTable, type Partition, type PartitionTable } from './partition-table.js';
 import { copyImageFile, growExt4 } from './grow.js';
 import { readFatFile } from './fat-read.js';
+import { checkInterrupted, onInterrupt } from '../cli/interrupt.js';
 
 export const DATA_LABEL = 'resin-data';
 
 export interface DiskTargetOptions {
   /** Write the result here instead of replacing the input image. */
   output?: string;
+  /** In place: the owner and mode the image has, given to the result (set by openDiskTarget). */
+  keep?: FileOwnership;
+}
+
+/** What an image replaced in place keeps: its owner and permission bits. */
+export interface FileOwnership {
+  uid: number;
+  gid: number;
+  mode: number;
+}
+
+/**
+ * The file an in-place run replaces: the image itself, or the file a symlink named as the
+ * image points to (the symlink stays, and the work copy is made beside the real file).
+ */
+export function realImagePath(imagePath: string): string {
+  try {
+    return fs.realpathSync(imagePath);
+  } catch {
+    return path.resolve(imagePath);
+  }
+}
+
+/**
+ * Refuses an in-place run on an image the user cannot write, or whose owner the result
+ * could not keep (the result replaces it by rename, so it is a new file owned by whoever
+ * writes it unless given the old owner, which only root or the owner can do).
+ */
+export function checkInPlace(imagePath: string, real: string): FileOwnership {
+  const st = fs.statSync(real);
+  const mode = st.mode & 0o7777;
+  const alt = 'give --output <image> to write the result to another file';
+  try {
+    fs.accessSync(real, fs.constants.W_OK);
+  } catch {
+    throw new Error(`${imagePath}: you cannot write it (owner uid ${st.uid}, mode ${mode.toString(8).padStart(4, '0')}); ${alt}`);
+  }
+  const uid = process.geteuid?.() ?? 0;
+  if (uid !== 0) {
+    const groups = new Set([process.getegid?.() ?? -1, ...(process.getgroups?.() ?? [])]);
+    if (st.uid !== uid || !groups.has(st.gid)) {
+      throw new Error(`${imagePath}: it belongs to uid ${st.uid} gid ${st.gid}, and the image replacing it could not keep that owner; run as its owner or as root, or ${alt}`);
+    }
+  }
+  return { uid: st.uid, gid: st.gid, mode };
 }
 
 export interface RoomNeeded {
@@ -149,18 +195,30 @@ export async function openDiskTarget(imagePath: string, options: DiskTargetOptio
   if (options.output && path.resolve(options.output) === path.resolve(imagePath)) {
     throw new Error(`--output ${options.output} is the input image; leave --output out to write the image in place`);
   }
+  // In place, a symlink named as the image is written through: the real file is replaced.
+  const real = realImagePath(imagePath);
+  const inPlace = options.output === undefined;
   if (fs.existsSync(imagePath)) {
     const flasher = flasherRootA(imagePath);
     if (flasher) {
       const { openFlasherTarget } = await import('./flasher.js');
-      return openFlasherTarget(imagePath, flasher.rootA, options);
+      return openFlasherTarget(imagePath, flasher.rootA, inPlace ? { output: real, keep: checkInPlace(imagePath, real) } : options);
     }
   }
   const { table, data } = inspectBalenaImage(imagePath);
-  const destination = options.output ?? imagePath;
+  const keep = inPlace ? checkInPlace(imagePath, real) : undefined;
+  const destination = options.output ?? real;
   const workPath = workPathFor(destination);
-  await copyImageFile(imagePath, workPath);
-  return new DiskTargetImpl(imagePath, destination, workPath, table, data);
+  const forget = onInterrupt(() => fs.rmSync(workPath, { force: true }));
+  try {
+    await copyImageFile(imagePath, workPath);
+  } catch (err) {
+    forget();
+    throw err;
+  }
+  const target = new DiskTargetImpl(imagePath, destination, workPath, table, data, keep);
+  target.forgetCleanup = forget;
+  return target;
 }
 
 /** The resin-data target of one image file; `destination` may equal `workPath` (then commit only closes). */
@@ -169,6 +227,8 @@ export class DiskTargetImpl implements DiskTarget {
   readonly bootImagePath: string;
   readonly tableKind: 'mbr' | 'gpt';
   private state: 'open' | 'committed' | 'aborted' = 'open';
+  /** Unregisters the removal of the work copy on a signal (once committed or aborted). */
+  forgetCleanup: () => void = () => undefined;
 
   constructor(
     readonly imagePath: string,
@@ -176,6 +236,7 @@ export class DiskTargetImpl implements DiskTarget {
     readonly workPath: string,
     private table: PartitionTable,
     public partition: Partition,
+    private readonly keep?: FileOwnership,
   ) {
     this.bootImagePath = workPath;
     this.tableKind = table.kind;
@@ -240,8 +301,10 @@ export class DiskTargetImpl implements DiskTarget {
     this.assertOpen();
     try {
       await this.writer.close();
-      replaceWithWorkCopy(this.workPath, this.destination);
+      checkInterrupted(); // the last moment the run can still be undone
+      replaceWithWorkCopy(this.workPath, this.destination, this.keep);
       this.state = 'committed';
+      this.forgetCleanup();
     } catch (err) {
       await this.abort();
       throw err;
@@ -263,6 +326,7 @@ export class DiskTargetImpl implements DiskTarget {
     this.state = 'aborted';
     await this.writer.discard();
     fs.rmSync(this.workPath, { force: true });
+    this.forgetCleanup();
   }
 }
 
@@ -349,10 +413,17 @@ export async function readDeviceArch(imagePath: string): Promise<{ arch: string;
   return { arch: o.arch, slug: o.slug };
 }
 
-/** The finished work copy, flushed to disk, takes the destination's name in one rename. */
-export function replaceWithWorkCopy(workPath: string, destination: string): void {
+/**
+ * The finished work copy, flushed to disk, takes the destination's name in one rename;
+ * in place it first gets the replaced image's owner and mode (`keep`).
+ */
+export function replaceWithWorkCopy(workPath: string, destination: string, keep?: FileOwnership): void {
   const fd = fs.openSync(workPath, 'r');
   try {
+    if (keep) {
+      fs.fchownSync(fd, keep.uid, keep.gid);
+      fs.fchmodSync(fd, keep.mode); // after chown, which clears setuid/setgid
+    }
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);

@@ -5,8 +5,9 @@ import { readSuperblock } from '../ext4/superblock.js';
 import { Ext4TreeWriter } from '../targets/ext4-tree-writer.js';
 import {
   DiskTargetImpl, growthNeeded, inspectBalenaImage, replaceWithWorkCopy, workPathFor,
-  type DiskTarget, type DiskTargetOptions, type RoomNeeded,
+  type DiskTarget, type DiskTargetOptions, type FileOwnership, type RoomNeeded,
 } from './disk-target.js';
+import { checkInterrupted, onInterrupt } from '../cli/interrupt.js';
 import { copyImageFile, growExt4 } from './grow.js';
 import { findPartition, growLastPartition, growPartitionInPlace, readPartitionTable, type Partition } from './partition-table.js';
 
@@ -27,6 +28,10 @@ export async function openFlasherTarget(imagePath: string, rootA: Partition, opt
   const workPath = workPathFor(destination);
   const innerPath = `${workPath}.inner`;
   let rootWriter: Ext4TreeWriter | undefined;
+  const forget = onInterrupt(() => {
+    fs.rmSync(workPath, { force: true });
+    fs.rmSync(innerPath, { force: true });
+  });
   try {
     await copyImageFile(imagePath, workPath);
     rootWriter = new Ext4TreeWriter(workPath, rootA.offset, { description: `${path.basename(imagePath)}:flash-rootA` });
@@ -47,8 +52,9 @@ export async function openFlasherTarget(imagePath: string, rootA: Partition, opt
       throw new Error(`${imagePath}: the image inside the flasher (${innerRel}) is not usable: ${(err as Error).message.replace(innerPath, innerRel)}`);
     }
     const inner = new DiskTargetImpl(`${imagePath}:${innerRel}`, innerPath, innerPath, inspected.table, inspected.data);
-    return new FlasherTarget(imagePath, destination, workPath, innerPath, innerRel, old, rootA, rootWriter, inner);
+    return new FlasherTarget(imagePath, destination, workPath, innerPath, innerRel, old, rootA, rootWriter, inner, forget, options.keep);
   } catch (err) {
+    forget();
     await rootWriter?.discard();
     fs.rmSync(workPath, { force: true });
     fs.rmSync(innerPath, { force: true });
@@ -69,6 +75,9 @@ class FlasherTarget implements DiskTarget {
     private readonly rootA: Partition,
     private readonly rootWriter: Ext4TreeWriter,
     private readonly inner: DiskTargetImpl,
+    /** Unregisters the removal of the work files on a signal. */
+    private readonly forgetCleanup: () => void,
+    private readonly keep?: FileOwnership,
   ) {}
 
   get bootImagePath(): string {
@@ -106,9 +115,11 @@ class FlasherTarget implements DiskTarget {
         fs.createReadStream(this.innerPath, { highWaterMark: MiB }),
       );
       await this.rootWriter.close();
-      replaceWithWorkCopy(this.workPath, this.destination);
+      checkInterrupted(); // the last moment the run can still be undone
+      replaceWithWorkCopy(this.workPath, this.destination, this.keep);
       fs.rmSync(this.innerPath, { force: true });
       this.state = 'committed';
+      this.forgetCleanup();
     } catch (err) {
       await this.abort();
       throw err;
@@ -159,5 +170,6 @@ class FlasherTarget implements DiskTarget {
     await this.rootWriter.discard();
     fs.rmSync(this.workPath, { force: true });
     fs.rmSync(this.innerPath, { force: true });
+    this.forgetCleanup();
   }
 }

@@ -11,9 +11,11 @@ function isZero(buf: Buffer, length: number): boolean {
 }
 
 /** Copies `length` bytes from `from` at `fromOffset` to `to` at `toOffset`, leaving holes where the source has zeros. */
-function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number): void {
+async function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number): Promise<void> {
   const a = Buffer.allocUnsafe(CHUNK);
   for (let done = 0; done < length; ) {
+    // Every 16 MiB the event loop runs: a signal stops a copy of gigabytes promptly (cli/interrupt.ts).
+    if (done % (16 * CHUNK) === 0 && done > 0) await new Promise((resolve) => setImmediate(resolve));
     const n = Math.min(CHUNK, length - done);
     let got = 0;
     while (got < n) {
@@ -51,7 +53,7 @@ export async function copyImageFile(from: string, to: string): Promise<void> {
     const size = fs.fstatSync(inFd).size;
     outFd = fs.openSync(to, 'wx', fs.fstatSync(inFd).mode & 0o666);
     fs.ftruncateSync(outFd, size);
-    copyRange(inFd, 0, outFd, 0, size);
+    await copyRange(inFd, 0, outFd, 0, size);
     fs.fsyncSync(outFd);
   } catch (err) {
     if (outFd !== undefined) fs.closeSync(outFd);

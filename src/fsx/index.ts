@@ -17,6 +17,7 @@ interface FsxAddon {
   syncFs(path: PathLike): void;
   fileAttrs(fd: number, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
   crc64Update(state: Buffer, data: Uint8Array): void;
+  tryLock(fd: number): boolean;
   createFile(path: PathLike, data: Buffer, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
 }
 
@@ -137,4 +138,13 @@ export function nativeCrc64(): ((state: Buffer, data: Uint8Array) => void) | und
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Takes an exclusive flock(2) on an open file or directory without waiting: true when
+ * taken, false when another process holds it. It is released when the descriptor is
+ * closed or the process dies, however it dies.
+ */
+export function tryLock(fd: number): boolean {
+  return load().tryLock(fd);
 }

@@ -6,8 +6,13 @@
  *      as layer/filestore.go does — a layer exists for the engine only once complete;
  *   2. image configs (atomic rename), so an image appears only when all its layers exist;
  *   3. repositories.json last, by atomic rename: no reference ever names an incomplete image.
- * A run killed midway leaves at most overlay2 directories no layer uses, which the engine
- * prunes and which the next run removes and rewrites.
+ * A layer's overlay2 directory is written under a name no engine uses,
+ * `overlay2/.transplant-partial-<cacheId>`, and renamed to its cache ID just before its
+ * layerdb entry appears, so a run killed midway leaves partial directories that the next
+ * run recognises and removes (moby 20.10 never prunes an overlay2 directory no layer
+ * uses). The one rename-to-rename window left holds a complete directory under a cache ID
+ * the next run of the same layer plans again (plan.ts: kept from the source, or derived from
+ * the ChainID) and so replaces.
  */
 import { randomBytes } from 'node:crypto';
 import type { TreeWriter } from '../targets/tree-writer.js';
@@ -25,7 +30,6 @@ import {
   OVERLAY,
   REPOSITORIES,
   cacheDir,
-  diffDir,
   imageConfigPath,
   imageMetadataDir,
   layerDir,
@@ -37,6 +41,7 @@ import { serializeRepositories } from '../engine/repositories.js';
 import { contentOrderOf } from '../bundle/write.js';
 import type { InjectPlan, PlannedLayer } from './plan.js';
 import { checked, fileRecords } from './content-check.js';
+import { quietly } from '../cli/interrupt.js';
 import type { TargetStore } from './target-store.js';
 
 export interface InjectProgress {
@@ -49,14 +54,27 @@ function tmpName(): string {
   return randomBytes(8).toString('hex');
 }
 
-/** What a failed run undoes, newest first: paths it created, and the repositories.json it replaced. */
-class Undo {
+/** Where a layer's overlay2 directory is written before it is renamed to its cache ID. */
+export const PARTIAL_PREFIX = '.transplant-partial-';
+const partialDir = (cacheId: string): string => `${OVERLAY}/${PARTIAL_PREFIX}${cacheId}`;
+
+/** Registers what undoes one step of a run (e.g. restoring the apps.json it replaced). */
+export interface UndoSteps {
+  step(undo: () => Promise<void>): void;
+}
+
+/** What a failed run undoes, newest first: paths it created, and the files it replaced. */
+export class Undo implements UndoSteps {
   private readonly steps: (() => Promise<void>)[] = [];
 
   constructor(private readonly writer: TreeWriter) {}
 
   push(path: string): void {
     this.steps.push(() => this.writer.remove(path));
+  }
+
+  step(undo: () => Promise<void>): void {
+    this.steps.push(undo);
   }
 
   restore(path: string, data: Buffer, mode: number): void {
@@ -67,14 +85,18 @@ class Undo {
     });
   }
 
+  /** Runs every step (newest first) to the end, even after a signal. */
   async run(): Promise<void> {
-    for (const step of this.steps.reverse()) {
-      try {
-        await step();
-      } catch {
-        /* best effort: the engine prunes what no layer uses */
+    await quietly(async () => {
+      for (const step of this.steps.reverse()) {
+        try {
+          await step();
+        } catch {
+          /* best effort: what is left is what an interrupted run leaves, which the next run removes */
+        }
       }
-    }
+    });
+    this.steps.length = 0;
   }
 }
 
@@ -89,12 +111,15 @@ export async function applyPlan(
   target: TargetStore,
   progress?: InjectProgress,
   check?: () => Promise<void>,
+  /** What goes beside the engine root (apps.json, keyfiles), undone with the rest on a failure. */
+  finish?: (undo: UndoSteps) => Promise<void>,
 ): Promise<void> {
   const undo = new Undo(target.writer);
   const at: { layer?: string; entry?: string } = {};
   try {
     await write(plan, source, target, undo, progress, at);
     if (check) await check();
+    if (finish) await finish(undo);
   } catch (error) {
     await undo.run();
     const code = (error as NodeJS.ErrnoException | undefined)?.code;
@@ -147,6 +172,8 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
   for (const name of (await w.readdir(at(IMAGEDB_CONTENT))) ?? []) if (name.startsWith('.tmp-')) await w.remove(at(`${IMAGEDB_CONTENT}/${name}`));
   for (const name of (await w.readdir(at(IMAGE_ROOT))) ?? []) if (name.startsWith('.tmp-repositories.json')) await w.remove(at(`${IMAGE_ROOT}/${name}`));
   for (const name of target.staleLinks) await w.remove(at(linkPath(name)));
+  // Partial layer directories of killed runs (the target is locked: no other run is writing).
+  for (const name of target.overlayDirs) if (name.startsWith(PARTIAL_PREFIX)) await w.remove(at(`${OVERLAY}/${name}`));
 
   // Content in the order the source streams it (ImageSource.contentOrder: lower files were
   // planned up front, so the writing order does not matter to them). The layerdb renames,
@@ -158,13 +185,10 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
   for (const [index, layer] of copies.entries()) {
     progress?.layerStarted(layer, index, copies.length);
     where.layer = layer.chainId;
-    // Left over by an interrupted run: no layer uses it, so it is ours to replace.
-    if (target.isOrphanDir(layer.cacheId)) await w.remove(at(cacheDir(layer.cacheId)));
-
-    const dir = at(cacheDir(layer.cacheId));
+    const dir = at(partialDir(layer.cacheId));
     created.push(dir);
     await w.mkdirp(dir, MODE.cacheDir);
-    const diff = at(diffDir(layer.cacheId));
+    const diff = `${dir}/diff`;
     const records = layer.source.tarSplit ? await fileRecords(layer.source.tarSplit, `${source.description}: layer ${layer.chainId}`) : undefined;
     let first = true;
     for await (const { entry, content } of source.layerItems(layer.chainId)) {
@@ -184,11 +208,6 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
       await w.mkdirp(`${dir}/work`, MODE.workDir);
       if (layer.lower) await w.writeFile(`${dir}/lower`, Buffer.from(layer.lower), MODE.lowerFile);
     }
-    const l = at(linkPath(layer.link));
-    if ((await w.kindOf(l)) !== undefined) await w.remove(l);
-    created.push(l);
-    await w.symlink(linkTarget(layer.cacheId), l);
-
     // layerdb entry: complete in tmp/, then one rename makes it visible.
     const tmp = at(`${LAYERDB_TMP}/write-set-${tmpName()}`);
     created.push(tmp);
@@ -199,8 +218,17 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     layerdbTmp.set(layer.chainId, tmp);
     progress?.layerDone(layer);
   }
-  // Parents first: the engine never meets a layer whose parent is not complete.
+  // Parents first: the engine never meets a layer whose parent is not complete. Each layer's
+  // directory takes its cache ID, gets its l/ link, then its layerdb entry appears.
   for (const layer of planned) {
+    // Left over by an interrupted run: no layer uses it, so it is ours to replace.
+    if (target.isOrphanDir(layer.cacheId)) await w.remove(at(cacheDir(layer.cacheId)));
+    await w.rename(at(partialDir(layer.cacheId)), at(cacheDir(layer.cacheId)));
+    created.push(at(cacheDir(layer.cacheId)));
+    const l = at(linkPath(layer.link));
+    if ((await w.kindOf(l)) !== undefined) await w.remove(l);
+    created.push(l);
+    await w.symlink(linkTarget(layer.cacheId), l);
     await w.rename(layerdbTmp.get(layer.chainId) as string, at(layerDir(layer.chainId)));
     created.push(at(layerDir(layer.chainId)));
   }

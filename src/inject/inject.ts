@@ -2,7 +2,7 @@
 import type { ImageSource, SourceImage } from '../sources/source.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 import { layersOf } from '../bundle/write.js';
-import { applyPlan, type InjectProgress } from './apply.js';
+import { Undo, applyPlan, type InjectProgress, type UndoSteps } from './apply.js';
 import { checkChains, planChangesNothing, planInjection, type InjectPlan } from './plan.js';
 import { TargetStore } from './target-store.js';
 import { verifyEngineRoot } from '../verify/verify.js';
@@ -15,8 +15,13 @@ export interface InjectOptions {
   beforeWrite?: (plan: InjectPlan) => Promise<void>;
   /** References to add beyond the images' own, decided with the target in view (apps.json names). */
   extraReferences?: (store: TargetStore) => { key: string; imageId: string }[];
-  /** Writes what goes beside the engine root once the images are complete (apps.json). */
-  finish?: (writer: TreeWriter) => Promise<void>;
+  /**
+   * Writes what goes beside the engine root once the images are complete (apps.json,
+   * keyfiles), registering how to undo each write: a failure undoes the whole run.
+   */
+  finish?: (writer: TreeWriter, undo: UndoSteps) => Promise<void>;
+  /** Called just before the first write into the target. */
+  startWriting?: () => void;
   /**
    * Re-reads what was written and rebuilds every injected layer from its tar-split and files,
    * checking it against its DiffID (what `docker save` does); on a mismatch the run is undone.
@@ -59,7 +64,16 @@ export async function injectImages(
   for (const m of plan.references.moved) options.warn?.(`tag ${m.key} moved from ${m.from.slice(7, 19)} to ${m.to.slice(7, 19)} (as docker tag would)`);
   if (options.dryRun) return { plan, changed: false };
   if (planChangesNothing(plan)) {
-    if (options.finish) await options.finish(writer);
+    if (options.finish) {
+      options.startWriting?.();
+      const undo = new Undo(writer);
+      try {
+        await options.finish(writer, undo);
+      } catch (error) {
+        await undo.run();
+        throw error;
+      }
+    }
     return { plan, changed: false };
   }
   if (options.beforeWrite) await options.beforeWrite(plan);
@@ -78,8 +92,9 @@ export async function injectImages(
         if (!report.ok) throw new Error(`verification of what was written failed: ${report.problems[0]}${report.problems.length > 1 ? ` (and ${report.problems.length - 1} more problems)` : ''}`);
       }
     : undefined;
-  await applyPlan(plan, source, store, options.progress, check);
-  if (options.finish) await options.finish(writer);
+  options.startWriting?.();
+  const finish = options.finish;
+  await applyPlan(plan, source, store, options.progress, check, finish ? (undo) => finish(writer, undo) : undefined);
   return { plan, changed: true };
 }
 

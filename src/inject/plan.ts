@@ -3,6 +3,7 @@
  * copied), which are copied and under which cache and link IDs, which references change,
  * and how many bytes and inodes it needs. Pure decisions; apply.ts does the writing.
  */
+import { createHash } from 'node:crypto';
 import { chainIds, newCacheId, newLinkId } from '../engine/digest.js';
 import { configPlatform } from '../sources/source.js';
 import { mergeReferences, type MergeOutcome } from '../engine/repositories.js';
@@ -34,6 +35,11 @@ export interface InjectPlan {
 
 // Per copied layer: its overlay2 dir, diff, work, link, lower, committed, l/ link, layerdb dir and files.
 const INODES_PER_LAYER = 12;
+
+/** A cache ID for a layer whose source has none: 64 hex like the engine's, the same for every run. */
+export function derivedCacheId(chainId: string): string {
+  return createHash('sha256').update(`transplant cache-id ${chainId}`).digest('hex');
+}
 const BYTES_PER_LAYER = 64 * 1024;
 
 /**
@@ -93,7 +99,10 @@ export function planInjection(
     if (existing) {
       p = { chainId: layer.chainId, action: 'reuse', cacheId: existing.cacheId, link: existing.link, lower: existing.lower, parent: layer.parent, source: layer };
     } else {
-      let cacheId = layer.cacheId && target.cacheIdFree(layer.cacheId) && !takenCache.has(layer.cacheId) ? layer.cacheId : newCacheId();
+      // The source's cache ID, else one derived from the ChainID: a rerun after a killed run
+      // plans the same directory again and replaces what that run left (apply.ts).
+      const wanted = layer.cacheId || derivedCacheId(layer.chainId);
+      let cacheId = target.cacheIdFree(wanted) && !takenCache.has(wanted) ? wanted : newCacheId();
       while (!target.cacheIdFree(cacheId) || takenCache.has(cacheId)) cacheId = newCacheId();
       let link = layer.link && target.linkIdFree(layer.link) && !takenLinks.has(layer.link) ? layer.link : newLinkId();
       while (!target.linkIdFree(link) || takenLinks.has(link)) link = newLinkId();

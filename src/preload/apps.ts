@@ -10,6 +10,7 @@ import { lookupLikeSupervisor, planReferences, type ImageStoreView } from '../ba
 import { parseReference } from '../engine/reference.js';
 import type { SourceImage } from '../sources/source.js';
 import type { TargetStore } from '../inject/target-store.js';
+import type { UndoSteps } from '../inject/apply.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 
 export async function readApps(file: string, options: { pinDevice?: boolean } = {}): Promise<AppsJson> {
@@ -97,11 +98,40 @@ export function referencesForApps(apps: AppsJson, images: readonly SourceImage[]
   return result.additions;
 }
 
-/** Writes apps.json at the root of resin-data, atomically; never apps.json.preloaded. */
-export async function writeApps(writer: TreeWriter, apps: AppsJson): Promise<void> {
-  const tmp = `.apps.json.tmp-${randomBytes(4).toString('hex')}`;
+const APPS_JSON = 'apps.json';
+const TMP_PREFIX = '.apps.json.tmp-';
+
+/** Refuses, before anything is written, a target whose apps.json could not be replaced by a file. */
+export async function checkAppsTarget(writer: Pick<TreeWriter, 'kindOf' | 'description'>): Promise<void> {
+  const kind = await writer.kindOf(APPS_JSON);
+  if (kind === undefined || kind === 'file') return;
+  const what = kind === 'directory' ? 'a directory' : kind === 'symlink' ? 'a symlink' : 'not a regular file';
+  throw new Error(`${writer.description}/${APPS_JSON} exists and is ${what}; remove it or choose another target (nothing was changed)`);
+}
+
+/**
+ * Writes apps.json at the root of resin-data, atomically; never apps.json.preloaded. With
+ * `undo`, how to put back what was there (the user's apps.json, or none) is registered.
+ * Temp files of killed runs are removed first.
+ */
+export async function writeApps(writer: TreeWriter, apps: AppsJson, undo?: UndoSteps): Promise<void> {
+  for (const name of (await writer.readdir('')) ?? []) if (name.startsWith(TMP_PREFIX)) await writer.remove(name);
+  const previous = await writer.readFile(APPS_JSON);
+  const tmpName = (): string => `${TMP_PREFIX}${randomBytes(4).toString('hex')}`;
+  const tmp = tmpName();
+  undo?.step(() => writer.remove(tmp));
   await writer.writeFile(tmp, Buffer.from(serializeAppsJson(apps)), 0o644);
-  await writer.rename(tmp, 'apps.json');
+  await writer.rename(tmp, APPS_JSON);
+  undo?.step(async () => {
+    if (previous === undefined) return writer.remove(APPS_JSON);
+    const back = tmpName();
+    try {
+      await writer.writeFile(back, previous, 0o644);
+      await writer.rename(back, APPS_JSON);
+    } finally {
+      await writer.remove(back);
+    }
+  });
 }
 
 export interface AppsStatus {

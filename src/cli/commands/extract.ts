@@ -1,5 +1,5 @@
 /** transplant extract: images from a source into a bundle file. */
-import { createWriteStream, promises as fs } from 'node:fs';
+import { createWriteStream, promises as fs, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -7,7 +7,7 @@ import { planBundle, writeBundle } from '../../bundle/write.js';
 import { formatBytes } from '../../inject/inject.js';
 import { describeImages, selectImages } from '../../selection/select.js';
 import { openSource } from '../open-source.js';
-import { interruptible } from '../interrupt.js';
+import { interruptible, onInterrupt } from '../interrupt.js';
 import { imagesForApps, readApps } from '../../preload/apps.js';
 import { LayerProgressLine } from '../progress.js';
 import { UsageError } from '../errors.js';
@@ -23,6 +23,26 @@ export interface ExtractOptions {
   /** --from ssh://…: private key file, and whether to skip the known_hosts check. */
   identity?: string;
   insecureHostKey?: boolean;
+}
+
+/** Removes `.<base>.partial-<pid>-<hex>` files whose process no longer exists. */
+async function removeDeadPartials(dir: string, base: string): Promise<void> {
+  const prefix = `.${base}.partial-`;
+  let names: string[];
+  try {
+    names = (await fs.readdir(dir)).filter((n) => n.startsWith(prefix));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^(\d+)-[0-9a-f]{8}$/.exec(name.slice(prefix.length));
+    if (!m) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') await fs.rm(path.join(dir, name), { force: true });
+    }
+  }
 }
 
 export async function extractCommand(opts: ExtractOptions, out: Output): Promise<void> {
@@ -52,8 +72,13 @@ export async function extractCommand(opts: ExtractOptions, out: Output): Promise
       return;
     }
     // Written beside the target and renamed into place: never a partial bundle under its name.
-    const partial = path.join(path.dirname(target), `.${path.basename(target)}.partial-${randomBytes(4).toString('hex')}`);
+    // Named with our pid, so that the partial bundle of a killed extract (its pid gone) is
+    // recognised and removed by the next extract to the same name.
+    await removeDeadPartials(path.dirname(target), path.basename(target));
+    const partial = path.join(path.dirname(target), `.${path.basename(target)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
     const file = createWriteStream(partial, { flags: 'wx', highWaterMark: 1 << 20 });
+    // A signal exits at once (nothing was changed but this file): it goes too.
+    const forget = onInterrupt(() => rmSync(partial, { force: true }));
     try {
       await once(file, 'open');
       const manifest = await writeBundle(interruptible(source), images, file, new LayerProgressLine('extract'));
@@ -72,6 +97,8 @@ export async function extractCommand(opts: ExtractOptions, out: Output): Promise
       if (!file.closed) await once(file, 'close').catch(() => undefined);
       await fs.rm(partial, { force: true });
       throw e;
+    } finally {
+      forget();
     }
   } finally {
     await source.close();

@@ -9,12 +9,15 @@ import { findLiveEngine } from '../../targets/live-engine.js';
 import { HostTreeWriter } from '../../targets/host-fs.js';
 import type { TreeWriter } from '../../targets/tree-writer.js';
 import { openSource } from '../open-source.js';
-import { interruptible } from '../interrupt.js';
+import { WritePhase, checkInterrupted, interruptible, interruptibleWriter, quietly } from '../interrupt.js';
+import { TargetLock, lockFile, lockFiles } from '../../targets/target-lock.js';
+import type { UndoSteps } from '../../inject/apply.js';
+import { existsSync } from 'node:fs';
 import { ReadOnlyTreeWriter } from '../../targets/read-only.js';
-import { bootLocation, writeSystemConnection, type BootLocation } from '../../balena/boot-partition.js';
+import { SYSTEM_CONNECTIONS, bootLocation, checkSystemConnection, writeSystemConnection, type BootLocation } from '../../balena/boot-partition.js';
 import { checkKeyfile, staticIpKeyfile } from '../../balena/network.js';
 import { archMatches, platformOf } from '../../balena/arch.js';
-import { readApps, referencesForApps, writeApps } from '../../preload/apps.js';
+import { checkAppsTarget, readApps, referencesForApps, writeApps } from '../../preload/apps.js';
 import type { AppsJson } from '../../balena/apps-json.js';
 import { LayerProgressLine } from '../progress.js';
 import { UsageError } from '../errors.js';
@@ -27,6 +30,8 @@ export interface TargetOptions {
   disk?: string;
   output?: string;
   force?: boolean;
+  /** false (--no-wait): fail at once when another run holds the target, instead of waiting. */
+  wait?: boolean;
 }
 
 export interface InjectCommandOptions extends TargetOptions {
@@ -69,12 +74,39 @@ async function assertDirectory(dir: string, option: string): Promise<void> {
   if (!st.isDirectory()) throw new Error(`${option} ${dir} is not a directory`);
 }
 
-export async function openTarget(opts: TargetOptions): Promise<OpenTarget> {
+/** Ties a target's lock to its end: released once it is committed or aborted. */
+function releasingOnEnd(target: OpenTarget, lock: TargetLock): OpenTarget {
+  return {
+    ...target,
+    commit: async () => {
+      try {
+        await target.commit();
+      } finally {
+        lock.release();
+      }
+    },
+    abort: async () => {
+      try {
+        await target.abort();
+      } finally {
+        lock.release();
+      }
+    },
+  };
+}
+
+/**
+ * Opens the target for writing, holding an exclusive lock on it for the whole run
+ * (targets/target-lock.ts): the disk image file, or the resin-data / engine root directory.
+ * A dry run takes no lock.
+ */
+export async function openTarget(opts: TargetOptions, notify: (message: string) => void = () => undefined): Promise<OpenTarget> {
+  const lockOptions = { wait: opts.wait !== false, onWait: notify };
   const given = [opts.resinData, opts.engineRoot, opts.disk].filter((x) => x !== undefined);
   if (given.length !== 1) throw new UsageError('give exactly one target: --resin-data <dir>, --engine-root <dir> or --disk <image>');
   if (opts.output && !opts.disk) throw new UsageError('--output goes with --disk');
   if (opts.disk) {
-    const { openDiskTarget, readDeviceArch, estimateRoom, flasherRootA } = await import('../../disk/disk-target.js');
+    const { openDiskTarget, readDeviceArch, estimateRoom, flasherRootA, realImagePath } = await import('../../disk/disk-target.js');
     const device = await readDeviceArch(opts.disk);
     if (opts.dryRun && !flasherRootA(opts.disk)) {
       // Planning reads resin-data in place, through a disk that keeps writes in memory.
@@ -93,16 +125,25 @@ export async function openTarget(opts: TargetOptions): Promise<OpenTarget> {
         abort: () => writer.close(),
       };
     }
-    const disk = await openDiskTarget(opts.disk, { output: opts.output });
+    // The real file a symlink names: an in-place run replaces it (disk-target.ts).
+    const lock = existsSync(opts.disk) ? await lockFile(realImagePath(opts.disk), opts.disk, lockOptions) : new TargetLock([]);
+    let disk;
     let boot: BootLocation;
+    try {
+      disk = await openDiskTarget(opts.disk, { output: opts.output });
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
     try {
       // For a flasher image, resin-boot of the inner image (the one the device will boot).
       boot = await bootLocation(disk.bootImagePath);
     } catch (err) {
       await disk.abort();
+      lock.release();
       throw err;
     }
-    return {
+    return releasingOnEnd({
       writer: disk.writer,
       prefix: 'docker',
       device,
@@ -112,19 +153,29 @@ export async function openTarget(opts: TargetOptions): Promise<OpenTarget> {
       },
       commit: () => disk.commit(),
       abort: () => disk.abort(),
-    };
+    }, lock);
   }
   const dir = (opts.resinData ?? opts.engineRoot) as string;
   const option = opts.resinData ? '--resin-data' : '--engine-root';
   await assertDirectory(dir, option);
   const prefix = opts.resinData ? 'docker' : '';
   const engineRoot = path.join(dir, prefix);
-  const pid = await findLiveEngine(engineRoot);
-  if (pid !== undefined && !opts.force) {
-    throw new Error(`an engine (pid ${pid}) is running on ${engineRoot}; stop it first (writing under a live engine corrupts it), or pass --force`);
+  // resin-data, then its engine root when it has one (every run locks in this order, and a
+  // run given that engine root as --engine-root meets the same lock).
+  const locked = [{ file: dir, what: dir }];
+  if (prefix && existsSync(engineRoot)) locked.push({ file: engineRoot, what: engineRoot });
+  const lock = opts.dryRun ? new TargetLock([]) : await lockFiles(locked, lockOptions);
+  try {
+    const pid = await findLiveEngine(engineRoot);
+    if (pid !== undefined && !opts.force) {
+      throw new Error(`an engine (pid ${pid}) is running on ${engineRoot}; stop it first (writing under a live engine corrupts it), or pass --force`);
+    }
+  } catch (err) {
+    lock.release();
+    throw err;
   }
   const writer = new HostTreeWriter(dir);
-  return { writer, prefix, commit: () => writer.close(), abort: () => writer.close() };
+  return releasingOnEnd({ writer, prefix, commit: () => writer.close(), abort: () => writer.close() }, lock);
 }
 
 /** Refuses images a device of this type cannot run, unless --force. */
@@ -196,20 +247,38 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
   if (opts.resinBoot && opts.disk) throw new UsageError('--resin-boot goes with --resin-data or --engine-root; with --disk, resin-boot inside the image is written');
   const keyfile = await keyfileFrom(opts);
   const resinBoot = opts.resinBoot ? await bootLocation(opts.resinBoot) : undefined;
-  const target = await openTarget(opts);
+  const notify = (m: string): void => out.warn(m);
+  const target = await openTarget(opts, notify);
   let done = false;
+  let bootLock: TargetLock | undefined;
+  const phase = new WritePhase();
   try {
+    if (resinBoot?.kind === 'directory' && keyfile && !opts.dryRun) {
+      bootLock = await lockFile(resinBoot.path, resinBoot.path, { wait: opts.wait !== false, onWait: notify });
+    }
     if (target.device) checkArchitecture(images, target.device, opts.force === true, out);
     const boot = resinBoot ?? target.boot;
-    const finish = async (writer: TreeWriter): Promise<void> => {
-      if (apps) await writeApps(writer, apps);
+    // Everything that can refuse is checked before the first write (the images included).
+    if (apps) await checkAppsTarget(target.writer);
+    if (keyfile && boot) await checkSystemConnection(boot, keyfile);
+    const finish = async (writer: TreeWriter, undo: UndoSteps): Promise<void> => {
+      if (apps) await writeApps(writer, apps, undo);
       if (keyfile && boot) {
-        await writeSystemConnection(boot, keyfile);
-        network = `${boot.kind === 'directory' ? boot.path : 'resin-boot'}/system-connections/${keyfile.fileName}`;
+        checkInterrupted();
+        const existedDir = boot.kind === 'directory' && (await fs.lstat(path.join(boot.path, SYSTEM_CONNECTIONS)).then(() => true, () => false));
+        const written = await writeSystemConnection(boot, keyfile);
+        // Inside a disk image the work copy holds it (discarded on failure); a directory is undone here.
+        if (boot.kind === 'directory' && !written.unchanged) {
+          undo.step(async () => {
+            await fs.rm(path.join(boot.path, SYSTEM_CONNECTIONS, keyfile.fileName), { force: true });
+            if (!existedDir) await fs.rmdir(path.join(boot.path, SYSTEM_CONNECTIONS)).catch(() => undefined);
+          });
+        }
+        network = `${boot.kind === 'directory' ? boot.path : 'resin-boot'}/${SYSTEM_CONNECTIONS}/${keyfile.fileName}`;
       }
     };
     let network: string | undefined;
-    const result = await injectImages(interruptible(source), images, target.writer, target.prefix, {
+    const result = await injectImages(interruptible(source), images, interruptibleWriter(target.writer), target.prefix, {
       dryRun: opts.dryRun,
       verify: opts.verify,
       progress: new LayerProgressLine('inject'),
@@ -217,6 +286,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       beforeWrite: target.beforeWrite,
       extraReferences: apps ? (store) => referencesForApps(apps, images, store) : undefined,
       finish: apps || keyfile ? finish : undefined,
+      startWriting: () => phase.enter(),
     });
     if (opts.dryRun) {
       await target.abort();
@@ -225,8 +295,10 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       out.data({ ...(planJson(result.plan) as object), room }, () => describePlan(result.plan) + (room ? `\n${room}` : ''));
       return;
     }
+    checkInterrupted();
     await target.commit();
     done = true;
+    phase.leave(true);
     const copied = result.plan.layers.filter((l) => l.action === 'copy').length;
     const extras = [apps ? 'apps.json written' : '', network ? `network settings in ${network}` : ''].filter(Boolean);
     out.data({ ...(planJson(result.plan) as object), changed: result.changed, appsJson: apps !== undefined, network }, () =>
@@ -235,7 +307,9 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
         : `${target.writer.description} already holds every image and reference`) + (extras.length > 0 ? `; ${extras.join('; ')}` : ''),
     );
   } finally {
-    if (!done) await target.abort();
+    if (!done) await quietly(() => target.abort());
+    phase.leave(false);
+    bootLock?.release();
   }
 }
 
