@@ -83,6 +83,10 @@ export class LayerTarScanner {
   visit(entry: TarEntry): void {
     const h = entry.header;
     if (h.type === 'pax-global') return;
+    if (h.type === 'contiguous') {
+      // Go's reader keeps typeflag '7'; createTarFile has no case for it.
+      throw new Error(`${this.where}: ${h.name} is a contiguous file (tar type '7'), which the engine refuses (unhandled tar header type 55)`);
+    }
     const path = layerPath(h.name, this.where);
     if (path === '.') return;
     this.parents(path);
@@ -121,10 +125,18 @@ export class LayerTarScanner {
 
 const OPAQUE_XATTR = { name: 'trusted.overlay.opaque', value: Buffer.from('y') };
 
-function entryTimes(h: TarHeader, symlink: boolean): { mtime: bigint; atime: bigint } {
+/**
+ * The times createTarFile gives an entry: atime is never before mtime; Chtimes (pkg/system/
+ * chtimes.go) turns times before the epoch into the epoch, except on symlinks (LUtimesNano).
+ * Directories get their times again at the end of Unpack (from the header as it is, an
+ * absent atime becoming the epoch), but then overlay2's ApplyDiff walks the new diff/ to
+ * size it (directory.Size), which on a relatime mount sets every directory's atime to the
+ * engine's clock: that is what the store keeps, so directories get `now`.
+ */
+function entryTimes(h: TarHeader, kind: 'symlink' | 'directory' | 'other', now: bigint): { mtime: bigint; atime: bigint } {
   let mtime = h.mtime;
-  let atime = h.atime !== undefined && h.atime > mtime ? h.atime : mtime;
-  if (!symlink) {
+  let atime = kind === 'directory' ? now : h.atime !== undefined && h.atime > mtime ? h.atime : mtime;
+  if (kind !== 'symlink') {
     if (mtime < 0n) mtime = 0n;
     if (atime < 0n) atime = 0n;
   }
@@ -151,7 +163,7 @@ export async function* layerItemsFromTar(
     const late = scan.lateDirs.get(path);
     if (late) {
       // The entry comes later in the tar; the engine ends with its attributes (createTarFile on an existing directory).
-      const { mtime, atime } = entryTimes(late, false);
+      const { mtime, atime } = entryTimes(late, 'directory', now);
       return { path, kind: 'directory', mode: late.mode & 0o7777, uid: late.uid, gid: late.gid, mtime, atime, size: 0, xattrs: dirXattrs(path, late) };
     }
     // MkdirAllAndChownNew(parent, 0755, root).
@@ -182,7 +194,9 @@ export async function* layerItemsFromTar(
       const target = `${parentOf(path) === '.' ? '' : parentOf(path) + '/'}${baseOf(path).slice(WHITEOUT_PREFIX.length)}`;
       if (made.has(target)) throw new Error(`${where}: ${h.name} deletes ${target}, which the same layer also adds (the engine refuses this layer)`);
       made.set(target, 'char-device');
-      const { mtime, atime } = entryTimes(h, false);
+      // ConvertRead mknods the device and chowns it; nothing sets its times (the engine's clock).
+      const mtime = now;
+      const atime = now;
       yield {
         entry: { path: target, kind: 'char-device', mode: 0, uid: h.uid, gid: h.gid, mtime, atime, size: 0, devMajor: 0, devMinor: 0, xattrs: [] },
       };
@@ -194,7 +208,7 @@ export async function* layerItemsFromTar(
     if (existing !== undefined && !(existing === 'directory' && h.type === 'directory')) {
       throw new Error(`${where}: ${h.name} appears twice in the layer (the engine refuses duplicate entries)`);
     }
-    const { mtime, atime } = entryTimes(h, h.type === 'symlink');
+    const { mtime, atime } = entryTimes(h, h.type === 'symlink' ? 'symlink' : h.type === 'directory' ? 'directory' : 'other', now);
     const xattrs = h.type === 'directory' ? dirXattrs(path, h) : h.xattrs;
     const base: LayerEntry = { path, kind: 'file', mode: h.mode & 0o7777, uid: h.uid, gid: h.gid, mtime, atime, size: 0, xattrs };
     switch (h.type) {

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { writeChunked } from '../stream/chunked-write.js';
 import * as path from 'node:path';
-import type { LayerEntry } from '../layer/entry.js';
+import { entryPathBytes, nameIsRaw, type LayerEntry } from '../layer/entry.js';
 import type { FreeSpace, TreeWriter } from './tree-writer.js';
 import {
   errnoCode, errnoNumber, inodeNumberOf, EXT2_ET_BLOCK_ALLOC_FAIL, EXT2_ET_INODE_ALLOC_FAIL, mountExt2, openExt2, umountExt2,
@@ -611,6 +611,11 @@ export class Ext4TreeWriter implements TreeWriter {
     }
     if ((entry.path === '.' || entry.path === '') && entry.kind !== 'directory') {
       throw new Error(`${where}: the root of a tree must be a directory, not a ${entry.kind}`);
+    }
+    // The ext2fs WASM binding takes names as JavaScript strings and stores them as UTF-8:
+    // a name that is not UTF-8 would be stored as something else, so it is refused.
+    if (nameIsRaw(entry.path) || (entry.linkTarget !== undefined && nameIsRaw(entry.linkTarget))) {
+      throw new Error(`${where}: the name or link target is not UTF-8 (${entryPathBytes(entry).toString('hex')} in hex); the disk image writer cannot store it exactly, so it refuses it`);
     }
     const s = await this.mount();
     const need = inodeXattrBytes(xattrs);
