@@ -14,16 +14,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { Dockerd } from './harness/dockerd.js';
 import { requireTools } from './harness/exec.js';
 import { copyTree, tempDir } from './harness/fixtures.js';
 import { assertOneLineError, show } from './harness/cli.js';
 import type { RunResult } from './harness/exec.js';
 import { CliWorker } from './harness/hostile.js';
-import { diffSnapshots, layerDiffDir, snapshotTree, treeDigest, type Snapshot } from './harness/judge.js';
+import { treeDigest } from './harness/judge.js';
+import { layerParityProblems } from './harness/layer-parity.js';
 import { buildTarCorpus, type CorpusCase } from './harness/tar-corpus.js';
 
 interface EngineResult {
@@ -32,50 +31,6 @@ interface EngineResult {
   /** Wall-clock window of the load (s): what the engine made itself has its times in it. */
   from: number;
   to: number;
-}
-
-const layerdb = (root: string, chainId: string): string => path.join(root, 'image', 'overlay2', 'layerdb', 'sha256', chainId.slice(7));
-
-function tarSplitOf(root: string, chainId: string): Buffer {
-  return gunzipSync(fs.readFileSync(path.join(layerdb(root, chainId), 'tar-split.json.gz')));
-}
-
-/** The engine's layer trees, taken once (they are compared with three targets). */
-const refSnapshots = new Map<string, Snapshot>();
-
-/** Differences of one single-layer case between the engine's root and ours. */
-function layerProblems(engineRoot: string, ours: string, c: CorpusCase, e: EngineResult, exactTimes: boolean): string[] {
-  const chain = c.diffId; // one layer: its ChainID is its DiffID
-  if (!fs.existsSync(layerdb(ours, chain))) return [`${c.name}: layer ${chain} missing`];
-  const out: string[] = [];
-  for (const f of ['diff', 'size']) {
-    const a = fs.readFileSync(path.join(layerdb(engineRoot, chain), f), 'utf8');
-    const b = fs.readFileSync(path.join(layerdb(ours, chain), f), 'utf8');
-    if (a !== b) out.push(`${c.name}: layerdb ${f} ${JSON.stringify(b)} != ${JSON.stringify(a)} (docker load)`);
-  }
-  const ta = tarSplitOf(engineRoot, chain);
-  const tb = tarSplitOf(ours, chain);
-  if (!ta.equals(tb)) {
-    const la = ta.toString('utf8').split('\n');
-    const lb = tb.toString('utf8').split('\n');
-    const i = la.findIndex((l, k) => l !== lb[k]);
-    out.push(`${c.name}: tar-split differs at line ${i + 1}:\n    docker load: ${la[i]?.slice(0, 300)}\n    transplant:  ${lb[i]?.slice(0, 300)}`);
-  }
-  const ref: Snapshot = refSnapshots.get(chain) ?? snapshotTree(layerDiffDir(engineRoot, chain));
-  refSnapshots.set(chain, ref);
-  const got: Snapshot = snapshotTree(layerDiffDir(ours, chain));
-  // What the engine made at load time (diff/ itself, missing parents, whiteout devices) has
-  // the engine's clock as mtime; ours has our clock. Everything else must be equal.
-  const madeByEngine = (p: string): boolean => {
-    const t = Number(ref.get(p)?.mtime ?? 'NaN');
-    return t >= e.from - 2 && t <= e.to + 2;
-  };
-  const diffs = diffSnapshots(ref, got, { ignoreRootAttributes: !exactTimes }).filter((l) => {
-    const m = /^(.*): mtime /.exec(l);
-    return exactTimes || !(m && madeByEngine(m[1] as string));
-  });
-  out.push(...diffs.map((l) => `${c.name}: ${l}`));
-  return out;
 }
 
 test('tar corpus: docker load and transplant store the same layers (archive → root, archive → bundle → root, root → root)', { timeout: 1_800_000 }, async () => {
@@ -144,8 +99,8 @@ test('tar corpus: docker load and transplant store the same layers (archive → 
       assert.equal(x.code, 0, `extract\n${show(x)}`);
       const b = await transplant(['inject', bundle, '--engine-root', viaBundle]);
       assert.equal(b.code, 0, `inject of the bundle\n${show(b)}`);
-      problems.push(...layerProblems(engineRoot, toRoot, c, e, false).map((l) => `archive → root: ${l}`));
-      problems.push(...layerProblems(engineRoot, viaBundle, c, e, false).map((l) => `archive → bundle → root: ${l}`));
+      problems.push(...layerParityProblems(engineRoot, toRoot, c.diffId, e, false).map((l) => `archive → root: ${c.name}: ${l}`));
+      problems.push(...layerParityProblems(engineRoot, viaBundle, c.diffId, e, false).map((l) => `archive → bundle → root: ${c.name}: ${l}`));
       loaded.push(c);
     } catch (err) {
       problems.push(`${c.name} (docker load: ${e.loaded ? 'loaded' : e.stderr}): ${(err as Error).message}`);
@@ -157,7 +112,7 @@ test('tar corpus: docker load and transplant store the same layers (archive → 
   copyTree(bare, rootToRoot);
   const rr = await transplant(['inject', engineRoot, '--engine-root', rootToRoot, ...loaded.flatMap((c) => ['--image', c.reference])]);
   assert.equal(rr.code, 0, `root → root\n${show(rr)}`);
-  for (const c of loaded) problems.push(...layerProblems(engineRoot, rootToRoot, c, engine.get(c.name) as EngineResult, true).map((l) => `root → root: ${l}`));
+  for (const c of loaded) problems.push(...layerParityProblems(engineRoot, rootToRoot, c.diffId, engine.get(c.name) as EngineResult, true).map((l) => `root → root: ${c.name}: ${l}`));
 
   const v = await transplant(['verify', toRoot]);
   await cli.close();

@@ -18,6 +18,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createGzip, createGunzip } from 'node:zlib';
+import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { TarParser, type TarEntry } from '../tar/parse.js';
 import { BLOCK } from '../tar/header.js';
@@ -343,9 +344,25 @@ export class TarSplitWriter {
     this.gzip.on('data', (c: Buffer) => this.out.push(c));
   }
 
+  private pending = '';
+
   private add(line: string): void {
-    this.gzip.write(line);
+    // Lines are batched: one zlib write per 64 KiB instead of one per entry (each write is
+    // a work item queued in the gzip stream until the thread pool gets to it).
+    this.pending += line;
+    if (this.pending.length >= 1 << 16) this.flushPending();
     this.position++;
+  }
+
+  private flushPending(): void {
+    if (this.pending === '') return;
+    this.gzip.write(this.pending);
+    this.pending = '';
+  }
+
+  /** Resolves when the gzip stream has room again: the caller's loop waits for it, so queued lines do not pile up. */
+  async ready(): Promise<void> {
+    if (this.gzip.writableNeedDrain) await once(this.gzip, 'drain');
   }
 
   segment(payload: Buffer, evenEmpty = false): void {
@@ -366,6 +383,7 @@ export class TarSplitWriter {
     this.done ??= new Promise<Buffer>((resolve, reject) => {
       this.gzip.once('end', () => resolve(Buffer.concat(this.out)));
       this.gzip.once('error', reject);
+      this.flushPending();
       this.gzip.end();
       this.gzip.resume();
     });
@@ -423,10 +441,20 @@ export function hashing(input: AsyncIterable<Buffer>): { stream: AsyncIterable<B
  * (tar/asm/disassemble.go), with the DiffID. `visit` sees every entry with its content
  * (read it or not; what is not read is still checksummed).
  */
+export interface DisassembleOptions {
+  /**
+   * The engine read the layer through Go's gzip reader, whose last Read returns the final
+   * bytes together with io.EOF (compress/flate decompressor.Read): then what follows the
+   * end blocks ends the tar-split without the empty segment of a separate EOF read.
+   */
+  gzipped?: boolean;
+}
+
 export async function disassembleTar(
   input: AsyncIterable<Buffer>,
   where = 'layer tar',
   visit?: (entry: TarEntry, content: AsyncIterable<Buffer>) => Promise<void>,
+  options: DisassembleOptions = {},
 ): Promise<DisassembleResult> {
   const hashed = hashing(input);
   const parser = new TarParser(hashed.stream, { globalHeaders: true });
@@ -461,6 +489,7 @@ export async function disassembleTar(
         throw msg.startsWith(where) ? e : new Error(`${where}: corrupt or truncated tar at ${h.name} (${msg})`);
       }
       w.file(rawTarName(h), h.size, crc?.digest());
+      await w.ready();
     }
     // End of archive: the last padding and the zero blocks in one segment; then what follows,
     // one segment per read of at most 1 MiB, and the empty segment of the read that hit EOF
@@ -470,7 +499,7 @@ export async function disassembleTar(
     // Extension headers that applied to nothing (a lone pax header) are read with the end blocks.
     w.segment(Buffer.concat([parser.lastPadding, parser.endHeaders, trailer.subarray(0, endBlocks)]));
     for (let off = endBlocks; off < trailer.length; off += PADDING_CHUNK) w.segment(trailer.subarray(off, off + PADDING_CHUNK));
-    w.segment(Buffer.alloc(0), true);
+    if (!(options.gzipped && trailer.length > endBlocks)) w.segment(Buffer.alloc(0), true);
     const { diffId, bytes } = hashed.result();
     return { tarSplit: await w.finish(), diffId, bytes };
   } finally {

@@ -63,17 +63,25 @@ async function peek(stream: AsyncIterable<Buffer>, n: number): Promise<{ head: B
 
 /** A blob as an uncompressed stream: gzip, zstd (and xz, bzip2) recognised by their magic bytes. */
 export async function decompressed(stream: AsyncIterable<Buffer>, where: string): Promise<AsyncIterable<Buffer>> {
+  return (await decompressedBlob(stream, where)).stream;
+}
+
+/** The same, saying which compression the blob had. */
+export async function decompressedBlob(stream: AsyncIterable<Buffer>, where: string): Promise<{ stream: AsyncIterable<Buffer>; compression: string }> {
   const p = await peek(stream, 6);
   const kind = detectCompression(p.head);
-  if (kind === 'none') return p.stream;
+  if (kind === 'none') return { stream: p.stream, compression: kind };
   const inner = decompress(Readable.from(p.stream), kind);
-  return (async function* () {
-    try {
-      yield* inner;
-    } catch (err) {
-      throw new Error(`${where}: ${(err as Error).message}`);
-    }
-  })();
+  return {
+    compression: kind,
+    stream: (async function* () {
+      try {
+        yield* inner;
+      } catch (err) {
+        throw new Error(`${where}: ${(err as Error).message}`);
+      }
+    })(),
+  };
 }
 
 // ---- the archive's files -----------------------------------------------------------------
@@ -206,11 +214,15 @@ class DirFiles implements ArchiveFiles {
 
 /**
  * True for the first entry name of a docker save archive (`<64 hex>/`, `<64 hex>.json`,
- * `manifest.json`, `repositories`) or an OCI layout tar (`blobs/`, `index.json`, `oci-layout`).
+ * `manifest.json`, `repositories`), of skopeo's and crane's docker-archives, or of an OCI
+ * layout tar (`blobs/`, `index.json`, `oci-layout`).
  */
 export function isImageArchiveEntry(name: string): boolean {
   const n = archiveName(name);
-  return /^[0-9a-f]{64}(\.json|\/.*)?$/.test(n) || /^(blobs(\/.*)?|index\.json|oci-layout|manifest\.json|repositories)$/.test(n);
+  // Also the names skopeo (`<hex>.tar` layers) and crane (`sha256:<hex>` config, `<hex>.tar.gz` layers) write first.
+  return (
+    /^(sha256:)?[0-9a-f]{64}(\.json|\.tar|\.tar\.gz|\/.*)?$/.test(n) || /^(blobs(\/.*)?|index\.json|oci-layout|manifest\.json|repositories)$/.test(n)
+  );
 }
 
 /** True for a directory holding an OCI layout or an unpacked docker save archive (and no engine root). */
@@ -503,14 +515,14 @@ export class DockerArchiveSource implements ImageSource {
     return l;
   }
 
-  private async blobTar(l: ArchiveLayer): Promise<AsyncIterable<Buffer>> {
+  private async blobTar(l: ArchiveLayer): Promise<{ stream: AsyncIterable<Buffer>; compression: string }> {
     let blob: AsyncIterable<Buffer>;
     try {
       blob = this.files.open(l.blob);
     } catch (err) {
       this.fail((err as Error).message);
     }
-    return decompressed(blob, `${this.description}: ${l.blob}`);
+    return decompressedBlob(blob, `${this.description}: ${l.blob}`);
   }
 
   /** First pass over a layer: its tar-split, counts and opaque directories; checks the DiffID. */
@@ -519,7 +531,8 @@ export class DockerArchiveSource implements ImageSource {
     if (done) return done;
     const where = `${this.description}: ${l.blob}`;
     const scanner = new LayerTarScanner(where);
-    const r = await disassembleTar(await this.blobTar(l), where, async (e) => scanner.visit(e));
+    const tar = await this.blobTar(l);
+    const r = await disassembleTar(tar.stream, where, async (e) => scanner.visit(e), { gzipped: tar.compression === 'gzip' });
     if (r.diffId !== l.diffId) {
       this.fail(`layer ${l.blob} hashes to ${r.diffId}, not to the DiffID ${l.diffId} its image config names (corrupt or truncated archive)`);
     }
@@ -538,7 +551,7 @@ export class DockerArchiveSource implements ImageSource {
     const l = this.layerOf(chainId);
     const { scan } = await this.scan(l);
     const where = `${this.description}: ${l.blob}`;
-    const hashed = hashing(await this.blobTar(l));
+    const hashed = hashing((await this.blobTar(l)).stream);
     const parser = new TarParser(hashed.stream);
     const entries = async function* (): AsyncGenerator<TarEntry> {
       for (;;) {

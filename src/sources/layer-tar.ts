@@ -13,7 +13,7 @@
  * - atime is never before mtime (createTarFile), times before the epoch become the epoch
  *   (pkg/system/chtimes.go), except on symlinks.
  */
-import type { LayerEntry, LayerItem } from '../layer/entry.js';
+import { nameToBytes, type LayerEntry, type LayerItem } from '../layer/entry.js';
 import type { TarEntry } from '../tar/parse.js';
 import type { TarHeader } from '../tar/header.js';
 import { cleanTarPath } from '../engine/tar-split.js';
@@ -37,6 +37,13 @@ export interface LayerTarScan {
    * headers are written at the first point instead, so each path is written once.
    */
   lateDirs: Map<string, TarHeader>;
+  /**
+   * The last hard link to each linked path. The engine applies a hard link's own header to
+   * the inode it shares (createTarFile, run chrooted in the layer so that its Lstat of the
+   * link name finds the target): Lchown, its xattrs, chmod and Chtimes, unless the target
+   * is a symlink (then only the owner). So the file ends with the last link's attributes.
+   */
+  linkHeaders: Map<string, TarHeader>;
 }
 
 /** The layer-relative path of a tar name ('.' for the root); throws for names that leave the layer. */
@@ -75,6 +82,7 @@ export class LayerTarScanner {
   /** Paths made as missing parents and not (yet) by their own entry. */
   private readonly implicit = new Set<string>();
   private readonly lateDirs = new Map<string, TarHeader>();
+  private readonly linkHeaders = new Map<string, TarHeader>();
   private size = 0;
   private bytes = 0;
 
@@ -103,11 +111,18 @@ export class LayerTarScanner {
     }
     this.made.add(target);
     if (w === 'whiteout') return;
+    if (h.type === 'hardlink') {
+      try {
+        this.linkHeaders.set(layerPath(h.linkname, this.where), h);
+      } catch {
+        /* refused when the entries are written */
+      }
+    }
     if (h.type === 'file') {
       this.size += h.size;
       this.bytes += h.size;
     } else if (h.type === 'symlink') {
-      this.size += Buffer.byteLength(h.linkname);
+      this.size += nameToBytes(h.linkname).length;
     }
   }
 
@@ -119,7 +134,7 @@ export class LayerTarScanner {
   }
 
   result(): LayerTarScan {
-    return { opaqueDirs: this.opaqueDirs, size: this.size, entries: this.made.size, bytes: this.bytes, lateDirs: this.lateDirs };
+    return { opaqueDirs: this.opaqueDirs, size: this.size, entries: this.made.size, bytes: this.bytes, lateDirs: this.lateDirs, linkHeaders: this.linkHeaders };
   }
 }
 
@@ -208,9 +223,23 @@ export async function* layerItemsFromTar(
     if (existing !== undefined && !(existing === 'directory' && h.type === 'directory')) {
       throw new Error(`${where}: ${h.name} appears twice in the layer (the engine refuses duplicate entries)`);
     }
-    const { mtime, atime } = entryTimes(h, h.type === 'symlink' ? 'symlink' : h.type === 'directory' ? 'directory' : 'other', now);
-    const xattrs = h.type === 'directory' ? dirXattrs(path, h) : h.xattrs;
-    const base: LayerEntry = { path, kind: 'file', mode: h.mode & 0o7777, uid: h.uid, gid: h.gid, mtime, atime, size: 0, xattrs };
+    let { mtime, atime } = entryTimes(h, h.type === 'symlink' ? 'symlink' : h.type === 'directory' ? 'directory' : 'other', now);
+    let xattrs = h.type === 'directory' ? dirXattrs(path, h) : h.xattrs;
+    let owner = { mode: h.mode & 0o7777, uid: h.uid, gid: h.gid };
+    const link = h.type !== 'directory' ? scan.linkHeaders.get(path) : undefined;
+    if (link) {
+      // The last hard link's header ends on this inode (see LayerTarScan.linkHeaders): its
+      // chown drops security.capability (the kernel's killpriv), then its xattrs are set.
+      owner = { ...owner, uid: link.uid, gid: link.gid };
+      if (h.type !== 'symlink') {
+        owner.mode = link.mode & 0o7777;
+        ({ mtime, atime } = entryTimes(link, 'other', now));
+        const merged = new Map(xattrs.filter((x) => x.name !== 'security.capability').map((x) => [x.name, x.value]));
+        for (const x of link.xattrs) merged.set(x.name, x.value);
+        xattrs = [...merged].map(([name, value]) => ({ name, value }));
+      }
+    }
+    const base: LayerEntry = { path, kind: 'file', ...owner, mtime, atime, size: 0, xattrs };
     switch (h.type) {
       case 'file':
         made.set(path, 'file');
