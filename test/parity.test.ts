@@ -4,7 +4,8 @@
  * broken tars; layers laid out as docker save, skopeo/crane and other tools do) is loaded by
  * a real `docker load` (one dockerd, one load per case) and by transplant along every path:
  *
- *   archive → engine root, archive → bundle → engine root, engine root → engine root.
+ *   archive → engine root, archive → bundle → engine root, engine root → engine root,
+ *   engine root → disk image (inject --disk; a non-UTF-8 name is refused there).
  *
  * Where the engine stores the layer, transplant must store the same files with every
  * attribute at the same paths (harness/judge.ts), the same tar-split bytes and the same
@@ -21,7 +22,10 @@ import { copyTree, tempDir } from './harness/fixtures.js';
 import { assertOneLineError, show } from './harness/cli.js';
 import type { RunResult } from './harness/exec.js';
 import { CliWorker } from './harness/hostile.js';
-import { treeDigest } from './harness/judge.js';
+import { layerDiffDir, snapshotTree, treeDigest } from './harness/judge.js';
+import { buildBalenaImage } from './harness/balena-image.js';
+import { assertE2fsckClean, sha256File, withMountedData } from './harness/disk-judge.js';
+import { nameIsRaw } from '../src/layer/entry.js';
 import { layerParityProblems } from './harness/layer-parity.js';
 import { buildTarCorpus, type CorpusCase } from './harness/tar-corpus.js';
 
@@ -33,7 +37,7 @@ interface EngineResult {
   to: number;
 }
 
-test('tar corpus: docker load and transplant store the same layers (archive → root, archive → bundle → root, root → root)', { timeout: 1_800_000 }, async () => {
+test('tar corpus: docker load and transplant store the same layers (archive → root, archive → bundle → root, root → root, root → disk)', { timeout: 1_800_000 }, async () => {
   requireTools('python3', 'tar');
   const work = tempDir('tpparity-');
   const cases = buildTarCorpus(path.join(work, 'corpus'));
@@ -113,6 +117,26 @@ test('tar corpus: docker load and transplant store the same layers (archive → 
   const rr = await transplant(['inject', engineRoot, '--engine-root', rootToRoot, ...loaded.flatMap((c) => ['--image', c.reference])]);
   assert.equal(rr.code, 0, `root → root\n${show(rr)}`);
   for (const c of loaded) problems.push(...layerParityProblems(engineRoot, rootToRoot, c.diffId, engine.get(c.name) as EngineResult, true).map((l) => `root → root: ${c.name}: ${l}`));
+
+  // Engine root → disk image (resin-data written in-process by the ext4 writer). That writer
+  // takes names as UTF-8 strings, so it must refuse a layer with a non-UTF-8 name in one line.
+  const rawNamed = (c: CorpusCase): boolean =>
+    [...snapshotTree(layerDiffDir(engineRoot, c.diffId))].some(([p, r]) => nameIsRaw(p) || (r.link !== undefined && nameIsRaw(r.link)));
+  const onDisk = loaded.filter((c) => !rawNamed(c));
+  const withRaw = loaded.find(rawNamed);
+  assert.ok(withRaw, 'the corpus has a layer with a non-UTF-8 name');
+  const img = buildBalenaImage(path.join(work, 'disk'), 'balena.img', { dataMiB: 96 });
+  const pristine = sha256File(img.path);
+  assertOneLineError(await transplant(['inject', engineRoot, '--disk', img.path, '--image', withRaw.reference]), 'a non-UTF-8 name into a disk image');
+  assert.equal(sha256File(img.path), pristine, 'the refused disk image is as it was');
+  const dk = await transplant(['inject', engineRoot, '--disk', img.path, ...onDisk.flatMap((c) => ['--image', c.reference])]);
+  assert.equal(dk.code, 0, `root → disk\n${show(dk)}`);
+  assertE2fsckClean(img.path, work);
+  await withMountedData(img.path, work, (mnt) => {
+    for (const c of onDisk) {
+      problems.push(...layerParityProblems(engineRoot, path.join(mnt, 'docker'), c.diffId, engine.get(c.name) as EngineResult, true).map((l) => `root → disk: ${c.name}: ${l}`));
+    }
+  }, { readOnly: true });
 
   const v = await transplant(['verify', toRoot]);
   await cli.close();
