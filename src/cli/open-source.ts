@@ -89,9 +89,12 @@ async function tarKind(head: Buffer, file: string): Promise<SourceKind> {
     yield plain;
   })());
   try {
-    const first = await parser.next();
+    let first = await parser.next();
     if (!first) return 'unknown';
     if (first.header.name === MANIFEST_NAME) return 'bundle';
+    // A layout tarred from inside its directory (`tar -C layout -cf x.tar .`) starts with './'.
+    while (first && /^(\.\/?)+$/.test(first.header.name)) first = await parser.next();
+    if (!first) return 'unknown';
     return isImageArchiveEntry(first.header.name) ? 'docker-archive' : 'data-root-tarball';
   } catch {
     // A header cut off by the end of the head (a long pax record) still means tar.

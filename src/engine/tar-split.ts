@@ -18,9 +18,11 @@
  */
 import { createHash } from 'node:crypto';
 import { createGzip, createGunzip } from 'node:zlib';
+import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { TarParser, type TarEntry } from '../tar/parse.js';
-import { BLOCK, parsePaxRecords } from '../tar/header.js';
+import { BLOCK } from '../tar/header.js';
+import { nameFromBytes, nameToBytes } from '../layer/entry.js';
 import { nativeCrc64 } from '../fsx/index.js';
 
 // ---- CRC-64/ISO -----------------------------------------------------------------------
@@ -275,7 +277,7 @@ export async function* assembleTar(tarSplit: Buffer | AsyncIterable<Buffer>, ope
       continue;
     }
     if (e.size === 0) continue; // assemble.go: nothing to read for empty entries
-    const name = e.name.toString('utf8');
+    const name = nameFromBytes(e.name);
     const crc = new Crc64();
     let got = 0;
     let content: AsyncIterable<Buffer>;
@@ -323,47 +325,11 @@ export async function assembledDigest(
 
 /**
  * The tar name exactly as Go's archive/tar (tar-split's copy of it) reports it, as bytes:
- * GNU long name over pax `path` over the ustar name with its prefix (reader.go next()).
+ * GNU long name over pax `path` over the ustar name with its prefix (reader.go next()); the
+ * parser has worked it out already (TarHeader.name holds the bytes, src/layer/entry.ts).
  */
-export function rawTarName(headerBytes: Buffer): Buffer {
-  let pos = 0;
-  let paxPath: Buffer | undefined;
-  let longName: Buffer | undefined;
-  let last = headerBytes.subarray(0, BLOCK);
-  while (pos + BLOCK <= headerBytes.length) {
-    const block = headerBytes.subarray(pos, pos + BLOCK);
-    last = block;
-    const flag = String.fromCharCode(block[156]);
-    const sizeText = block.toString('latin1', 124, 136).replace(/[\0 ]+$/g, '').trim();
-    const size = block[124] & 0x80 ? 0 : parseInt(sizeText || '0', 8);
-    pos += BLOCK;
-    if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-      const data = headerBytes.subarray(pos, pos + size);
-      if (flag === 'x') {
-        const p = parsePaxRecords(data).get('path');
-        if (p) paxPath = p;
-      } else if (flag === 'L') {
-        const nul = data.indexOf(0);
-        longName = Buffer.from(nul >= 0 ? data.subarray(0, nul) : data);
-      }
-      pos += Math.ceil(size / BLOCK) * BLOCK;
-      continue;
-    }
-    break;
-  }
-  if (longName) return longName;
-  if (paxPath) return paxPath;
-  const cstr = (off: number, len: number): Buffer => {
-    const f = last.subarray(off, off + len);
-    const nul = f.indexOf(0);
-    return nul >= 0 ? f.subarray(0, nul) : f;
-  };
-  const name = cstr(0, 100);
-  if (last.toString('latin1', 257, 263) === 'ustar\0') {
-    const prefix = cstr(345, 155);
-    if (prefix.length > 0) return Buffer.concat([prefix, Buffer.from('/'), name]);
-  }
-  return Buffer.from(name);
+export function rawTarName(header: { name: string }): Buffer {
+  return nameToBytes(header.name);
 }
 
 /** Collects tar-split lines into gzip as they are made (the whole tar is never held). */
@@ -378,9 +344,25 @@ export class TarSplitWriter {
     this.gzip.on('data', (c: Buffer) => this.out.push(c));
   }
 
+  private pending = '';
+
   private add(line: string): void {
-    this.gzip.write(line);
+    // Lines are batched: one zlib write per 64 KiB instead of one per entry (each write is
+    // a work item queued in the gzip stream until the thread pool gets to it).
+    this.pending += line;
+    if (this.pending.length >= 1 << 16) this.flushPending();
     this.position++;
+  }
+
+  private flushPending(): void {
+    if (this.pending === '') return;
+    this.gzip.write(this.pending);
+    this.pending = '';
+  }
+
+  /** Resolves when the gzip stream has room again: the caller's loop waits for it, so queued lines do not pile up. */
+  async ready(): Promise<void> {
+    if (this.gzip.writableNeedDrain) await once(this.gzip, 'drain');
   }
 
   segment(payload: Buffer, evenEmpty = false): void {
@@ -391,7 +373,7 @@ export class TarSplitWriter {
   file(name: Buffer, size: number, crc: Buffer | undefined): void {
     // packer.go: a second entry with the same cleaned path is refused (ErrDuplicatePath).
     const clean = cleanTarPath(name.toString('latin1'));
-    if (this.seen.has(clean)) throw new Error(`${this.where}: duplicate entry ${name.toString('utf8')} (the engine refuses such layers)`);
+    if (this.seen.has(clean)) throw new Error(`${this.where}: duplicate entry ${JSON.stringify(nameFromBytes(name))} (the engine refuses such layers: tar-split ErrDuplicatePath)`);
     this.seen.add(clean);
     this.add(encodeEntryLine({ type: FILE, name, size, crc, position: this.position }));
   }
@@ -401,6 +383,7 @@ export class TarSplitWriter {
     this.done ??= new Promise<Buffer>((resolve, reject) => {
       this.gzip.once('end', () => resolve(Buffer.concat(this.out)));
       this.gzip.once('error', reject);
+      this.flushPending();
       this.gzip.end();
       this.gzip.resume();
     });
@@ -458,13 +441,23 @@ export function hashing(input: AsyncIterable<Buffer>): { stream: AsyncIterable<B
  * (tar/asm/disassemble.go), with the DiffID. `visit` sees every entry with its content
  * (read it or not; what is not read is still checksummed).
  */
+export interface DisassembleOptions {
+  /**
+   * The engine read the layer through Go's gzip reader, whose last Read returns the final
+   * bytes together with io.EOF (compress/flate decompressor.Read): then what follows the
+   * end blocks ends the tar-split without the empty segment of a separate EOF read.
+   */
+  gzipped?: boolean;
+}
+
 export async function disassembleTar(
   input: AsyncIterable<Buffer>,
   where = 'layer tar',
   visit?: (entry: TarEntry, content: AsyncIterable<Buffer>) => Promise<void>,
+  options: DisassembleOptions = {},
 ): Promise<DisassembleResult> {
   const hashed = hashing(input);
-  const parser = new TarParser(hashed.stream);
+  const parser = new TarParser(hashed.stream, { globalHeaders: true });
   const w = new TarSplitWriter(where);
   try {
     for (;;) {
@@ -495,16 +488,18 @@ export async function disassembleTar(
         const msg = (e as Error).message;
         throw msg.startsWith(where) ? e : new Error(`${where}: corrupt or truncated tar at ${h.name} (${msg})`);
       }
-      w.file(rawTarName(entry.headerBytes), h.size, crc?.digest());
+      w.file(rawTarName(h), h.size, crc?.digest());
+      await w.ready();
     }
     // End of archive: the last padding and the zero blocks in one segment; then what follows,
     // one segment per read of at most 1 MiB, and the empty segment of the read that hit EOF
     // (disassemble.go adds every read's bytes, even none, until io.EOF).
     const trailer = parser.trailer;
     const endBlocks = Math.min(trailer.length, 2 * BLOCK);
-    w.segment(Buffer.concat([parser.lastPadding, trailer.subarray(0, endBlocks)]));
+    // Extension headers that applied to nothing (a lone pax header) are read with the end blocks.
+    w.segment(Buffer.concat([parser.lastPadding, parser.endHeaders, trailer.subarray(0, endBlocks)]));
     for (let off = endBlocks; off < trailer.length; off += PADDING_CHUNK) w.segment(trailer.subarray(off, off + PADDING_CHUNK));
-    w.segment(Buffer.alloc(0), true);
+    if (!(options.gzipped && trailer.length > endBlocks)) w.segment(Buffer.alloc(0), true);
     const { diffId, bytes } = hashed.result();
     return { tarSplit: await w.finish(), diffId, bytes };
   } finally {

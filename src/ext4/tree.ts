@@ -1,4 +1,4 @@
-import type { LayerEntry } from '../layer/entry.js';
+import { entryLinkTargetBytes, nameFromBytes, nameToBytes, type LayerEntry } from '../layer/entry.js';
 import { writeChunked } from '../stream/chunked-write.js';
 import { crc32c, crc32cU32 } from './crc32c.js';
 import {
@@ -18,13 +18,13 @@ import { XATTR_MAGIC, blockXattrBytes, buildXattrBlock, inodeXattrBytes, writeIn
  * of their bytes, which maps bytes one to one.
  */
 export function nameKey(component: string): string {
-  return Buffer.from(component, 'utf8').toString('latin1');
+  return nameToBytes(component).toString('latin1');
 }
 export function keyBytes(key: string): Buffer {
   return Buffer.from(key, 'latin1');
 }
 export function keyName(key: string): string {
-  return keyBytes(key).toString('utf8');
+  return nameFromBytes(keyBytes(key));
 }
 
 export const ROOT_INO = 2;
@@ -236,10 +236,10 @@ export class Ext4Tree {
     const size = Ext4Volume.size(inode);
     if (size > 65536) throw new Ext4Damaged(`${this.where}: symlink inode ${ino} claims ${size} bytes; the image is damaged`);
     const dataBytes = this.vol.allocatedBytes(inode) - (Ext4Volume.xattrBlock(inode) ? this.vol.bs : 0);
-    if (dataBytes === 0 && size < 60) return inode.toString('utf8', I_BLOCK, I_BLOCK + size);
+    if (dataBytes === 0 && size < 60) return nameFromBytes(inode.subarray(I_BLOCK, I_BLOCK + size));
     const buf = Buffer.alloc(size);
     this.vol.readFileRange(this.vol.fileMap(ino, inode), 0, buf, size);
-    return buf.toString('utf8');
+    return nameFromBytes(buf);
   }
 
   /** A whole (metadata) file; refused above `max` bytes rather than allocating what a forged i_size claims. */
@@ -412,7 +412,7 @@ export class Ext4Tree {
         blocks += await this.writeContent(ino, inode, entry.size, content, what);
         inode.writeUInt16LE(1, I_LINKS);
       } else if (type === S_IFLNK) {
-        const target = Buffer.from(entry.linkTarget ?? '', 'utf8');
+        const target = entryLinkTargetBytes(entry);
         if (target.length >= this.vol.bs) throw new Error(`${this.where}:/${what}: symlink target longer than a block`);
         if (target.length < 60) {
           target.copy(inode, I_BLOCK);

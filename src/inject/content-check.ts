@@ -6,6 +6,7 @@
  * which also covers headers, is `transplant verify` / `inject --verify`.)
  */
 import { Crc64, FILE, cleanTarPath, readTarSplit } from '../engine/tar-split.js';
+import { nameFromBytes } from '../layer/entry.js';
 
 export interface FileRecord {
   size: number;
@@ -28,7 +29,7 @@ export async function fileRecords(tarSplit: Buffer, where: string): Promise<Map<
     if (e.type !== FILE || e.size === 0) continue;
     // A copy of its own: e.crc is a slice of Buffer's shared 8 KiB pool, and keeping it would
     // keep the whole slab (with the tar-split's header bytes decoded next to it) alive.
-    out.set(cleanTarPath(e.name.toString('utf8')), { size: e.size, crc: e.crc ? ownCopy(e.crc) : undefined });
+    out.set(cleanTarPath(nameFromBytes(e.name)), { size: e.size, crc: e.crc ? ownCopy(e.crc) : undefined });
   }
   return out;
 }

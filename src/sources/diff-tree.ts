@@ -12,7 +12,7 @@ import * as fs from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { EntryKind, LayerEntry, LayerItem } from '../layer/entry.js';
+import { fsName, nameFromBytes, type EntryKind, type LayerEntry, type LayerItem } from '../layer/entry.js';
 import { listXattrs } from '../fsx/index.js';
 
 /** Bytes per read of file content: large sequential reads, never the whole file. */
@@ -75,7 +75,7 @@ class FileContent implements AsyncIterable<Buffer> {
       yield readWhole(this.file, this.size);
       return;
     }
-    const handle = await fs.open(this.file, constants.O_RDONLY | constants.O_NOFOLLOW);
+    const handle = await fs.open(fsName(this.file), constants.O_RDONLY | constants.O_NOFOLLOW);
     // Double buffering: the next read is in flight while the consumer writes this chunk.
     const readAt = async (pos: number): Promise<Buffer> => {
       const buf = Buffer.allocUnsafe(Math.min(CHUNK, this.size - pos));
@@ -113,13 +113,9 @@ class FileContent implements AsyncIterable<Buffer> {
   }
 }
 
-function readlinkUtf8(file: string): string {
-  const raw = readlinkSync(file, { encoding: 'buffer' });
-  const text = raw.toString('utf8');
-  if (!Buffer.from(text, 'utf8').equals(raw)) {
-    throw new Error(`${file}: its symlink target is not valid UTF-8 (${raw.toString('hex')} in hex); such targets are not supported`);
-  }
-  return text;
+/** A symlink's target as a name (bytes kept, src/layer/entry.ts). */
+function readlinkName(file: string): string {
+  return nameFromBytes(readlinkSync(fsName(file), { encoding: 'buffer' }));
 }
 
 interface Frame {
@@ -130,16 +126,11 @@ interface Frame {
   next: number;
 }
 
+/** The names in a directory in byte order (bytes kept, src/layer/entry.ts). */
 function sortedNames(dir: string): string[] {
-  const raw = readdirSync(dir, { encoding: 'buffer' });
+  const raw = readdirSync(fsName(dir), { encoding: 'buffer' });
   raw.sort(Buffer.compare);
-  return raw.map((name) => {
-    const text = name.toString('utf8');
-    if (!Buffer.from(text, 'utf8').equals(name)) {
-      throw new Error(`${dir}: a file name in it is not valid UTF-8 (${name.toString('hex')} in hex); such names are not supported`);
-    }
-    return text;
-  });
+  return raw.map((name) => nameFromBytes(name));
 }
 
 /** One entry as the walker produces it: small files carry their whole content. */
@@ -180,13 +171,13 @@ export class DiffTreeWalker {
       if (first !== undefined) return { abs, entry: { ...base, kind: 'hardlink', size: 0, linkTarget: first, xattrs: [] } };
       this.firstPath.set(key, rel);
     }
-    const entry: LayerEntry = { ...base, kind, size: 0, xattrs: listXattrs(abs) };
+    const entry: LayerEntry = { ...base, kind, size: 0, xattrs: listXattrs(fsName(abs)) };
     switch (kind) {
       case 'file':
         entry.size = Number(st.size);
         return entry.size > 0 && entry.size <= SMALL_FILE ? { abs, entry, data: readWhole(abs, entry.size) } : { abs, entry };
       case 'symlink':
-        entry.linkTarget = readlinkUtf8(abs);
+        entry.linkTarget = readlinkName(abs);
         return { abs, entry };
       case 'char-device':
       case 'block-device': {
@@ -208,7 +199,7 @@ export class DiffTreeWalker {
       this.rootDone = true;
       let rootSt: BigIntStats;
       try {
-        rootSt = lstatSync(this.root, { bigint: true });
+        rootSt = lstatSync(fsName(this.root), { bigint: true });
       } catch (err) {
         throw new Error(`cannot read the layer directory ${this.root}: ${(err as Error).message}`);
       }
@@ -226,7 +217,7 @@ export class DiffTreeWalker {
       const name = frame.names[frame.next++];
       const abs = `${frame.abs}/${name}`;
       const rel = frame.rel === '' ? name : `${frame.rel}/${name}`;
-      const it = this.item(abs, rel, lstatSync(abs, { bigint: true }));
+      const it = this.item(abs, rel, lstatSync(fsName(abs), { bigint: true }));
       out.push(it);
       bytes += it.data?.length ?? 0;
       if (it.entry.kind === 'directory') stack.push({ abs, rel, names: sortedNames(abs), next: 0 });
@@ -237,7 +228,7 @@ export class DiffTreeWalker {
 
 function readWhole(file: string, size: number): Buffer {
   const buf = Buffer.allocUnsafe(size);
-  const fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+  const fd = openSync(fsName(file), constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     let done = 0;
     while (done < size) {

@@ -63,17 +63,25 @@ async function peek(stream: AsyncIterable<Buffer>, n: number): Promise<{ head: B
 
 /** A blob as an uncompressed stream: gzip, zstd (and xz, bzip2) recognised by their magic bytes. */
 export async function decompressed(stream: AsyncIterable<Buffer>, where: string): Promise<AsyncIterable<Buffer>> {
+  return (await decompressedBlob(stream, where)).stream;
+}
+
+/** The same, saying which compression the blob had. */
+export async function decompressedBlob(stream: AsyncIterable<Buffer>, where: string): Promise<{ stream: AsyncIterable<Buffer>; compression: string }> {
   const p = await peek(stream, 6);
   const kind = detectCompression(p.head);
-  if (kind === 'none') return p.stream;
+  if (kind === 'none') return { stream: p.stream, compression: kind };
   const inner = decompress(Readable.from(p.stream), kind);
-  return (async function* () {
-    try {
-      yield* inner;
-    } catch (err) {
-      throw new Error(`${where}: ${(err as Error).message}`);
-    }
-  })();
+  return {
+    compression: kind,
+    stream: (async function* () {
+      try {
+        yield* inner;
+      } catch (err) {
+        throw new Error(`${where}: ${(err as Error).message}`);
+      }
+    })(),
+  };
 }
 
 // ---- the archive's files -----------------------------------------------------------------
@@ -91,6 +99,12 @@ interface ArchiveFiles {
 
 type Indexed = { kind: 'file'; offset: number; size: number } | { kind: 'link'; target: string };
 
+/**
+ * The most files an image archive may hold (its index is kept in memory): a docker save
+ * archive has a few per layer and image, and the engine caps an image at 128 layers.
+ */
+export const MAX_ARCHIVE_FILES = 50_000;
+
 /** An uncompressed tar file: indexed in one pass, then each file read in place at its offset. */
 class TarFiles implements ArchiveFiles {
   private readonly index = new Map<string, Indexed>();
@@ -106,6 +120,9 @@ class TarFiles implements ArchiveFiles {
         if (!e) break;
         const name = archiveName(e.header.name);
         const h = e.header;
+        if (h.type !== 'directory' && t.index.size >= MAX_ARCHIVE_FILES) {
+          throw new Error(`it holds more than ${MAX_ARCHIVE_FILES} files, which no image archive does (transplant's limit)`);
+        }
         // After next(), the parser stands at the first byte of the entry's content.
         if (h.type === 'file') t.index.set(name, { kind: 'file', offset: parser.position, size: h.size });
         else if (h.type === 'symlink') {
@@ -197,11 +214,15 @@ class DirFiles implements ArchiveFiles {
 
 /**
  * True for the first entry name of a docker save archive (`<64 hex>/`, `<64 hex>.json`,
- * `manifest.json`, `repositories`) or an OCI layout tar (`blobs/`, `index.json`, `oci-layout`).
+ * `manifest.json`, `repositories`), of skopeo's and crane's docker-archives, or of an OCI
+ * layout tar (`blobs/`, `index.json`, `oci-layout`).
  */
 export function isImageArchiveEntry(name: string): boolean {
   const n = archiveName(name);
-  return /^[0-9a-f]{64}(\.json|\/.*)?$/.test(n) || /^(blobs(\/.*)?|index\.json|oci-layout|manifest\.json|repositories)$/.test(n);
+  // Also the names skopeo (`<hex>.tar` layers) and crane (`sha256:<hex>` config, `<hex>.tar.gz` layers) write first.
+  return (
+    /^(sha256:)?[0-9a-f]{64}(\.json|\.tar|\.tar\.gz|\/.*)?$/.test(n) || /^(blobs(\/.*)?|index\.json|oci-layout|manifest\.json|repositories)$/.test(n)
+  );
 }
 
 /** True for a directory holding an OCI layout or an unpacked docker save archive (and no engine root). */
@@ -225,6 +246,29 @@ interface Descriptor {
   mediaType?: string;
   digest?: string;
   annotations?: Record<string, string>;
+}
+
+/** How deep image indexes may nest below index.json (OCI allows nesting; real layouts use 1-2). */
+const MAX_INDEX_DEPTH = 4;
+/** The most distinct manifests and indexes read from an OCI layout. */
+const MAX_OCI_BLOBS = 10_000;
+/** The largest manifest or index blob (distribution's maxManifestBodySize, 4 MiB). */
+const MAX_MANIFEST_BYTES = 4 << 20;
+
+interface OciManifest {
+  digest: string;
+  configPath: string;
+  configDigest: string;
+  blobs: string[];
+}
+
+/** What one walk of an OCI layout's indexes has read, by digest. */
+interface OciWalk {
+  done: Map<string, OciManifest[]>;
+  /** Indexes being expanded (a cycle is corrupt). */
+  open: Set<string>;
+  configs: Map<string, Buffer>;
+  reads: number;
 }
 
 const INDEX_TYPES = new Set(['application/vnd.oci.image.index.v1+json', 'application/vnd.docker.distribution.manifest.list.v2+json']);
@@ -373,7 +417,11 @@ export class DockerArchiveSource implements ImageSource {
     if (f.has('index.json')) {
       const index = parseJson<{ manifests?: Descriptor[] }>(await f.read('index.json'), 'index.json');
       if (!Array.isArray(index.manifests)) this.fail('index.json has no manifests (not an OCI image layout)');
-      for (const d of index.manifests) await this.readOciDescriptor(d, this.refsOf(d), 0);
+      const walk: OciWalk = { done: new Map(), open: new Set(), configs: new Map(), reads: 0 };
+      for (const d of index.manifests) {
+        if (d === null || typeof d !== 'object') this.fail('index.json: a manifest descriptor is not an object (corrupt archive)');
+        await this.readOciDescriptor(d, this.refsOf(d), walk);
+      }
       if (this.imageList.length === 0) this.fail('holds no image whose blobs are all present');
       return;
     }
@@ -391,34 +439,70 @@ export class DockerArchiveSource implements ImageSource {
     return out;
   }
 
-  private async readOciDescriptor(d: Descriptor, refs: string[], depth: number): Promise<void> {
-    if (depth > 4) this.fail('index.json nests image indexes too deeply');
+  /**
+   * The image manifests a descriptor leads to (an index is followed to its manifests), each
+   * blob read and parsed once however many indexes name it: a layout whose indexes fan out
+   * K ways over several levels costs K reads per level, not K^levels. Bounded in depth
+   * (MAX_INDEX_DEPTH) and in the number of blobs read (MAX_OCI_BLOBS).
+   */
+  private async manifestsOf(d: Descriptor, depth: number, walk: OciWalk): Promise<OciManifest[]> {
+    if (depth > MAX_INDEX_DEPTH) this.fail(`index.json nests image indexes more than ${MAX_INDEX_DEPTH} deep (transplant's limit)`);
     const p = blobPath(d.digest, this.description);
-    if (!this.files.has(p)) return; // layouts often hold only some platforms of an index
+    const digest = d.digest as string;
+    const known = walk.done.get(digest);
+    if (known) return known;
+    if (walk.open.has(digest)) this.fail(`${p}: an image index that contains itself (corrupt archive)`);
+    if (!this.files.has(p)) return []; // layouts often hold only some platforms of an index
+    if (++walk.reads > MAX_OCI_BLOBS) this.fail(`its image indexes name more than ${MAX_OCI_BLOBS} distinct manifests (transplant's limit)`);
+    walk.open.add(digest);
     let data: Buffer;
     try {
-      data = await this.files.read(p);
-    } catch {
-      return;
+      data = await collect(this.files.open(p), MAX_MANIFEST_BYTES, `${p} (a manifest or index; the limit is distribution's maxManifestBodySize)`);
+    } catch (err) {
+      if (/limit/.test((err as Error).message)) this.fail((err as Error).message);
+      walk.open.delete(digest);
+      return [];
     }
-    if (sha256Digest(data) !== d.digest) this.fail(`${p} does not match its digest (corrupt archive)`);
-    const json = parseJson<{ mediaType?: string; manifests?: Descriptor[]; config?: Descriptor; layers?: Descriptor[] }>(data, p);
-    if (INDEX_TYPES.has(d.mediaType ?? '') || Array.isArray(json.manifests)) {
-      for (const sub of json.manifests ?? []) await this.readOciDescriptor(sub, refs, depth + 1);
-      return;
+    if (sha256Digest(data) !== digest) this.fail(`${p} does not match its digest (corrupt archive)`);
+    const json = parseJson<{ mediaType?: unknown; manifests?: unknown; config?: Descriptor; layers?: unknown }>(data, p);
+    if (json === null || typeof json !== 'object') this.fail(`${p} is not a JSON object (corrupt archive)`);
+    const out: OciManifest[] = [];
+    if (INDEX_TYPES.has(typeof d.mediaType === 'string' ? d.mediaType : '') || Array.isArray(json.manifests)) {
+      if (json.manifests !== undefined && !Array.isArray(json.manifests)) this.fail(`${p}: manifests is not a list (corrupt archive)`);
+      const seen = new Set<string>();
+      for (const sub of (json.manifests ?? []) as Descriptor[]) {
+        if (sub === null || typeof sub !== 'object') this.fail(`${p}: a manifest descriptor is not an object (corrupt archive)`);
+        for (const m of await this.manifestsOf(sub, depth + 1, walk)) {
+          if (!seen.has(m.digest)) {
+            seen.add(m.digest);
+            out.push(m);
+          }
+        }
+      }
+    } else if (json.config && Array.isArray(json.layers)) {
+      const configPath = blobPath(json.config.digest, p);
+      const blobs = (json.layers as Descriptor[]).map((l) => blobPath(l?.digest, p));
+      if (this.files.has(configPath) && blobs.every((b) => this.files.has(b))) out.push({ digest, configPath, configDigest: json.config.digest as string, blobs });
     }
-    if (!json.config || !Array.isArray(json.layers)) return;
-    const configPath = blobPath(json.config.digest, p);
-    const blobs = json.layers.map((l) => blobPath(l.digest, p));
-    if (!this.files.has(configPath) || !blobs.every((b) => this.files.has(b))) return;
-    let config: Buffer;
-    try {
-      config = await this.files.read(configPath);
-    } catch {
-      return;
+    walk.open.delete(digest);
+    walk.done.set(digest, out);
+    return out;
+  }
+
+  private async readOciDescriptor(d: Descriptor, refs: string[], walk: OciWalk): Promise<void> {
+    for (const m of await this.manifestsOf(d, 0, walk)) {
+      let config = walk.configs.get(m.configDigest);
+      if (!config) {
+        try {
+          config = await this.files.read(m.configPath);
+        } catch {
+          continue;
+        }
+        if (sha256Digest(config) !== m.configDigest) this.fail(`${m.configPath} does not match its digest (corrupt archive)`);
+        walk.configs.set(m.configDigest, config);
+      }
+      await this.addImage(config, m.blobs, refs);
     }
-    if (sha256Digest(config) !== json.config.digest) this.fail(`${configPath} does not match its digest (corrupt archive)`);
-    await this.addImage(config, blobs, refs);
   }
 
   async images(): Promise<SourceImage[]> {
@@ -431,14 +515,14 @@ export class DockerArchiveSource implements ImageSource {
     return l;
   }
 
-  private async blobTar(l: ArchiveLayer): Promise<AsyncIterable<Buffer>> {
+  private async blobTar(l: ArchiveLayer): Promise<{ stream: AsyncIterable<Buffer>; compression: string }> {
     let blob: AsyncIterable<Buffer>;
     try {
       blob = this.files.open(l.blob);
     } catch (err) {
       this.fail((err as Error).message);
     }
-    return decompressed(blob, `${this.description}: ${l.blob}`);
+    return decompressedBlob(blob, `${this.description}: ${l.blob}`);
   }
 
   /** First pass over a layer: its tar-split, counts and opaque directories; checks the DiffID. */
@@ -447,7 +531,8 @@ export class DockerArchiveSource implements ImageSource {
     if (done) return done;
     const where = `${this.description}: ${l.blob}`;
     const scanner = new LayerTarScanner(where);
-    const r = await disassembleTar(await this.blobTar(l), where, async (e) => scanner.visit(e));
+    const tar = await this.blobTar(l);
+    const r = await disassembleTar(tar.stream, where, async (e) => scanner.visit(e), { gzipped: tar.compression === 'gzip' });
     if (r.diffId !== l.diffId) {
       this.fail(`layer ${l.blob} hashes to ${r.diffId}, not to the DiffID ${l.diffId} its image config names (corrupt or truncated archive)`);
     }
@@ -466,7 +551,7 @@ export class DockerArchiveSource implements ImageSource {
     const l = this.layerOf(chainId);
     const { scan } = await this.scan(l);
     const where = `${this.description}: ${l.blob}`;
-    const hashed = hashing(await this.blobTar(l));
+    const hashed = hashing((await this.blobTar(l)).stream);
     const parser = new TarParser(hashed.stream);
     const entries = async function* (): AsyncGenerator<TarEntry> {
       for (;;) {

@@ -150,11 +150,12 @@ async function countTree(dir: string): Promise<{ entries: number; bytes: number 
   let entries = 1;
   let bytes = 0;
   const seen = new Set<bigint>();
-  const stack = [dir];
+  // Names as bytes: a name need not be UTF-8 (src/layer/entry.ts).
+  const stack: Buffer[] = [Buffer.from(dir)];
   while (stack.length > 0) {
-    const d = stack.pop() as string;
-    for (const dirent of readdirSync(d, { withFileTypes: true })) {
-      const p = `${d}/${dirent.name}`;
+    const d = stack.pop() as Buffer;
+    for (const dirent of readdirSync(d, { withFileTypes: true, encoding: 'buffer' })) {
+      const p = Buffer.concat([d, Buffer.from('/'), dirent.name]);
       entries++;
       if (dirent.isDirectory()) stack.push(p);
       else if (dirent.isFile()) {

@@ -13,7 +13,7 @@
  * - atime is never before mtime (createTarFile), times before the epoch become the epoch
  *   (pkg/system/chtimes.go), except on symlinks.
  */
-import type { LayerEntry, LayerItem } from '../layer/entry.js';
+import { nameToBytes, type LayerEntry, type LayerItem } from '../layer/entry.js';
 import type { TarEntry } from '../tar/parse.js';
 import type { TarHeader } from '../tar/header.js';
 import { cleanTarPath } from '../engine/tar-split.js';
@@ -37,6 +37,13 @@ export interface LayerTarScan {
    * headers are written at the first point instead, so each path is written once.
    */
   lateDirs: Map<string, TarHeader>;
+  /**
+   * The last hard link to each linked path. The engine applies a hard link's own header to
+   * the inode it shares (createTarFile, run chrooted in the layer so that its Lstat of the
+   * link name finds the target): Lchown, its xattrs, chmod and Chtimes, unless the target
+   * is a symlink (then only the owner). So the file ends with the last link's attributes.
+   */
+  linkHeaders: Map<string, TarHeader>;
 }
 
 /** The layer-relative path of a tar name ('.' for the root); throws for names that leave the layer. */
@@ -75,6 +82,7 @@ export class LayerTarScanner {
   /** Paths made as missing parents and not (yet) by their own entry. */
   private readonly implicit = new Set<string>();
   private readonly lateDirs = new Map<string, TarHeader>();
+  private readonly linkHeaders = new Map<string, TarHeader>();
   private size = 0;
   private bytes = 0;
 
@@ -83,6 +91,10 @@ export class LayerTarScanner {
   visit(entry: TarEntry): void {
     const h = entry.header;
     if (h.type === 'pax-global') return;
+    if (h.type === 'contiguous') {
+      // Go's reader keeps typeflag '7'; createTarFile has no case for it.
+      throw new Error(`${this.where}: ${h.name} is a contiguous file (tar type '7'), which the engine refuses (unhandled tar header type 55)`);
+    }
     const path = layerPath(h.name, this.where);
     if (path === '.') return;
     this.parents(path);
@@ -99,11 +111,18 @@ export class LayerTarScanner {
     }
     this.made.add(target);
     if (w === 'whiteout') return;
+    if (h.type === 'hardlink') {
+      try {
+        this.linkHeaders.set(layerPath(h.linkname, this.where), h);
+      } catch {
+        /* refused when the entries are written */
+      }
+    }
     if (h.type === 'file') {
       this.size += h.size;
       this.bytes += h.size;
     } else if (h.type === 'symlink') {
-      this.size += Buffer.byteLength(h.linkname);
+      this.size += nameToBytes(h.linkname).length;
     }
   }
 
@@ -115,16 +134,24 @@ export class LayerTarScanner {
   }
 
   result(): LayerTarScan {
-    return { opaqueDirs: this.opaqueDirs, size: this.size, entries: this.made.size, bytes: this.bytes, lateDirs: this.lateDirs };
+    return { opaqueDirs: this.opaqueDirs, size: this.size, entries: this.made.size, bytes: this.bytes, lateDirs: this.lateDirs, linkHeaders: this.linkHeaders };
   }
 }
 
 const OPAQUE_XATTR = { name: 'trusted.overlay.opaque', value: Buffer.from('y') };
 
-function entryTimes(h: TarHeader, symlink: boolean): { mtime: bigint; atime: bigint } {
+/**
+ * The times createTarFile gives an entry: atime is never before mtime; Chtimes (pkg/system/
+ * chtimes.go) turns times before the epoch into the epoch, except on symlinks (LUtimesNano).
+ * Directories get their times again at the end of Unpack (from the header as it is, an
+ * absent atime becoming the epoch), but then overlay2's ApplyDiff walks the new diff/ to
+ * size it (directory.Size), which on a relatime mount sets every directory's atime to the
+ * engine's clock: that is what the store keeps, so directories get `now`.
+ */
+function entryTimes(h: TarHeader, kind: 'symlink' | 'directory' | 'other', now: bigint): { mtime: bigint; atime: bigint } {
   let mtime = h.mtime;
-  let atime = h.atime !== undefined && h.atime > mtime ? h.atime : mtime;
-  if (!symlink) {
+  let atime = kind === 'directory' ? now : h.atime !== undefined && h.atime > mtime ? h.atime : mtime;
+  if (kind !== 'symlink') {
     if (mtime < 0n) mtime = 0n;
     if (atime < 0n) atime = 0n;
   }
@@ -151,7 +178,7 @@ export async function* layerItemsFromTar(
     const late = scan.lateDirs.get(path);
     if (late) {
       // The entry comes later in the tar; the engine ends with its attributes (createTarFile on an existing directory).
-      const { mtime, atime } = entryTimes(late, false);
+      const { mtime, atime } = entryTimes(late, 'directory', now);
       return { path, kind: 'directory', mode: late.mode & 0o7777, uid: late.uid, gid: late.gid, mtime, atime, size: 0, xattrs: dirXattrs(path, late) };
     }
     // MkdirAllAndChownNew(parent, 0755, root).
@@ -182,7 +209,9 @@ export async function* layerItemsFromTar(
       const target = `${parentOf(path) === '.' ? '' : parentOf(path) + '/'}${baseOf(path).slice(WHITEOUT_PREFIX.length)}`;
       if (made.has(target)) throw new Error(`${where}: ${h.name} deletes ${target}, which the same layer also adds (the engine refuses this layer)`);
       made.set(target, 'char-device');
-      const { mtime, atime } = entryTimes(h, false);
+      // ConvertRead mknods the device and chowns it; nothing sets its times (the engine's clock).
+      const mtime = now;
+      const atime = now;
       yield {
         entry: { path: target, kind: 'char-device', mode: 0, uid: h.uid, gid: h.gid, mtime, atime, size: 0, devMajor: 0, devMinor: 0, xattrs: [] },
       };
@@ -194,9 +223,23 @@ export async function* layerItemsFromTar(
     if (existing !== undefined && !(existing === 'directory' && h.type === 'directory')) {
       throw new Error(`${where}: ${h.name} appears twice in the layer (the engine refuses duplicate entries)`);
     }
-    const { mtime, atime } = entryTimes(h, h.type === 'symlink');
-    const xattrs = h.type === 'directory' ? dirXattrs(path, h) : h.xattrs;
-    const base: LayerEntry = { path, kind: 'file', mode: h.mode & 0o7777, uid: h.uid, gid: h.gid, mtime, atime, size: 0, xattrs };
+    let { mtime, atime } = entryTimes(h, h.type === 'symlink' ? 'symlink' : h.type === 'directory' ? 'directory' : 'other', now);
+    let xattrs = h.type === 'directory' ? dirXattrs(path, h) : h.xattrs;
+    let owner = { mode: h.mode & 0o7777, uid: h.uid, gid: h.gid };
+    const link = h.type !== 'directory' ? scan.linkHeaders.get(path) : undefined;
+    if (link) {
+      // The last hard link's header ends on this inode (see LayerTarScan.linkHeaders): its
+      // chown drops security.capability (the kernel's killpriv), then its xattrs are set.
+      owner = { ...owner, uid: link.uid, gid: link.gid };
+      if (h.type !== 'symlink') {
+        owner.mode = link.mode & 0o7777;
+        ({ mtime, atime } = entryTimes(link, 'other', now));
+        const merged = new Map(xattrs.filter((x) => x.name !== 'security.capability').map((x) => [x.name, x.value]));
+        for (const x of link.xattrs) merged.set(x.name, x.value);
+        xattrs = [...merged].map(([name, value]) => ({ name, value }));
+      }
+    }
+    const base: LayerEntry = { path, kind: 'file', ...owner, mtime, atime, size: 0, xattrs };
     switch (h.type) {
       case 'file':
         made.set(path, 'file');

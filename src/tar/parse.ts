@@ -4,7 +4,8 @@
  * kept so that tar-split records can be generated from the exact original bytes.
  */
 import { ByteReader } from '../stream/byte-reader.js';
-import { BLOCK, TarHeader, applyPax, decodeBlock, isZeroBlock, paddingFor, parsePaxRecords } from './header.js';
+import { BLOCK, TarHeader, applyPax, decodeBlock, isGnuSparse, isZeroBlock, paddingFor, parsePaxRecords } from './header.js';
+import { nameFromBytes } from '../layer/entry.js';
 
 export interface TarEntry {
   header: TarHeader;
@@ -19,7 +20,19 @@ export interface TarParseResult {
   trailer: Buffer;
 }
 
-const MAX_EXTENSION = 16 << 20; // pax and GNU long-name payloads are small; refuse absurd ones
+/**
+ * The largest pax or GNU long-name payload: Go's archive/tar refuses larger ones
+ * (reader.go readSpecialFile, maxSpecialFileSize = 1 MiB), and so does the engine.
+ */
+export const MAX_SPECIAL_FILE = 1 << 20;
+/**
+ * The most header bytes (extension headers and their blocks) before one entry. Go keeps only
+ * the last pax header of a run, but tar-split's reader (the engine's tar-split) keeps all of
+ * their raw bytes in memory; ours keeps them too (for the tar-split), so a run is capped.
+ */
+export const MAX_HEADER_RUN = 8 << 20;
+/** The most bytes kept after the end-of-archive blocks (read into the tar-split). */
+export const MAX_TRAILER = 64 << 20;
 
 export class TarParser {
   private readonly reader: ByteReader;
@@ -27,9 +40,24 @@ export class TarParser {
   private pendingPadding = 0;
   /** Padding bytes consumed after the previous entry's content (for tar-split). */
   lastPadding: Buffer = Buffer.alloc(0);
+  /**
+   * At the end: extension headers read after the last entry that applied to nothing (a
+   * layer that is a lone pax header: Go's reader reports the end of the archive, and
+   * tar-split keeps their bytes with the end blocks).
+   */
+  endHeaders: Buffer = Buffer.alloc(0);
+  /** At the end: the end-of-archive zero blocks (0, 1 or 2) and everything after them. */
   trailer: Buffer = Buffer.alloc(0);
 
-  constructor(source: AsyncIterable<Buffer | Uint8Array | string> | ByteReader) {
+  /**
+   * `globalHeaders`: also return pax global headers as entries (type 'pax-global', as Go's
+   * reader does; needed for tar-split). Otherwise they are skipped: the engine applies them
+   * to nothing (moby pkg/archive Unpack ignores TypeXGlobalHeader).
+   */
+  constructor(
+    source: AsyncIterable<Buffer | Uint8Array | string> | ByteReader,
+    private readonly options: { globalHeaders?: boolean } = {},
+  ) {
     this.reader = source instanceof ByteReader ? source : new ByteReader(source);
   }
 
@@ -39,6 +67,13 @@ export class TarParser {
 
   /** Reads the next entry; undefined at the end of the archive. */
   async next(): Promise<TarEntry | undefined> {
+    for (;;) {
+      const e = await this.nextEntry();
+      if (!e || e.header.type !== 'pax-global' || this.options.globalHeaders) return e;
+    }
+  }
+
+  private async nextEntry(): Promise<TarEntry | undefined> {
     if (this.pendingSkip > 0) {
       await this.reader.skip(this.pendingSkip);
       this.pendingSkip = 0;
@@ -46,40 +81,61 @@ export class TarParser {
     this.lastPadding = this.pendingPadding > 0 ? await this.reader.read(this.pendingPadding) : Buffer.alloc(0);
     this.pendingPadding = 0;
 
+    // Go src/archive/tar/reader.go next(): extension headers apply to the next entry; a
+    // later pax header replaces an earlier one (only the last counts), and so does a later
+    // GNU long name; a pax global header is an entry of its own, applied to nothing.
     const headerParts: Buffer[] = [];
-    let globalPax = new Map<string, Buffer>();
-    let localPax = new Map<string, Buffer>();
+    let headerBytes = 0;
+    let pax = new Map<string, Buffer>();
     let longName: string | undefined;
     let longLink: string | undefined;
     for (;;) {
       const block = await this.reader.readAtMost(BLOCK);
-      if (block.length === 0 && headerParts.length === 0) {
-        this.trailer = Buffer.alloc(0);
-        return undefined; // no end-of-archive marker: tolerated like GNU tar does
-      }
+      if (block.length === 0) return this.end(headerParts, Buffer.alloc(0)); // no end-of-archive marker: Go reports io.EOF too
       if (block.length < BLOCK) throw new Error(`truncated tar header at byte ${this.reader.position - block.length}`);
-      if (isZeroBlock(block) && headerParts.length === 0) {
-        this.trailer = Buffer.concat([block, await this.reader.rest(64 << 20)]);
-        return undefined;
+      if (isZeroBlock(block)) {
+        const second = await this.reader.readAtMost(BLOCK);
+        if (second.length === 0) return this.end(headerParts, block);
+        if (second.length < BLOCK) throw new Error(`truncated tar archive at byte ${this.reader.position - second.length}`);
+        if (!isZeroBlock(second)) throw new Error(`a zero block followed by a header at byte ${this.reader.position - BLOCK} (corrupt tar)`);
+        return this.end(headerParts, Buffer.concat([block, second, await this.reader.rest(MAX_TRAILER)]));
       }
       const raw = decodeBlock(block);
       headerParts.push(block);
+      headerBytes += BLOCK;
       if (raw.type === 'pax' || raw.type === 'pax-global' || raw.type === 'gnu-longname' || raw.type === 'gnu-longlink') {
-        if (raw.size > MAX_EXTENSION) throw new Error(`tar extension header of ${raw.size} bytes is too large`);
+        if (raw.size > MAX_SPECIAL_FILE) {
+          throw new Error(`a ${raw.type === 'pax' || raw.type === 'pax-global' ? 'pax' : 'GNU long name'} header of ${raw.size} bytes exceeds the limit of ${MAX_SPECIAL_FILE} bytes (Go archive/tar maxSpecialFileSize, as in the engine)`);
+        }
+        headerBytes += raw.size + paddingFor(raw.size);
+        if (headerBytes > MAX_HEADER_RUN) {
+          throw new Error(`more than ${MAX_HEADER_RUN} bytes of consecutive extension headers before one entry (limit of transplant's tar reader)`);
+        }
         const data = await this.reader.read(raw.size);
-        const pad = await this.reader.read(paddingFor(raw.size));
-        headerParts.push(data, pad);
-        if (raw.type === 'pax') localPax = new Map([...localPax, ...parsePaxRecords(data)]);
-        else if (raw.type === 'pax-global') globalPax = new Map([...globalPax, ...parsePaxRecords(data)]);
+        headerParts.push(data);
+        if (raw.type === 'pax-global') {
+          // Returned as an entry (reader.go: Header{Name, Typeflag: 'g', PAXRecords}); its
+          // padding is read with the next entry, as tar-split records it.
+          const header = applyPax(raw, parsePaxRecords(data));
+          header.size = 0;
+          this.pendingPadding = paddingFor(raw.size);
+          return { header, headerBytes: Buffer.concat(headerParts), content: this.contentOf(0) };
+        }
+        headerParts.push(await this.reader.read(paddingFor(raw.size)));
+        if (raw.type === 'pax') pax = parsePaxRecords(data);
         else {
-          const text = data.toString('utf8').replace(/\0.*$/s, '');
+          const nul = data.indexOf(0);
+          const text = nameFromBytes(nul >= 0 ? data.subarray(0, nul) : data);
           if (raw.type === 'gnu-longname') longName = text;
           else longLink = text;
         }
         continue;
       }
-      const header = applyPax(raw, new Map([...globalPax, ...localPax]), longName, longLink);
-      const hasContent = header.type === 'file';
+      const header = applyPax(raw, pax, longName, longLink);
+      if (isGnuSparse(pax)) {
+        throw new Error(`${header.name} is a GNU sparse file (pax GNU.sparse.*): not supported (the engine expands it and cannot give the layer back)`);
+      }
+      const hasContent = header.type === 'file' || header.type === 'contiguous';
       const size = hasContent ? header.size : 0;
       // Header-only types (links, devices, dirs, FIFOs) carry no data whatever their size
       // field says (Go src/archive/tar/reader.go, isHeaderOnlyType).
@@ -94,6 +150,12 @@ export class TarParser {
       }
       return entry;
     }
+  }
+
+  private end(headerParts: Buffer[], trailer: Buffer): undefined {
+    this.endHeaders = Buffer.concat(headerParts);
+    this.trailer = trailer;
+    return undefined;
   }
 
   private async *contentOf(size: number): AsyncGenerator<Buffer> {

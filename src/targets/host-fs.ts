@@ -15,7 +15,7 @@ import { chmodSync, constants, lchownSync, mkdirSync } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import type { LayerEntry } from '../layer/entry.js';
+import { fsName, nameFromBytes, nameToBytes, type LayerEntry } from '../layer/entry.js';
 import type { FreeSpace, TreeWriter } from './tree-writer.js';
 import { createFile, errnoCode, fileAttrs, lutimes, mknod, setXattr, syncFs, type FileAttributes } from '../fsx/index.js';
 
@@ -97,8 +97,9 @@ export class HostTreeWriter implements TreeWriter {
     return rel;
   }
 
-  private abs(rel: string): string {
-    return rel === '' ? this.root : `${this.root}/${rel}`;
+  /** The path for fs calls: a Buffer when the name is not UTF-8 (names are bytes, src/layer/entry.ts). */
+  private abs(rel: string): string | Buffer {
+    return fsName(rel === '' ? this.root : `${this.root}/${rel}`);
   }
 
   private shown(rel: string): string {
@@ -184,7 +185,7 @@ export class HostTreeWriter implements TreeWriter {
   async readdir(rel: string): Promise<string[] | undefined> {
     const r = this.check(rel, true);
     if (!(await this.isRealDir(r))) return undefined;
-    return fs.readdir(this.abs(r));
+    return (await fs.readdir(this.abs(r), { encoding: 'buffer' })).map((n) => nameFromBytes(n));
   }
 
   async kindOf(rel: string): Promise<'file' | 'directory' | 'symlink' | 'other' | undefined> {
@@ -204,7 +205,7 @@ export class HostTreeWriter implements TreeWriter {
     if (!(await this.isRealDir(parentOf(r)))) return undefined;
     const st = await lstatOrUndefined(this.abs(r));
     if (!st || !st.isSymbolicLink()) return undefined;
-    return fs.readlink(this.abs(r));
+    return nameFromBytes(await fs.readlink(this.abs(r), { encoding: 'buffer' }));
   }
 
   async freeSpace(): Promise<FreeSpace | undefined> {
@@ -269,7 +270,7 @@ export class HostTreeWriter implements TreeWriter {
     await this.requireParent(r);
     await this.removeExisting(r);
     this.written = true;
-    await fs.symlink(target, this.abs(r));
+    await fs.symlink(fsName(target), this.abs(r));
   }
 
   async rename(fromRel: string, toRel: string): Promise<void> {
@@ -304,7 +305,7 @@ export class HostTreeWriter implements TreeWriter {
 
   /** Removes whatever is at rel (a whole tree for a directory), never following a symlink. No error if absent. */
   private async removeExisting(rel: string): Promise<void> {
-    const abs = Buffer.from(this.abs(rel));
+    const abs = nameToBytes(rel === '' ? this.root : `${this.root}/${rel}`);
     const st = await lstatOrUndefined(abs);
     if (!st) return;
     this.written = true;
@@ -361,7 +362,7 @@ export class HostTreeWriter implements TreeWriter {
         if (entry.linkTarget.includes('\0')) throw new Error(`${shown}: refusing a symlink target with a NUL byte`);
         await this.requireParent(rel);
         await this.removeExisting(rel);
-        await fs.symlink(entry.linkTarget, abs);
+        await fs.symlink(fsName(entry.linkTarget), abs);
         break;
       case 'char-device':
       case 'block-device':

@@ -19,6 +19,7 @@
  * tar-split and its diff entries (files spooled to a temp dir, as the tar order can differ
  * from the bundle's) and hashed against its DiffID.
  */
+import { nameFromBytes } from '../layer/entry.js';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -109,12 +110,12 @@ function readerFileAccess(reader: StoreReader): LayerFileAccess {
   return {
     open: (rel) =>
       (async function* () {
-        const data = await reader.readFile(rel.toString('utf8'));
+        const data = await reader.readFile(nameFromBytes(rel));
         if (!data) throw new Error('no such file');
         yield data;
       })(),
     inspect: async (rel) => {
-      const k = await reader.kindOf(rel.toString('utf8'));
+      const k = await reader.kindOf(nameFromBytes(rel));
       if (k === undefined) return { kind: 'missing' };
       if (k === 'other') return { kind: 'char-device', rdev: { major: 0, minor: 0 } };
       return { kind: k, opaque: k === 'directory' ? true : undefined };

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runOk, requireTools } from './exec.js';
+import { nameFromBytes, nameToBytes } from '../../src/layer/entry.js';
 
 /** Every attribute of one file, as external tools report it. */
 export interface FileRecord {
@@ -46,7 +47,7 @@ function splitNul(buf: Buffer): string[] {
   let start = 0;
   for (let i = 0; i < buf.length; i++) {
     if (buf[i] === 0) {
-      out.push(buf.subarray(start, i).toString('utf8'));
+      out.push(nameFromBytes(buf.subarray(start, i))); // names are bytes (src/layer/entry.ts)
       start = i + 1;
     }
   }
@@ -62,7 +63,7 @@ function rel(root: string, p: string): string {
 /** getfattr quotes '\\', newlines and other control bytes as \ooo (attr's tools/getfattr.c quote()). */
 function unquoteGetfattr(latin1: string): string {
   const raw = latin1.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return Buffer.from(raw, 'latin1').toString('utf8');
+  return nameFromBytes(Buffer.from(raw, 'latin1'));
 }
 
 /** Reads every attribute of every file below dir (dir itself is '.'). */
@@ -153,7 +154,7 @@ export function snapshotTree(dir: string, opts: SnapshotOptions = {}): Snapshot 
 }
 
 function byteOrder(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+  return Buffer.compare(nameToBytes(a), nameToBytes(b));
 }
 
 /** One line per file with every attribute except the inode number (which differs between copies). */
