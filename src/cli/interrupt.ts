@@ -43,6 +43,7 @@ export function interruptible(source: ImageSource): ImageSource {
     },
     images: () => source.images(),
     layer: (chainId, options) => source.layer(chainId, options),
+    prefetch: source.prefetch ? (chainIds: readonly string[]) => source.prefetch?.(chainIds) : undefined,
     contentOrder: source.contentOrder ? (chainIds: readonly string[]) => source.contentOrder?.(chainIds) ?? [...chainIds] : undefined,
     layerItems: (chainId: string): AsyncIterable<LayerItem> =>
       (async function* () {

@@ -33,6 +33,7 @@ import {
   linkTarget,
 } from '../engine/layout.js';
 import { layerFiles } from '../engine/layerdb.js';
+import { DISTRIBUTION_MODE, addV2Metadata, diffIdByDigestPath, v2MetadataPath } from '../engine/distribution.js';
 import { serializeRepositories } from '../engine/repositories.js';
 import { contentOrderOf } from '../bundle/write.js';
 import type { InjectPlan, PlannedLayer } from './plan.js';
@@ -215,6 +216,8 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     }
   }
 
+  await writeDistribution(plan, target, created);
+
   for (const { image, present } of plan.images) {
     if (present) continue;
     const tmp = at(`${IMAGEDB_CONTENT}/.tmp-${hexOf(image.id)}-${tmpName()}`);
@@ -237,5 +240,41 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     await w.rename(tmp, at(REPOSITORIES));
     if (previous) created.restore(at(REPOSITORIES), previous, MODE.repositories);
     else created.push(at(REPOSITORIES));
+  }
+}
+
+/**
+ * The pull cache (engine/distribution.ts) for every layer a registry source named, copied
+ * or reused (the engine records it for both, pull_v2.go Registered). Each file is written
+ * beside its place and renamed over it; a file this run replaced is restored on failure.
+ */
+async function writeDistribution(plan: InjectPlan, target: TargetStore, created: Undo): Promise<void> {
+  const w = target.writer;
+  const at = (p: string): string => target.path(p);
+  const put = async (file: string, data: Buffer): Promise<void> => {
+    const previous = await w.readFile(at(file));
+    if (previous?.equals(data)) return;
+    const dir = file.slice(0, file.lastIndexOf('/'));
+    const parts = dir.split('/');
+    for (let i = 1; i <= parts.length; i++) {
+      const sub = at(parts.slice(0, i).join('/'));
+      if ((await w.kindOf(sub)) === undefined) {
+        created.push(sub);
+        await w.mkdirp(sub, DISTRIBUTION_MODE.dir);
+      }
+    }
+    const tmp = at(`${dir}/.tmp-${tmpName()}`);
+    created.push(tmp);
+    await w.writeFile(tmp, data, DISTRIBUTION_MODE.file);
+    await w.rename(tmp, at(file));
+    if (previous) created.restore(at(file), previous, DISTRIBUTION_MODE.file);
+    else created.push(at(file));
+  };
+  for (const layer of plan.layers) {
+    for (const d of layer.source.distribution ?? []) {
+      const metadataFile = v2MetadataPath(layer.source.diffId);
+      await put(metadataFile, addV2Metadata(await w.readFile(at(metadataFile)), { Digest: d.digest, SourceRepository: d.sourceRepository, HMAC: '' }));
+      await put(diffIdByDigestPath(d.digest), Buffer.from(layer.source.diffId));
+    }
   }
 }

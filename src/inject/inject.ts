@@ -1,7 +1,7 @@
 /** Injection of images from any source into an engine data root behind a TreeWriter. */
 import type { ImageSource, SourceImage } from '../sources/source.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
-import { layersOf } from '../bundle/write.js';
+import { contentOrderOf, layersOf } from '../bundle/write.js';
 import { applyPlan, type InjectProgress } from './apply.js';
 import { checkChains, planChangesNothing, planInjection, type InjectPlan } from './plan.js';
 import { TargetStore } from './target-store.js';
@@ -38,7 +38,12 @@ export async function planFor(
 ): Promise<{ plan: InjectPlan; store: TargetStore }> {
   const store = await TargetStore.read(writer, prefix);
   const layers = [];
-  for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
+  // Layers the target has (same ChainID) are looked at without counts: a registry source
+  // answers those from its manifest and never fetches them.
+  const all = layersOf(images);
+  const copies = all.filter((c) => !store.layers.has(c));
+  source.prefetch?.(contentOrderOf(source, copies));
+  for (const chainId of all) layers.push(await source.layer(chainId, store.layers.has(chainId) ? {} : { counts: true }));
   checkChains(images, layers, source.description);
   try {
     return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? []), store };

@@ -20,11 +20,11 @@ import { Readable, pipeline } from 'node:stream';
 import { decompress, detectCompression } from '../stream/decompress.js';
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds as chainIdsOf, isDigest, sha256Digest } from '../engine/digest.js';
-import { cleanTarPath, disassembleTar, hashing } from '../engine/tar-split.js';
+import { cleanTarPath } from '../engine/tar-split.js';
 import { normalizeReference } from '../engine/reference.js';
-import { TarParser, type TarEntry } from '../tar/parse.js';
+import { TarParser } from '../tar/parse.js';
 import { ByteReader } from '../stream/byte-reader.js';
-import { LayerTarScanner, layerItemsFromTar, type LayerTarScan } from './layer-tar.js';
+import { layerTarItems, scanLayerTar, type LayerTarScan } from './layer-tar.js';
 import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
 
 // ---- byte streams ----------------------------------------------------------------------
@@ -446,12 +446,11 @@ export class DockerArchiveSource implements ImageSource {
     const done = this.scans.get(l.chainId);
     if (done) return done;
     const where = `${this.description}: ${l.blob}`;
-    const scanner = new LayerTarScanner(where);
-    const r = await disassembleTar(await this.blobTar(l), where, async (e) => scanner.visit(e));
+    const r = await scanLayerTar(await this.blobTar(l), where);
     if (r.diffId !== l.diffId) {
       this.fail(`layer ${l.blob} hashes to ${r.diffId}, not to the DiffID ${l.diffId} its image config names (corrupt or truncated archive)`);
     }
-    const out = { scan: scanner.result(), tarSplit: r.tarSplit };
+    const out = { scan: r.scan, tarSplit: r.tarSplit };
     this.scans.set(l.chainId, out);
     return out;
   }
@@ -466,27 +465,9 @@ export class DockerArchiveSource implements ImageSource {
     const l = this.layerOf(chainId);
     const { scan } = await this.scan(l);
     const where = `${this.description}: ${l.blob}`;
-    const hashed = hashing(await this.blobTar(l));
-    const parser = new TarParser(hashed.stream);
-    const entries = async function* (): AsyncGenerator<TarEntry> {
-      for (;;) {
-        let e: TarEntry | undefined;
-        try {
-          e = await parser.next();
-        } catch (err) {
-          throw new Error(`${where}: corrupt or truncated tar (${(err as Error).message})`);
-        }
-        if (!e) return;
-        yield e;
-      }
-    };
-    try {
-      yield* layerItemsFromTar(entries(), scan, where, this.now);
-      const { diffId } = hashed.result();
-      if (diffId !== l.diffId) this.fail(`layer ${l.blob} changed while being read (it hashes to ${diffId}, not ${l.diffId})`);
-    } finally {
-      await parser.close().catch(() => undefined);
-    }
+    yield* layerTarItems(await this.blobTar(l), scan, where, this.now, l.diffId, (actual) =>
+      new Error(`${this.description}: layer ${l.blob} changed while being read (it hashes to ${actual}, not ${l.diffId})`),
+    );
   }
 
   async close(): Promise<void> {

@@ -14,9 +14,9 @@
  *   (pkg/system/chtimes.go), except on symlinks.
  */
 import type { LayerEntry, LayerItem } from '../layer/entry.js';
-import type { TarEntry } from '../tar/parse.js';
+import { TarParser, type TarEntry } from '../tar/parse.js';
 import type { TarHeader } from '../tar/header.js';
-import { cleanTarPath } from '../engine/tar-split.js';
+import { cleanTarPath, disassembleTar, hashing } from '../engine/tar-split.js';
 
 export const WHITEOUT_PREFIX = '.wh.';
 export const WHITEOUT_OPAQUE = '.wh..wh..opq';
@@ -232,5 +232,50 @@ export async function* layerItemsFromTar(
       default:
         throw new Error(`${where}: ${h.name} has tar type ${h.type}, which a layer cannot hold`);
     }
+  }
+}
+
+/**
+ * First pass over a layer tar (docker save archives, registry blobs): its tar-split, the
+ * counts and opaque directories layerItemsFromTar needs, and the DiffID it hashes to.
+ */
+export async function scanLayerTar(tar: AsyncIterable<Buffer>, where: string): Promise<{ scan: LayerTarScan; tarSplit: Buffer; diffId: string }> {
+  const scanner = new LayerTarScanner(where);
+  const r = await disassembleTar(tar, where, async (e) => scanner.visit(e));
+  return { scan: scanner.result(), tarSplit: r.tarSplit, diffId: r.diffId };
+}
+
+/**
+ * Second pass: the layer tar's entries as diff/ items (layerItemsFromTar), then a check that
+ * the tar hashed to `diffId` once read to its end (`changed` gives the message otherwise).
+ */
+export async function* layerTarItems(
+  tar: AsyncIterable<Buffer>,
+  scan: LayerTarScan,
+  where: string,
+  now: bigint,
+  diffId: string,
+  changed: (actual: string) => Error,
+): AsyncGenerator<LayerItem> {
+  const hashed = hashing(tar);
+  const parser = new TarParser(hashed.stream);
+  const entries = async function* (): AsyncGenerator<TarEntry> {
+    for (;;) {
+      let e: TarEntry | undefined;
+      try {
+        e = await parser.next();
+      } catch (err) {
+        throw new Error(`${where}: corrupt or truncated tar (${(err as Error).message})`);
+      }
+      if (!e) return;
+      yield e;
+    }
+  };
+  try {
+    yield* layerItemsFromTar(entries(), scan, where, now);
+    const actual = hashed.result().diffId;
+    if (actual !== diffId) throw changed(actual);
+  } finally {
+    await parser.close().catch(() => undefined);
   }
 }

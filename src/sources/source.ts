@@ -34,6 +34,19 @@ export interface SourceLayer {
   /** Entries (inodes) and content bytes of diff/, when known before streaming. */
   entries?: number;
   bytes?: number;
+  /**
+   * Where the layer came from in a registry (a pull): its compressed blob digest and the
+   * repository, for the engine's distribution/ metadata (diffid-by-digest,
+   * v2metadata-by-diffid), which lets the device's engine skip the download next time.
+   */
+  distribution?: DistributionSource[];
+}
+
+export interface DistributionSource {
+  /** sha256:… of the compressed blob, as the manifest names it. */
+  digest: string;
+  /** Fully qualified repository (`docker.io/library/alpine`, `registry.example.com/org/app`). */
+  sourceRepository: string;
 }
 
 export interface ImageSource {
@@ -42,9 +55,18 @@ export interface ImageSource {
   images(): Promise<SourceImage[]>;
   /**
    * Metadata of one layer (by ChainID). `counts` asks for `entries`/`bytes` too, which some
-   * sources can only learn by walking the layer.
+   * sources can only learn by walking the layer; callers that write the layer ask with it.
+   * Without it, a source that must download a layer to learn its `size` and `tarSplit` (a
+   * registry) answers from its manifest alone (size 0, no tarSplit): that is how the
+   * planner looks at layers the target already has without fetching them.
    */
   layer(chainId: string, options?: { counts?: boolean }): Promise<SourceLayer>;
+  /**
+   * Optional: the layers this run will write, in the order it will ask for them. A source
+   * that fetches over a network starts on them now, a few at a time, so that layer() and
+   * layerItems() find them under way.
+   */
+  prefetch?(chainIds: readonly string[]): void;
   /**
    * The files of a layer's diff/, with every attribute. Sources that are streams (bundles,
    * tarballs) require layers to be asked for in their stored order.

@@ -1,0 +1,236 @@
+/**
+ * Images pulled from a registry (HTTP API v2) as an ImageSource.
+ *
+ * Manifests and configs are fetched when the source opens, each checked against its digest
+ * (the manifest against the digest asked for or the one the registry names, the config
+ * against the manifest; its digest is the image ID). Layer blobs are fetched only for layers
+ * a writer asks counts or content of, so layers the target already has (same ChainID) are
+ * never downloaded.
+ *
+ * Each written layer is streamed twice from the registry, never stored: a first pass
+ * (prefetched, `jobs` at a time) hashes the blob, makes the tar-split, counts entries and
+ * bytes and finds opaque directories (the engine's whiteout conversion needs them before a
+ * directory is written, and the planner needs the counts to size a disk image before
+ * anything is written); the second pass writes the files while hashing again. That trades
+ * a second download for no temp copy and no memory that grows with the layer (docker pull
+ * itself writes every blob to a temp file first). Both passes check the blob digest and the
+ * DiffID; nothing is committed before both match.
+ */
+import type { LayerItem } from '../layer/entry.js';
+import { chainIds as chainIdsOf, sha256Digest } from '../engine/digest.js';
+import { RegistryClient, type ClientOptions } from '../registry/client.js';
+import { MANIFEST_ACCEPT, choosePlatform, hostPlatforms, parseManifest, showPlatform, type Descriptor, type Platform } from '../registry/manifest.js';
+import { pulledReferences, showRef, type RegistryRef } from '../registry/reference.js';
+import { decompressed } from './docker-archive.js';
+import { layerTarItems, scanLayerTar, type LayerTarScan } from './layer-tar.js';
+import { configPlatform, type DistributionSource, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
+
+export interface RegistrySourceOptions extends ClientOptions {
+  /** Platforms to take from a manifest list / index, best first (default: this machine's). */
+  platforms?: Platform[];
+  /** Layer blobs fetched at once (default 3). */
+  jobs?: number;
+}
+
+interface RegistryLayer {
+  chainId: string;
+  diffId: string;
+  parent?: string;
+  /** Where to fetch it (the first image that names it). */
+  client: RegistryClient;
+  repo: string;
+  blob: Descriptor;
+  image: string;
+  distribution: DistributionSource[];
+}
+
+interface Scanned {
+  scan: LayerTarScan;
+  tarSplit: Buffer;
+}
+
+const MANIFEST_LIMIT = 4 << 20;
+const CONFIG_LIMIT = 16 << 20;
+
+export class RegistrySource implements ImageSource {
+  private readonly imageList: SourceImage[] = [];
+  private readonly layers = new Map<string, RegistryLayer>();
+  private readonly scans = new Map<string, Promise<Scanned>>();
+  private readonly clients = new Map<string, RegistryClient>();
+  private readonly now = BigInt(Date.now()) * 1_000_000n;
+  private readonly jobs: number;
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  private constructor(
+    readonly description: string,
+    private readonly options: RegistrySourceOptions,
+  ) {
+    this.jobs = Math.max(1, options.jobs ?? 3);
+  }
+
+  /** Resolves every reference to one image (manifest, platform, config), checking every digest. */
+  static async open(description: string, refs: readonly RegistryRef[], options: RegistrySourceOptions = {}): Promise<RegistrySource> {
+    const source = new RegistrySource(description, options);
+    try {
+      for (const ref of refs) await source.resolve(ref);
+    } catch (e) {
+      await source.close();
+      throw e;
+    }
+    return source;
+  }
+
+  private client(host: string): RegistryClient {
+    let c = this.clients.get(host);
+    if (!c) {
+      c = new RegistryClient(host, this.options);
+      this.clients.set(host, c);
+    }
+    return c;
+  }
+
+  private async manifest(client: RegistryClient, ref: RegistryRef, reference: string, name: string): Promise<{ body: Buffer; digest: string; contentType?: string }> {
+    const { body, headers } = await client.fetchSmall(ref.path, `manifests/${reference}`, MANIFEST_ACCEPT, MANIFEST_LIMIT);
+    const actual = sha256Digest(body);
+    // By digest: the bytes must hash to it. By tag: to the digest the registry names, when it names one.
+    const expected = reference.startsWith('sha256:') ? reference : (headers['docker-content-digest'] as string | undefined);
+    if (expected !== undefined && expected !== actual) throw new Error(`${name}: the manifest does not match its digest ${expected} (its bytes hash to ${actual}): refused`);
+    return { body, digest: actual, contentType: headers['content-type'] };
+  }
+
+  private async resolve(ref: RegistryRef): Promise<void> {
+    const name = showRef(ref);
+    const wrap = (e: unknown): Error => {
+      const msg = (e as Error).message;
+      return new Error(msg.startsWith(name) ? msg : `${name}: ${msg}`);
+    };
+    try {
+      const client = this.client(ref.host);
+      const top = await this.manifest(client, ref, ref.digest ?? ref.tag ?? 'latest', name);
+      let parsed = parseManifest(top.body, top.contentType, name);
+      if (parsed.kind === 'index') {
+        const wanted = this.options.platforms ?? hostPlatforms();
+        const chosen = choosePlatform(parsed.manifests, wanted);
+        if (!chosen) {
+          const has = parsed.manifests.map((m) => (m.platform ? showPlatform(m.platform) : '?')).filter((p) => p !== 'unknown/unknown');
+          throw new Error(`has no image for ${showPlatform(wanted[0] as Platform)} (the index holds ${has.join(', ') || 'no platform'}); choose one with --platform`);
+        }
+        const sub = await this.manifest(client, ref, chosen.digest, name);
+        parsed = parseManifest(sub.body, sub.contentType, name);
+        if (parsed.kind === 'index') throw new Error('an index inside an index (not supported)');
+      }
+      const { config: configDesc, layers } = parsed;
+      if (configDesc.size > CONFIG_LIMIT) throw new Error(`its config is ${configDesc.size} bytes (refused)`);
+      const parts: Buffer[] = [];
+      for await (const c of client.blob(ref.path, configDesc.digest, configDesc.size, `config ${configDesc.digest}`)) parts.push(c);
+      const config = Buffer.concat(parts);
+      // The image ID is the config's digest (image/image.go): checked by client.blob above.
+      const id = configDesc.digest;
+      const platform = configPlatform(config);
+      if (platform.diffIds.length !== layers.length) throw new Error(`its manifest lists ${layers.length} layers, its config ${platform.diffIds.length} diff_ids (refused)`);
+      const chains = chainIdsOf(platform.diffIds);
+      chains.forEach((chainId, i) => {
+        const blob = layers[i] as Descriptor;
+        const dist = { digest: blob.digest, sourceRepository: ref.fullName };
+        const known = this.layers.get(chainId);
+        if (known) {
+          if (!known.distribution.some((d) => d.digest === dist.digest && d.sourceRepository === dist.sourceRepository)) known.distribution.push(dist);
+          return;
+        }
+        this.layers.set(chainId, {
+          chainId,
+          diffId: platform.diffIds[i] as string,
+          parent: i > 0 ? chains[i - 1] : undefined,
+          client,
+          repo: ref.path,
+          blob,
+          image: name,
+          distribution: [dist],
+        });
+      });
+      const references = pulledReferences(ref, top.digest);
+      const existing = this.imageList.find((img) => img.id === id);
+      if (existing) {
+        for (const r of references) if (!existing.references.includes(r)) existing.references.push(r);
+        return;
+      }
+      this.imageList.push({ id, config, references, chainIds: chains, architecture: platform.architecture, os: platform.os });
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
+  async images(): Promise<SourceImage[]> {
+    return this.imageList;
+  }
+
+  private layerOf(chainId: string): RegistryLayer {
+    const l = this.layers.get(chainId);
+    if (!l) throw new Error(`${this.description}: layer ${chainId} is not in any image pulled`);
+    return l;
+  }
+
+  private where(l: RegistryLayer): string {
+    return `${l.image}: layer ${l.blob.digest}`;
+  }
+
+  /** The layer tar, decompressed as it arrives (gzip, zstd or none, by its magic bytes). */
+  private async tar(l: RegistryLayer): Promise<AsyncIterable<Buffer>> {
+    const where = this.where(l);
+    return decompressed(l.client.blob(l.repo, l.blob.digest, l.blob.size, where), where);
+  }
+
+  private async slot<T>(work: () => Promise<T>): Promise<T> {
+    if (this.running >= this.jobs) await new Promise<void>((r) => this.waiting.push(r));
+    this.running++;
+    try {
+      return await work();
+    } finally {
+      this.running--;
+      this.waiting.shift()?.();
+    }
+  }
+
+  private scan(l: RegistryLayer): Promise<Scanned> {
+    let p = this.scans.get(l.chainId);
+    if (!p) {
+      p = this.slot(async () => {
+        const where = this.where(l);
+        const r = await scanLayerTar(await this.tar(l), where);
+        if (r.diffId !== l.diffId) throw new Error(`${where} hashes to DiffID ${r.diffId}, not to ${l.diffId} as its image config says: refused`);
+        return { scan: r.scan, tarSplit: r.tarSplit };
+      });
+      // Prefetched scans nobody awaits yet must not become unhandled rejections.
+      p.catch(() => undefined);
+      this.scans.set(l.chainId, p);
+    }
+    return p;
+  }
+
+  prefetch(chainIds: readonly string[]): void {
+    for (const c of chainIds) {
+      const l = this.layers.get(c);
+      if (l) void this.scan(l);
+    }
+  }
+
+  async layer(chainId: string, options: { counts?: boolean } = {}): Promise<SourceLayer> {
+    const l = this.layerOf(chainId);
+    const base = { chainId, diffId: l.diffId, parent: l.parent, distribution: l.distribution };
+    if (!options.counts) return { ...base, size: 0 };
+    const { scan, tarSplit } = await this.scan(l);
+    return { ...base, size: scan.size, tarSplit, entries: scan.entries, bytes: scan.bytes };
+  }
+
+  async *layerItems(chainId: string): AsyncIterable<LayerItem> {
+    const l = this.layerOf(chainId);
+    const { scan } = await this.scan(l);
+    const where = this.where(l);
+    yield* layerTarItems(await this.tar(l), scan, where, this.now, l.diffId, (actual) => new Error(`${where} hashes to DiffID ${actual}, not to ${l.diffId} as its image config says: refused`));
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.clients.values()) c.close();
+  }
+}
