@@ -462,6 +462,15 @@ export async function disassembleTar(
   input: AsyncIterable<Buffer>,
   where = 'layer tar',
   visit?: (entry: TarEntry, content: AsyncIterable<Buffer>) => Promise<void>,
+  options: {
+    /**
+     * The tar is the output of Go's gzip reader (docker pull of a gzip layer): its last Read
+     * returns the final bytes together with io.EOF (compress/gzip Reader.Read), so bytes
+     * after the end-of-archive blocks end the tar-split without the empty segment a file's
+     * separate (0, io.EOF) read adds. A tar-split of a pulled layer then equals the engine's.
+     */
+    lastReadHasEof?: boolean;
+  } = {},
 ): Promise<DisassembleResult> {
   const hashed = hashing(input);
   const parser = new TarParser(hashed.stream);
@@ -504,7 +513,7 @@ export async function disassembleTar(
     const endBlocks = Math.min(trailer.length, 2 * BLOCK);
     w.segment(Buffer.concat([parser.lastPadding, trailer.subarray(0, endBlocks)]));
     for (let off = endBlocks; off < trailer.length; off += PADDING_CHUNK) w.segment(trailer.subarray(off, off + PADDING_CHUNK));
-    w.segment(Buffer.alloc(0), true);
+    if (!(options.lastReadHasEof && trailer.length > endBlocks)) w.segment(Buffer.alloc(0), true);
     const { diffId, bytes } = hashed.result();
     return { tarSplit: await w.finish(), diffId, bytes };
   } finally {

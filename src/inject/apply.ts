@@ -244,8 +244,8 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
 }
 
 /**
- * The pull cache (engine/distribution.ts) for every layer a registry source named, copied
- * or reused (the engine records it for both, pull_v2.go Registered). Each file is written
+ * The pull cache (engine/distribution.ts) for every layer of the images a registry source
+ * pulled, copied or reused (the engine records both, xfer/download.go Registered). Each file is written
  * beside its place and renamed over it; a file this run replaced is restored on failure.
  */
 async function writeDistribution(plan: InjectPlan, target: TargetStore, created: Undo): Promise<void> {
@@ -270,11 +270,16 @@ async function writeDistribution(plan: InjectPlan, target: TargetStore, created:
     if (previous) created.restore(at(file), previous, DISTRIBUTION_MODE.file);
     else created.push(at(file));
   };
-  for (const layer of plan.layers) {
-    for (const d of layer.source.distribution ?? []) {
-      const metadataFile = v2MetadataPath(layer.source.diffId);
+  const diffIds = new Map(plan.layers.map((l) => [l.chainId, l.source.diffId]));
+  // docker pull records nothing for an image it already has (pull_v2.go pullSchema2).
+  for (const { image, present } of plan.images) {
+    if (present || !image.distribution) continue;
+    for (const [i, d] of image.distribution.entries()) {
+      const diffId = diffIds.get(image.chainIds[i] as string);
+      if (!diffId) continue;
+      const metadataFile = v2MetadataPath(diffId);
       await put(metadataFile, addV2Metadata(await w.readFile(at(metadataFile)), { Digest: d.digest, SourceRepository: d.sourceRepository, HMAC: '' }));
-      await put(diffIdByDigestPath(d.digest), Buffer.from(layer.source.diffId));
+      await put(diffIdByDigestPath(d.digest), Buffer.from(diffId));
     }
   }
 }

@@ -17,7 +17,7 @@ import { createReadStream, createWriteStream, promises as fs, statSync } from 'n
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
-import { decompress, detectCompression } from '../stream/decompress.js';
+import { decompress, detectCompression, type Compression } from '../stream/decompress.js';
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds as chainIdsOf, isDigest, sha256Digest } from '../engine/digest.js';
 import { cleanTarPath } from '../engine/tar-split.js';
@@ -63,17 +63,25 @@ async function peek(stream: AsyncIterable<Buffer>, n: number): Promise<{ head: B
 
 /** A blob as an uncompressed stream: gzip, zstd (and xz, bzip2) recognised by their magic bytes. */
 export async function decompressed(stream: AsyncIterable<Buffer>, where: string): Promise<AsyncIterable<Buffer>> {
+  return (await decompressedWithKind(stream, where)).stream;
+}
+
+/** decompressed(), telling which compression it found. */
+export async function decompressedWithKind(stream: AsyncIterable<Buffer>, where: string): Promise<{ stream: AsyncIterable<Buffer>; kind: Compression }> {
   const p = await peek(stream, 6);
   const kind = detectCompression(p.head);
-  if (kind === 'none') return p.stream;
+  if (kind === 'none') return { stream: p.stream, kind };
   const inner = decompress(Readable.from(p.stream), kind);
-  return (async function* () {
-    try {
-      yield* inner;
-    } catch (err) {
-      throw new Error(`${where}: ${(err as Error).message}`);
-    }
-  })();
+  return {
+    kind,
+    stream: (async function* () {
+      try {
+        yield* inner;
+      } catch (err) {
+        throw new Error(`${where}: ${(err as Error).message}`);
+      }
+    })(),
+  };
 }
 
 // ---- the archive's files -----------------------------------------------------------------

@@ -239,9 +239,13 @@ export async function* layerItemsFromTar(
  * First pass over a layer tar (docker save archives, registry blobs): its tar-split, the
  * counts and opaque directories layerItemsFromTar needs, and the DiffID it hashes to.
  */
-export async function scanLayerTar(tar: AsyncIterable<Buffer>, where: string): Promise<{ scan: LayerTarScan; tarSplit: Buffer; diffId: string }> {
+export async function scanLayerTar(
+  tar: AsyncIterable<Buffer>,
+  where: string,
+  options: Parameters<typeof disassembleTar>[3] = {},
+): Promise<{ scan: LayerTarScan; tarSplit: Buffer; diffId: string }> {
   const scanner = new LayerTarScanner(where);
-  const r = await disassembleTar(tar, where, async (e) => scanner.visit(e));
+  const r = await disassembleTar(tar, where, async (e) => scanner.visit(e), options);
   return { scan: scanner.result(), tarSplit: r.tarSplit, diffId: r.diffId };
 }
 

@@ -21,9 +21,10 @@ import { chainIds as chainIdsOf, sha256Digest } from '../engine/digest.js';
 import { RegistryClient, type ClientOptions } from '../registry/client.js';
 import { MANIFEST_ACCEPT, choosePlatform, hostPlatforms, parseManifest, showPlatform, type Descriptor, type Platform } from '../registry/manifest.js';
 import { pulledReferences, showRef, type RegistryRef } from '../registry/reference.js';
-import { decompressed } from './docker-archive.js';
+import { decompressedWithKind } from './docker-archive.js';
+import type { Compression } from '../stream/decompress.js';
 import { layerTarItems, scanLayerTar, type LayerTarScan } from './layer-tar.js';
-import { configPlatform, type DistributionSource, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
+import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
 
 export interface RegistrySourceOptions extends ClientOptions {
   /** Platforms to take from a manifest list / index, best first (default: this machine's). */
@@ -41,7 +42,6 @@ interface RegistryLayer {
   repo: string;
   blob: Descriptor;
   image: string;
-  distribution: DistributionSource[];
 }
 
 interface Scanned {
@@ -131,31 +131,26 @@ export class RegistrySource implements ImageSource {
       if (platform.diffIds.length !== layers.length) throw new Error(`its manifest lists ${layers.length} layers, its config ${platform.diffIds.length} diff_ids (refused)`);
       const chains = chainIdsOf(platform.diffIds);
       chains.forEach((chainId, i) => {
-        const blob = layers[i] as Descriptor;
-        const dist = { digest: blob.digest, sourceRepository: ref.fullName };
-        const known = this.layers.get(chainId);
-        if (known) {
-          if (!known.distribution.some((d) => d.digest === dist.digest && d.sourceRepository === dist.sourceRepository)) known.distribution.push(dist);
-          return;
-        }
+        if (this.layers.has(chainId)) return;
         this.layers.set(chainId, {
           chainId,
           diffId: platform.diffIds[i] as string,
           parent: i > 0 ? chains[i - 1] : undefined,
           client,
           repo: ref.path,
-          blob,
+          blob: layers[i] as Descriptor,
           image: name,
-          distribution: [dist],
         });
       });
       const references = pulledReferences(ref, top.digest);
       const existing = this.imageList.find((img) => img.id === id);
       if (existing) {
+        // docker pull of an image it already has records only the references (pull_v2.go pullSchema2).
         for (const r of references) if (!existing.references.includes(r)) existing.references.push(r);
         return;
       }
-      this.imageList.push({ id, config, references, chainIds: chains, architecture: platform.architecture, os: platform.os });
+      const distribution = layers.map((l) => ({ digest: l.digest, sourceRepository: ref.fullName }));
+      this.imageList.push({ id, config, references, chainIds: chains, architecture: platform.architecture, os: platform.os, distribution });
     } catch (e) {
       throw wrap(e);
     }
@@ -175,10 +170,10 @@ export class RegistrySource implements ImageSource {
     return `${l.image}: layer ${l.blob.digest}`;
   }
 
-  /** The layer tar, decompressed as it arrives (gzip, zstd or none, by its magic bytes). */
-  private async tar(l: RegistryLayer): Promise<AsyncIterable<Buffer>> {
+  /** The layer tar, decompressed as it arrives (gzip, zstd or none, by its magic bytes, as the engine's DecompressStream). */
+  private async tar(l: RegistryLayer): Promise<{ stream: AsyncIterable<Buffer>; kind: Compression }> {
     const where = this.where(l);
-    return decompressed(l.client.blob(l.repo, l.blob.digest, l.blob.size, where), where);
+    return decompressedWithKind(l.client.blob(l.repo, l.blob.digest, l.blob.size, where), where);
   }
 
   private async slot<T>(work: () => Promise<T>): Promise<T> {
@@ -197,7 +192,9 @@ export class RegistrySource implements ImageSource {
     if (!p) {
       p = this.slot(async () => {
         const where = this.where(l);
-        const r = await scanLayerTar(await this.tar(l), where);
+        const tar = await this.tar(l);
+        // The engine reads a gzip layer through Go's gzip reader (pkg/archive DecompressStream without unpigz).
+        const r = await scanLayerTar(tar.stream, where, { lastReadHasEof: tar.kind === 'gzip' });
         if (r.diffId !== l.diffId) throw new Error(`${where} hashes to DiffID ${r.diffId}, not to ${l.diffId} as its image config says: refused`);
         return { scan: r.scan, tarSplit: r.tarSplit };
       });
@@ -217,7 +214,7 @@ export class RegistrySource implements ImageSource {
 
   async layer(chainId: string, options: { counts?: boolean } = {}): Promise<SourceLayer> {
     const l = this.layerOf(chainId);
-    const base = { chainId, diffId: l.diffId, parent: l.parent, distribution: l.distribution };
+    const base = { chainId, diffId: l.diffId, parent: l.parent };
     if (!options.counts) return { ...base, size: 0 };
     const { scan, tarSplit } = await this.scan(l);
     return { ...base, size: scan.size, tarSplit, entries: scan.entries, bytes: scan.bytes };
@@ -227,7 +224,7 @@ export class RegistrySource implements ImageSource {
     const l = this.layerOf(chainId);
     const { scan } = await this.scan(l);
     const where = this.where(l);
-    yield* layerTarItems(await this.tar(l), scan, where, this.now, l.diffId, (actual) => new Error(`${where} hashes to DiffID ${actual}, not to ${l.diffId} as its image config says: refused`));
+    yield* layerTarItems((await this.tar(l)).stream, scan, where, this.now, l.diffId, (actual) => new Error(`${where} hashes to DiffID ${actual}, not to ${l.diffId} as its image config says: refused`));
   }
 
   async close(): Promise<void> {

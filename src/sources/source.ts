@@ -18,6 +18,13 @@ export interface SourceImage {
   os: string;
   /** imagedb/metadata lastUpdated, when the source has one. */
   lastUpdated?: string;
+  /**
+   * Pulled from a registry: where each layer (aligned with chainIds) came from, for the
+   * engine's distribution/ metadata (diffid-by-digest, v2metadata-by-diffid), which lets the
+   * device's engine skip the download next time. The injector writes it for images the
+   * target does not hold yet, as docker pull does.
+   */
+  distribution?: DistributionSource[];
 }
 
 export interface SourceLayer {
@@ -34,12 +41,6 @@ export interface SourceLayer {
   /** Entries (inodes) and content bytes of diff/, when known before streaming. */
   entries?: number;
   bytes?: number;
-  /**
-   * Where the layer came from in a registry (a pull): its compressed blob digest and the
-   * repository, for the engine's distribution/ metadata (diffid-by-digest,
-   * v2metadata-by-diffid), which lets the device's engine skip the download next time.
-   */
-  distribution?: DistributionSource[];
 }
 
 export interface DistributionSource {
