@@ -231,6 +231,9 @@ export class RegistryClient {
         this.challenge = challenge;
         continue;
       }
+      if (auth?.startsWith('Bearer ')) {
+        throw new RegistryError(`registry ${this.host} refused a fresh token from ${this.challenge?.params.realm ?? 'its token server'} for ${repo} (expired, or not valid for pulling it)`, 401);
+      }
       const creds = await this.creds();
       throw new RegistryError(creds ? `registry ${this.host} refused the credentials for ${repo} (wrong username or password?)` : `registry ${this.host} needs credentials for ${repo} (--registry-auth, or docker login)`, 401);
     }
