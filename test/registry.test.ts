@@ -23,6 +23,10 @@ import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from
 import { chainIds, compareLayerFiles, layerCacheIds, layerDiffDir, readRepositories, snapshotTree, treeDigest } from './harness/judge.js';
 import { verifyInjectedEngineRoot } from './harness/verify.js';
 import { buildBalenaImage, requireImageTools } from './harness/balena-image.js';
+import { parseRegistryUrl, pulledReferences, refOnHost, registryRef } from '../src/registry/reference.js';
+import { parseChallenge } from '../src/registry/client.js';
+import { choosePlatform, parsePlatform, platformsForBalenaArch, type Descriptor } from '../src/registry/manifest.js';
+import { addV2Metadata } from '../src/engine/distribution.js';
 import { assertE2fsckClean, tableProblems, withMountedData } from './harness/disk-judge.js';
 import {
   fetchManifest,
@@ -461,4 +465,37 @@ test('registry: --from registry --apps takes exactly the images apps.json names,
   const vb = transplant(['verify', bundle, '--json']);
   assert.equal(vb.code, 0, show(vb));
   assert.equal((JSON.parse(vb.stdout) as { layers: number }).layers, s.fx.images.appC.diffIds.length);
+});
+
+test('registry references resolve as docker does; challenges, platforms and v2metadata follow the engine', () => {
+  const hub = registryRef('alpine:3.20');
+  assert.deepEqual([hub.host, hub.path, hub.familiar, hub.fullName, hub.tag], ['registry-1.docker.io', 'library/alpine', 'alpine', 'docker.io/library/alpine', '3.20']);
+  assert.deepEqual(pulledReferences(hub, `sha256:${'a'.repeat(64)}`), ['alpine:3.20', `alpine@sha256:${'a'.repeat(64)}`]);
+  const io = registryRef('docker.io/library/busybox');
+  assert.deepEqual([io.host, io.path, io.familiar, io.tag], ['registry-1.docker.io', 'library/busybox', 'busybox', 'latest']);
+  const org = registryRef('myorg/app@sha256:' + 'b'.repeat(64));
+  assert.deepEqual([org.path, org.familiar, org.tag, org.digest], ['myorg/app', 'myorg/app', undefined, 'sha256:' + 'b'.repeat(64)]);
+  const cloud = registryRef(`registry2.balena-cloud.com/v2/9f2e4c1a7b3d5e8f0a6c2b9d4e7f1a3c@sha256:${'c'.repeat(64)}`);
+  assert.deepEqual([cloud.host, cloud.path, cloud.familiar], ['registry2.balena-cloud.com', 'v2/9f2e4c1a7b3d5e8f0a6c2b9d4e7f1a3c', 'registry2.balena-cloud.com/v2/9f2e4c1a7b3d5e8f0a6c2b9d4e7f1a3c']);
+  const url = parseRegistryUrl('docker://127.0.0.1:5000/org/app:1.2');
+  assert.deepEqual([url.host, url.image?.path, url.image?.tag, url.image?.familiar], ['127.0.0.1:5000', 'org/app', '1.2', '127.0.0.1:5000/org/app']);
+  assert.equal(parseRegistryUrl('docker://bh.cr').image, undefined);
+  assert.equal(refOnHost('bh.cr', 'myorg/fleet/1.2.3').familiar, 'bh.cr/myorg/fleet/1.2.3');
+
+  assert.deepEqual(parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull"'), {
+    scheme: 'bearer',
+    params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/alpine:pull' },
+  });
+  assert.equal(parseChallenge('Basic realm="x"')?.scheme, 'basic');
+
+  const d = (arch: string, variant?: string): Descriptor => ({ mediaType: '', digest: `sha256:${arch.padEnd(64, '0').slice(0, 64).replace(/[^0-9a-f]/g, '0')}`, size: 1, platform: { os: 'linux', architecture: arch, variant } });
+  const index = [d('amd64'), d('arm', 'v6'), d('arm64')];
+  assert.equal(choosePlatform(index, platformsForBalenaArch('aarch64')!), index[2], 'arm64 without a variant is v8');
+  assert.equal(choosePlatform(index, platformsForBalenaArch('armv7hf')!), index[1], 'an armv7hf device runs arm/v6');
+  assert.equal(choosePlatform(index, [parsePlatform('linux/386')]), undefined);
+
+  const one = addV2Metadata(undefined, { Digest: 'sha256:1', SourceRepository: 'a', HMAC: '' });
+  assert.equal(one.toString(), '[{"Digest":"sha256:1","SourceRepository":"a","HMAC":""}]');
+  const two = addV2Metadata(addV2Metadata(one, { Digest: 'sha256:2', SourceRepository: 'b', HMAC: '' }), { Digest: 'sha256:1', SourceRepository: 'a', HMAC: '' });
+  assert.deepEqual((JSON.parse(two.toString()) as { Digest: string }[]).map((m) => m.Digest), ['sha256:2', 'sha256:1'], 'an entry added again moves to the end');
 });
