@@ -33,6 +33,7 @@ import {
   makeHtpasswd,
   makeTls,
   putManifest,
+  pushImage,
   startProxy,
   startRegistry,
   startTokenServer,
@@ -498,4 +499,49 @@ test('registry references resolve as docker does; challenges, platforms and v2me
   assert.equal(one.toString(), '[{"Digest":"sha256:1","SourceRepository":"a","HMAC":""}]');
   const two = addV2Metadata(addV2Metadata(one, { Digest: 'sha256:2', SourceRepository: 'b', HMAC: '' }), { Digest: 'sha256:1', SourceRepository: 'a', HMAC: '' });
   assert.deepEqual((JSON.parse(two.toString()) as { Digest: string }[]).map((m) => m.Digest), ['sha256:2', 'sha256:1'], 'an entry added again moves to the end');
+});
+
+test('registry: a layer that cannot be converted in one pass (opaque marker after its directory\'s files, a directory entry after its contents) is read again in two passes, equal to docker pull', T, async () => {
+  const s = await getSetup();
+  // On top of the fixtures' base layer, so that the image runs; the second layer hand-made with GNU tar in that order.
+  const baseTar = path.join(s.work, 'order-base.tar');
+  const build = path.join(s.work, 'order-layer');
+  fs.mkdirSync(path.join(build, 'data', 'd'), { recursive: true });
+  fs.mkdirSync(path.join(build, 'data', 'e'), { recursive: true });
+  fs.writeFileSync(path.join(build, 'data', 'd', 'a'), 'kept\n');
+  fs.writeFileSync(path.join(build, 'data', 'd', '.wh..wh..opq'), '');
+  fs.writeFileSync(path.join(build, 'data', 'e', 'f'), 'late dir\n');
+  fs.chmodSync(path.join(build, 'data', 'e'), 0o700);
+  runOk('tar', ['--no-recursion', '--format=posix', '--numeric-owner', '-C', build, '-cf', path.join(s.work, 'order.tar'), 'data/e/f', 'data/e', 'data/d', 'data/d/a', 'data/d/.wh..wh..opq']);
+  // The base layer's tar, as docker save gives it.
+  const d = await Dockerd.start({ dataRoot: path.join(s.work, 'order-pull') });
+  let pushed: { id: string; manifestDigest: string };
+  try {
+    d.docker(['pull', '-q', `${s.anon.host}/fixture/base:latest`], { timeoutMs: 300_000 });
+    d.docker(['save', '-o', baseTar, `${s.anon.host}/fixture/base:latest`]);
+    const x = path.join(s.work, 'order-save');
+    fs.mkdirSync(x);
+    runOk('tar', ['-xf', baseTar, '-C', x]);
+    const m = JSON.parse(fs.readFileSync(path.join(x, 'manifest.json'), 'utf8')) as { Layers: string[] }[];
+    const layerTars = [...m[0]!.Layers.map((l) => fs.readFileSync(path.join(x, l))), fs.readFileSync(path.join(s.work, 'order.tar'))];
+    pushed = await pushImage(s.anon.host, 'order/late', '1', layerTars, ['echo', 'transplant-marker-order']);
+    d.docker(['pull', '-q', `${s.anon.host}/order/late:1`], { timeoutMs: 300_000 });
+  } finally {
+    await d.stop();
+  }
+  d.cleanup();
+  const reference = path.join(s.work, 'order-pull');
+  const diffIds = (JSON.parse(fs.readFileSync(path.join(reference, 'image/overlay2/imagedb/content/sha256', pushed.id.slice(7)), 'utf8')) as { rootfs: { diff_ids: string[] } }).rootfs.diff_ids;
+  const top = chainIds(diffIds).at(-1) as string;
+  const ref = snapshotTree(layerDiffDir(reference, top));
+  assert.match(ref.get('data/d')?.xattrs ?? '', /trusted\.overlay\.opaque=0x79/, 'judge: docker made data/d opaque');
+  assert.equal(ref.get('data/e')?.mode, '0700', 'judge: docker gave data/e its own mode');
+
+  const target = path.join(s.work, 'target-order');
+  copyTree(s.fx.bareEngineRoot, target);
+  const r = transplant(['preload', '--from', `docker://${s.anon.host}/order/late:1`, '--engine-root', target]);
+  assert.equal(r.code, 0, show(r));
+  assert.deepEqual(storeDifferences(reference, target, chainIds(diffIds)).filter((l) => !/repositories|distribution|image IDs/.test(l)), []);
+  const v = transplant(['verify', target]);
+  assert.equal(v.code, 0, show(v));
 });

@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import type { TreeWriter } from '../targets/tree-writer.js';
 import type { LayerEntry } from '../layer/entry.js';
-import type { ImageSource } from '../sources/source.js';
+import { LayerRestart, type ImageSource } from '../sources/source.js';
 import { hexOf } from '../engine/digest.js';
 import {
   IMAGEDB_CONTENT,
@@ -167,18 +167,30 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     await w.mkdirp(dir, MODE.cacheDir);
     const diff = at(diffDir(layer.cacheId));
     const records = layer.source.tarSplit ? await fileRecords(layer.source.tarSplit, `${source.description}: layer ${layer.chainId}`) : undefined;
-    let first = true;
-    for await (const { entry, content } of source.layerItems(layer.chainId)) {
-      if (first && entry.path !== '.') await w.mkdirp(diff, MODE.diffDir);
-      first = false;
-      const record = content ? records?.get(entry.path) : undefined;
-      where.entry = entry.path;
-      const body = content && record ? checked(content, record, () => `${source.description}: layer ${layer.chainId.slice(7, 19)}: ${entry.path}`) : content;
-      await w.writeEntry(diff, entry, body);
-      progress?.entryWritten(entry);
+    for (let attempt = 0; ; attempt++) {
+      let first = true;
+      try {
+        for await (const { entry, content } of source.layerItems(layer.chainId)) {
+          if (first && entry.path !== '.') await w.mkdirp(diff, MODE.diffDir);
+          first = false;
+          const record = content ? records?.get(entry.path) : undefined;
+          where.entry = entry.path;
+          const body = content && record ? checked(content, record, () => `${source.description}: layer ${layer.chainId.slice(7, 19)}: ${entry.path}`) : content;
+          await w.writeEntry(diff, entry, body);
+          progress?.entryWritten(entry);
+        }
+      } catch (e) {
+        // The source cannot stream this layer in one pass: start the layer over (once).
+        if (!(e instanceof LayerRestart) || attempt > 0) throw e;
+        if ((await w.kindOf(diff)) !== undefined) await w.remove(diff);
+        continue;
+      }
+      if (first) await w.mkdirp(diff, MODE.diffDir);
+      break;
     }
-    if (first) await w.mkdirp(diff, MODE.diffDir);
     await w.finishTree(diff);
+    // A streamed layer's size and tar-split are known only now (ImageSource.layerAfterItems).
+    const meta = source.layerAfterItems?.(layer.chainId) ?? layer.source;
 
     await w.writeFile(`${dir}/link`, Buffer.from(layer.link), MODE.linkFile);
     if (layer.parent) {
@@ -194,9 +206,9 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     const tmp = at(`${LAYERDB_TMP}/write-set-${tmpName()}`);
     created.push(tmp);
     await w.mkdirp(tmp, MODE.layerDir);
-    const record = { chainId: layer.chainId, diffId: layer.source.diffId, parent: layer.parent, size: layer.source.size, cacheId: layer.cacheId };
+    const record = { chainId: layer.chainId, diffId: layer.source.diffId, parent: layer.parent, size: meta.size, cacheId: layer.cacheId };
     for (const f of layerFiles(record)) await w.writeFile(`${tmp}/${f.name}`, f.data, MODE.layerFile);
-    if (layer.source.tarSplit) await w.writeFile(`${tmp}/tar-split.json.gz`, layer.source.tarSplit, MODE.layerFile);
+    if (meta.tarSplit) await w.writeFile(`${tmp}/tar-split.json.gz`, meta.tarSplit, MODE.layerFile);
     layerdbTmp.set(layer.chainId, tmp);
     progress?.layerDone(layer);
   }

@@ -35,6 +35,8 @@ export async function planFor(
   writer: TreeWriter,
   prefix: string,
   extraReferences?: InjectOptions['extraReferences'],
+  /** Counts are wanted only as estimates; size and tar-split may come after the items (no disk to grow, no dry run). */
+  streamed = false,
 ): Promise<{ plan: InjectPlan; store: TargetStore }> {
   const store = await TargetStore.read(writer, prefix);
   const layers = [];
@@ -42,8 +44,8 @@ export async function planFor(
   // answers those from its manifest and never fetches them.
   const all = layersOf(images);
   const copies = all.filter((c) => !store.layers.has(c));
-  source.prefetch?.(contentOrderOf(source, copies));
-  for (const chainId of all) layers.push(await source.layer(chainId, store.layers.has(chainId) ? {} : { counts: true }));
+  source.prefetch?.(contentOrderOf(source, copies), { streamed });
+  for (const chainId of all) layers.push(await source.layer(chainId, store.layers.has(chainId) ? {} : { counts: true, streamed }));
   checkChains(images, layers, source.description);
   try {
     return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? []), store };
@@ -60,7 +62,7 @@ export async function injectImages(
   prefix: string,
   options: InjectOptions = {},
 ): Promise<InjectResult> {
-  const { plan, store } = await planFor(source, images, writer, prefix, options.extraReferences);
+  const { plan, store } = await planFor(source, images, writer, prefix, options.extraReferences, !options.dryRun && !options.beforeWrite);
   for (const m of plan.references.moved) options.warn?.(`tag ${m.key} moved from ${m.from.slice(7, 19)} to ${m.to.slice(7, 19)} (as docker tag would)`);
   if (options.dryRun) return { plan, changed: false };
   if (planChangesNothing(plan)) {

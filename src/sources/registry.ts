@@ -23,8 +23,9 @@ import { MANIFEST_ACCEPT, choosePlatform, hostPlatforms, parseManifest, showPlat
 import { pulledReferences, showRef, type RegistryRef } from '../registry/reference.js';
 import { decompressedWithKind } from './docker-archive.js';
 import type { Compression } from '../stream/decompress.js';
-import { layerTarItems, scanLayerTar, type LayerTarScan } from './layer-tar.js';
-import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
+import { LayerOrderError, layerTarItems, scanLayerTar, streamLayerTar, type LayerTarScan, type StreamedLayer } from './layer-tar.js';
+import { ReadAhead } from '../stream/read-ahead.js';
+import { configPlatform, LayerRestart, type LayerOptions, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
 
 export interface RegistrySourceOptions extends ClientOptions {
   /** Platforms to take from a manifest list / index, best first (default: this machine's). */
@@ -50,6 +51,8 @@ interface Scanned {
 }
 
 const MANIFEST_LIMIT = 4 << 20;
+/** Bytes of a blob read ahead of the writer, per open blob. */
+const READ_AHEAD = 16 << 20;
 const CONFIG_LIMIT = 16 << 20;
 
 export class RegistrySource implements ImageSource {
@@ -60,6 +63,12 @@ export class RegistrySource implements ImageSource {
   private readonly now = BigInt(Date.now()) * 1_000_000n;
   private readonly jobs: number;
   private running = 0;
+  /** Streamed (one-pass) layers: asked for with `streamed`, their results once read. */
+  private readonly streamedLayers = new Set<string>();
+  private readonly streamedResults = new Map<string, StreamedLayer>();
+  /** Blobs opened ahead of the writer, and the layers still to open, in writing order. */
+  private readonly ahead = new Map<string, { stream: ReadAhead; taken: boolean }>();
+  private aheadOrder: string[] = [];
   private readonly waiting: (() => void)[] = [];
 
   private constructor(
@@ -205,29 +214,78 @@ export class RegistrySource implements ImageSource {
     return p;
   }
 
-  prefetch(chainIds: readonly string[]): void {
+  prefetch(chainIds: readonly string[], options: { streamed?: boolean } = {}): void {
+    if (options.streamed) {
+      this.aheadOrder = chainIds.filter((c) => this.layers.has(c));
+      this.readAheadNext(this.jobs);
+      return;
+    }
     for (const c of chainIds) {
       const l = this.layers.get(c);
       if (l) void this.scan(l);
     }
   }
 
-  async layer(chainId: string, options: { counts?: boolean } = {}): Promise<SourceLayer> {
+  /** Opens the blobs of the next layers to be written (bounded buffers), keeping `n` open. */
+  private readAheadNext(n: number): void {
+    while (this.aheadOrder.length > 0 && [...this.ahead.values()].filter((a) => !a.taken).length < n) {
+      const c = this.aheadOrder.shift() as string;
+      const l = this.layers.get(c) as RegistryLayer;
+      if (this.ahead.has(c) || this.scans.has(c)) continue;
+      const where = this.where(l);
+      this.ahead.set(c, { stream: new ReadAhead(l.client.blob(l.repo, l.blob.digest, l.blob.size, where), READ_AHEAD), taken: false });
+    }
+  }
+
+  async layer(chainId: string, options: LayerOptions = {}): Promise<SourceLayer> {
     const l = this.layerOf(chainId);
     const base = { chainId, diffId: l.diffId, parent: l.parent };
     if (!options.counts) return { ...base, size: 0 };
+    if (options.streamed && !this.scans.has(chainId)) {
+      // Read once while writing: size and tar-split come after the items (layerAfterItems).
+      this.streamedLayers.add(chainId);
+      return { ...base, size: 0, bytes: l.blob.size };
+    }
     const { scan, tarSplit } = await this.scan(l);
     return { ...base, size: scan.size, tarSplit, entries: scan.entries, bytes: scan.bytes };
   }
 
+  layerAfterItems(chainId: string): SourceLayer | undefined {
+    const done = this.streamedResults.get(chainId);
+    const l = this.layerOf(chainId);
+    return done ? { chainId, diffId: l.diffId, parent: l.parent, ...done } : undefined;
+  }
+
   async *layerItems(chainId: string): AsyncIterable<LayerItem> {
     const l = this.layerOf(chainId);
-    const { scan } = await this.scan(l);
     const where = this.where(l);
+    if (this.streamedLayers.has(chainId)) {
+      const ahead = this.ahead.get(chainId);
+      if (ahead) ahead.taken = true;
+      this.readAheadNext(this.jobs - 1);
+      const blob = ahead ? ahead.stream.stream() : l.client.blob(l.repo, l.blob.digest, l.blob.size, where);
+      const tar = await decompressedWithKind(blob, where);
+      const s = streamLayerTar(tar.stream, where, this.now, l.diffId, { lastReadHasEof: tar.kind === 'gzip' });
+      try {
+        yield* s.items;
+      } catch (e) {
+        if (!(e instanceof LayerOrderError)) throw e;
+        // Take the two-pass road for this layer; the writer starts it over.
+        this.streamedLayers.delete(chainId);
+        throw new LayerRestart(e.message);
+      } finally {
+        this.ahead.delete(chainId);
+      }
+      this.streamedResults.set(chainId, s.result());
+      return;
+    }
+    const { scan, tarSplit } = await this.scan(l);
     yield* layerTarItems((await this.tar(l)).stream, scan, where, this.now, l.diffId, (actual) => new Error(`${where} hashes to DiffID ${actual}, not to ${l.diffId} as its image config says: refused`));
+    this.streamedResults.set(chainId, { size: scan.size, entries: scan.entries, bytes: scan.bytes, tarSplit });
   }
 
   async close(): Promise<void> {
+    for (const a of this.ahead.values()) await a.stream.cancel();
     for (const c of this.clients.values()) c.close();
   }
 }

@@ -204,3 +204,35 @@ export async function putManifest(host: string, repo: string, tag: string, body:
   const res = await fetch(`http://${host}/v2/${repo}/manifests/${tag}`, { method: "PUT", headers: { "Content-Type": mediaType }, body: new Uint8Array(body) });
   if (res.status !== 201) throw new Error(`PUT manifest ${repo}:${tag}: HTTP ${res.status} ${await res.text()}`);
 }
+
+/**
+ * Pushes a hand-made single-platform image over the registry API (anonymous HTTP): each
+ * layer tar gzip-compressed, a config naming their DiffIDs, a Docker v2 schema 2 manifest.
+ * Returns the image ID and the manifest digest.
+ */
+export async function pushImage(host: string, repo: string, tag: string, layerTars: Buffer[], cmd: string[]): Promise<{ id: string; manifestDigest: string }> {
+  const { createHash } = await import('node:crypto');
+  const { gzipSync } = await import('node:zlib');
+  const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const upload = async (data: Buffer): Promise<{ digest: string; size: number }> => {
+    const digest = sha(data);
+    const start = await fetch(`http://${host}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+    if (start.status !== 202) throw new Error(`blob upload start: HTTP ${start.status}`);
+    const loc = new URL(start.headers.get('location') as string, `http://${host}`);
+    loc.searchParams.set('digest', digest);
+    const put = await fetch(loc, { method: 'PUT', headers: { 'Content-Type': 'application/octet-stream' }, body: new Uint8Array(data) });
+    if (put.status !== 201) throw new Error(`blob upload: HTTP ${put.status} ${await put.text()}`);
+    return { digest, size: data.length };
+  };
+  const layers = [];
+  for (const t of layerTars) layers.push({ mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', ...(await upload(gzipSync(t))) });
+  const config = Buffer.from(
+    JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: cmd }, rootfs: { type: 'layers', diff_ids: layerTars.map(sha) }, history: layerTars.map(() => ({ created_by: 'transplant test' })) }),
+  );
+  const c = await upload(config);
+  const manifest = Buffer.from(
+    JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.docker.distribution.manifest.v2+json', config: { mediaType: 'application/vnd.docker.container.image.v1+json', ...c }, layers }),
+  );
+  await putManifest(host, repo, tag, manifest, 'application/vnd.docker.distribution.manifest.v2+json');
+  return { id: c.digest, manifestDigest: sha(manifest) };
+}
