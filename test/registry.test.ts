@@ -20,7 +20,7 @@ import { assertOneLineError, show, transplant } from './harness/cli.js';
 import { Dockerd } from './harness/dockerd.js';
 import { repoRoot, requireTools, run, runOk, type RunResult } from './harness/exec.js';
 import { copyTree, getFixtures, tempDir, type FixtureImage, type Fixtures } from './harness/fixtures.js';
-import { chainIds, compareLayerFiles, layerCacheIds, layerDiffDir, readRepositories, snapshotTree, treeDigest } from './harness/judge.js';
+import { chainIds, compareLayerFiles, diffSnapshots, layerCacheIds, layerDiffDir, readRepositories, snapshotTree, type Snapshot } from './harness/judge.js';
 import { verifyInjectedEngineRoot } from './harness/verify.js';
 import { buildBalenaImage, requireImageTools } from './harness/balena-image.js';
 import { parseRegistryUrl, pulledReferences, refOnHost, registryRef } from '../src/registry/reference.js';
@@ -201,6 +201,11 @@ function imagesOf(s: Setup, host: string): FixtureImage[] {
   return out;
 }
 
+/** Nothing changed in the target but directory times (a failed run removes what it created). */
+function assertUnchanged(target: string, before: Snapshot, what: string): void {
+  assert.deepEqual(diffSnapshots(before, snapshotTree(target), { directoryTimes: false }), [], `${what}: the target changed`);
+}
+
 const allChains = (images: FixtureImage[]): string[] => [...new Set(images.flatMap((i) => chainIds(i.diffIds)))];
 
 test('registry (anonymous HTTP) → engine root equals docker pull: IDs, chains, tar-split, repositories.json, distribution/, files; runs; docker save', T, async () => {
@@ -287,11 +292,11 @@ test('registry: htpasswd Basic auth over TLS with --ca, and token auth (registry
     // Basic over TLS, the CA given with --ca, credentials from a docker config (DOCKER_CONFIG).
     const t1 = path.join(s.work, 'target-basic');
     copyTree(s.fx.bareEngineRoot, t1);
-    const untouched = treeDigest(t1);
+    const untouched = snapshotTree(t1);
     const wrong = transplant(['preload', '--from', `docker://${basic.host}/fixture/app-c:2`, '--ca', tls.caCert, '--registry-auth', 'alice:wrong', '--engine-root', t1]);
     assertOneLineError(wrong, 'wrong password');
     assert.match(wrong.stderr, /fixture\/app-c:2/, 'names the image');
-    assert.equal(treeDigest(t1), untouched, 'target untouched');
+    assertUnchanged(t1, untouched, 'wrong password');
     const noCa = transplant(['preload', '--from', `docker://${basic.host}/fixture/app-c:2`, '--registry-auth', 'alice:s3cret', '--engine-root', t1]);
     assertOneLineError(noCa, 'untrusted certificate');
     assert.match(noCa.stderr, /--ca/);
@@ -305,17 +310,17 @@ test('registry: htpasswd Basic auth over TLS with --ca, and token auth (registry
     // Token auth: the Bearer flow with service and scope, Basic credentials at the token server.
     const t2 = path.join(s.work, 'target-token');
     copyTree(s.fx.bareEngineRoot, t2);
-    const before2 = treeDigest(t2);
+    const before2 = snapshotTree(t2);
     const anonymous = transplant(['preload', '--from', `docker://${tokenReg.host}/fixture/app-c:2`, '--engine-root', t2]);
     assertOneLineError(anonymous, 'no credentials');
     assert.match(anonymous.stderr, /fixture\/app-c:2.*credentials/);
     const bad = transplant(['preload', '--from', `docker://${tokenReg.host}/fixture/app-c:2`, '--registry-auth', 'bob:nope', '--engine-root', t2]);
     assertOneLineError(bad, 'wrong password (token)');
-    assert.equal(treeDigest(t2), before2, 'target untouched');
+    assertUnchanged(t2, before2, 'token refused');
     const exp = transplant(['preload', '--from', `docker://${expiredReg.host}/fixture/app-c:2`, '--registry-auth', 'bob:hunter2', '--engine-root', t2]);
     assertOneLineError(exp, 'expired token');
     assert.match(exp.stderr, /fixture\/app-c:2.*refused a fresh token.*expired/);
-    assert.equal(treeDigest(t2), before2, 'target untouched');
+    assertUnchanged(t2, before2, 'token refused');
     const dockerConfig = path.join(s.work, 'docker-config');
     fs.mkdirSync(dockerConfig, { recursive: true });
     fs.writeFileSync(path.join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [tokenReg.host]: { username: 'bob', password: 'hunter2' } } }));
@@ -336,7 +341,7 @@ test('registry: tampered manifest, tampered blob, 404, missing platform: one lin
   const s = await getSetup();
   const target = path.join(s.work, 'target-fail');
   copyTree(s.fx.bareEngineRoot, target);
-  const untouched = treeDigest(target);
+  const untouched = snapshotTree(target);
   const appA = (await fetchManifest(s.anon.host, 'fixture/app-a', '1.0')).body;
   const layers = (JSON.parse(appA.toString('utf8')) as { layers: { digest: string; size: number }[] }).layers;
   const biggest = [...layers].sort((x, y) => y.size - x.size)[0]!.digest;
@@ -348,12 +353,12 @@ test('registry: tampered manifest, tampered blob, 404, missing platform: one lin
     const m = transplant(['preload', '--from', `docker://127.0.0.1:${manifestProxy.port}/fixture/app-a:1.0`, '--engine-root', target]);
     assertOneLineError(m, 'tampered manifest');
     assert.match(m.stderr, /fixture\/app-a:1\.0.*manifest does not match its digest/);
-    assert.equal(treeDigest(target), untouched);
+    assertUnchanged(target, untouched, 'failed pull');
 
     const b = transplant(['preload', '--from', `docker://127.0.0.1:${blobProxy.port}/fixture/app-a:1.0`, '--engine-root', target]);
     assertOneLineError(b, 'tampered blob');
     assert.match(b.stderr, new RegExp(`fixture/app-a:1\\.0.*${biggest}.*(does not match its digest|DiffID)`));
-    assert.equal(treeDigest(target), untouched);
+    assertUnchanged(target, untouched, 'failed pull');
 
     const nf = transplant(['preload', '--from', `docker://${s.anon.host}/fixture/nothing:1`, '--engine-root', target]);
     assertOneLineError(nf, '404');
@@ -361,7 +366,7 @@ test('registry: tampered manifest, tampered blob, 404, missing platform: one lin
     const plat = transplant(['preload', '--from', `docker://${s.anon.host}/multi/app:latest`, '--platform', 'linux/s390x', '--engine-root', target]);
     assertOneLineError(plat, 'platform missing');
     assert.match(plat.stderr, /multi\/app:latest.*linux\/s390x.*linux\/arm\/v7/);
-    assert.equal(treeDigest(target), untouched);
+    assertUnchanged(target, untouched, 'failed pull');
 
     const c = transplant(['preload', '--from', `docker://127.0.0.1:${cutProxy.port}/fixture/app-a:1.0`, '--engine-root', target]);
     assert.equal(c.code, 0, show(c));
@@ -512,7 +517,7 @@ test('registry: a layer that cannot be converted in one pass (opaque marker afte
   fs.writeFileSync(path.join(build, 'data', 'd', '.wh..wh..opq'), '');
   fs.writeFileSync(path.join(build, 'data', 'e', 'f'), 'late dir\n');
   fs.chmodSync(path.join(build, 'data', 'e'), 0o700);
-  runOk('tar', ['--no-recursion', '--format=posix', '--numeric-owner', '-C', build, '-cf', path.join(s.work, 'order.tar'), 'data/e/f', 'data/e', 'data/d', 'data/d/a', 'data/d/.wh..wh..opq']);
+  runOk('tar', ['--no-recursion', '--format=posix', '--numeric-owner', '-C', build, '-cf', path.join(s.work, 'order.tar'), 'data', 'data/e/f', 'data/e', 'data/d', 'data/d/a', 'data/d/.wh..wh..opq']);
   // The base layer's tar, as docker save gives it.
   const d = await Dockerd.start({ dataRoot: path.join(s.work, 'order-pull') });
   let pushed: { id: string; manifestDigest: string };

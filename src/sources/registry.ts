@@ -7,14 +7,17 @@
  * a writer asks counts or content of, so layers the target already has (same ChainID) are
  * never downloaded.
  *
- * Each written layer is streamed twice from the registry, never stored: a first pass
+ * A layer asked for with `streamed` (the injector into a directory, which can take size and
+ * tar-split after the files) is read once: streamLayerTar writes its files as the blob
+ * arrives and makes the tar-split, counts and DiffID from the same bytes; the blobs of the
+ * next layers are opened ahead in bounded buffers (`jobs` open at a time), so the download
+ * of one overlaps the writing of another and memory does not grow with a layer. Otherwise
+ * (a disk image that must be grown before writing, a bundle whose manifest comes first, a
+ * dry run) a layer is read twice from the registry and never stored: a first pass
  * (prefetched, `jobs` at a time) hashes the blob, makes the tar-split, counts entries and
- * bytes and finds opaque directories (the engine's whiteout conversion needs them before a
- * directory is written, and the planner needs the counts to size a disk image before
- * anything is written); the second pass writes the files while hashing again. That trades
- * a second download for no temp copy and no memory that grows with the layer (docker pull
- * itself writes every blob to a temp file first). Both passes check the blob digest and the
- * DiffID; nothing is committed before both match.
+ * bytes and finds opaque directories; the second writes the files while hashing again.
+ * A layer one pass cannot convert (LayerOrderError) is started over in two passes. Every
+ * pass checks the blob digest and the DiffID; nothing is committed before both match.
  */
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds as chainIdsOf, sha256Digest } from '../engine/digest.js';
