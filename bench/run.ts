@@ -1,7 +1,7 @@
 /**
  * npm run bench [-- case…] : transplant against the plain tools doing the same I/O.
  *
- * Cases (all by default): preload, bundle, disk, tarball. Environment:
+ * Cases (all by default): preload, bundle, disk, tarball, registry. Environment:
  *   BENCH_DIR          where the workload and scratch space live (default /var/tmp/transplant-bench)
  *   BENCH_RUNS         runs per side (default 3), interleaved A B A B …
  *   BENCH_DROP_CACHES  '0' keeps the page cache warm; otherwise `sync; echo 3 > drop_caches`
@@ -22,6 +22,7 @@ import * as path from 'node:path';
 import { Dockerd, DOCKER } from '../test/harness/dockerd.js';
 import { repoRoot, requireTools, runOk } from '../test/harness/exec.js';
 import { buildBalenaImage } from '../test/harness/balena-image.js';
+import { startRegistry, type Registry } from '../test/harness/registry.js';
 import { getWorkload, type Workload } from './workload.js';
 
 const BENCH_DIR = process.env.BENCH_DIR ?? '/var/tmp/transplant-bench';
@@ -133,6 +134,7 @@ function cases(w: Workload): Case[] {
   // Case 2: the engines, kept between runs (only the target one is fresh per run).
   let src: Dockerd | undefined;
   let dst: Dockerd | undefined;
+  let registry: Registry | undefined;
   const clientConfig = path.join(BENCH_DIR, 'docker-client');
   const dockerEnv = `DOCKER_CONFIG=${q(clientConfig)} DOCKER_BUILDKIT=0`;
 
@@ -271,6 +273,52 @@ function cases(w: Workload): Case[] {
         before: () => void fresh(path.join(dest, 'engine')),
         run: () => sh(`tar -xzpf ${q(w.tarball)} ${TAR_X} -C ${q(dest)}; sync -f ${q(dest)}`),
         after: clean,
+      },
+    },
+    {
+      name: 'registry',
+      what: 'loopback registry → engine root',
+      target: '≤ 1.0×',
+      check: (r) => r <= 1.0,
+      // Pushed once by a real dockerd to Debian's docker-registry on 127.0.0.1 (untimed).
+      setup: async () => {
+        requireTools('docker-registry');
+        fs.mkdirSync(clientConfig, { recursive: true });
+        registry = await startRegistry({ storage: path.join(BENCH_DIR, 'registry-storage'), dir: path.join(BENCH_DIR, 'registry') });
+        const pusher = await Dockerd.start({ dataRoot: w.engineRoot });
+        try {
+          for (const img of w.images) {
+            pusher.docker(['tag', img, `${registry.host}/${img}`]);
+            pusher.docker(['push', `${registry.host}/${img}`], { timeoutMs: 1_800_000 });
+            pusher.docker(['rmi', `${registry.host}/${img}`]);
+          }
+        } finally {
+          await pusher.stop();
+          pusher.cleanup();
+        }
+      },
+      teardown: async () => {
+        await registry?.stop();
+      },
+      a: {
+        label: 'transplant preload --from docker://',
+        before: () => void fresh(path.join(dest, 'engine')),
+        run: () => transplant(['preload', '--from', `docker://${registry!.host}`, ...imageArgs, '--engine-root', path.join(dest, 'engine')]),
+        with: (bin) => transplant(['preload', '--from', `docker://${registry!.host}`, ...imageArgs, '--engine-root', path.join(dest, 'engine')], bin),
+        after: clean,
+      },
+      b: {
+        label: 'docker pull (fresh data root)',
+        before: async () => {
+          fresh(dest);
+          dst = await Dockerd.start({ dataRoot: path.join(dest, 'engine') });
+        },
+        run: () => sh(`${w.images.map((i) => `${dockerEnv} ${DOCKER} -H unix://${dst!.socket} pull -q ${q(`${registry!.host}/${i}`)} >/dev/null`).join('\n')}\nsync -f ${q(dest)}`),
+        after: async () => {
+          await dst?.stop();
+          dst?.cleanup();
+          clean();
+        },
       },
     },
   ];

@@ -53,7 +53,9 @@ export function contentOrderOf(source: ImageSource, chainIds: readonly string[])
 
 export async function planBundle(source: ImageSource, images: readonly SourceImage[]): Promise<{ manifest: BundleManifest; layers: SourceLayer[] }> {
   const layers: SourceLayer[] = [];
-  for (const chainId of contentOrderOf(source, layersOf(images))) layers.push(await source.layer(chainId, { counts: true }));
+  const order = contentOrderOf(source, layersOf(images));
+  source.prefetch?.(order);
+  for (const chainId of order) layers.push(await source.layer(chainId, { counts: true }));
   checkChains(images, layers, source.description);
   const manifestLayers: BundleLayer[] = layers.map((l) => ({
     chainId: l.chainId,

@@ -140,6 +140,8 @@ export function interruptible(source: ImageSource): ImageSource {
     },
     images: () => source.images(),
     layer: (chainId, options) => source.layer(chainId, options),
+    prefetch: source.prefetch ? (chainIds: readonly string[], options?: { streamed?: boolean }) => source.prefetch?.(chainIds, options) : undefined,
+    layerAfterItems: source.layerAfterItems ? (chainId: string) => source.layerAfterItems?.(chainId) : undefined,
     contentOrder: source.contentOrder ? (chainIds: readonly string[]) => source.contentOrder?.(chainIds) ?? [...chainIds] : undefined,
     layerItems: (chainId: string): AsyncIterable<LayerItem> =>
       (async function* () {

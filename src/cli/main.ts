@@ -12,6 +12,7 @@ import { injectCommand, type InjectCommandOptions } from './commands/inject.js';
 import { preloadCommand, type PreloadOptions } from './commands/preload.js';
 import { lsCommand } from './commands/ls.js';
 import { verifyCommand } from './commands/verify.js';
+import { registryOptions, type RegistryCliOptions } from './registry-options.js';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
@@ -57,14 +58,14 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .description('Copy images from an engine data root (or a bundle) into a bundle file.')
     .requiredOption(
       '--from <source>',
-      "an engine data root (or a directory holding one as docker/ or var/lib/docker/), a tarball of one (.tar, .tar.gz, .tar.zst; '-' for standard input), a bundle, or a device: ssh://[user@]host[:port][/engine-root]",
+      "an engine data root (or a directory holding one as docker/ or var/lib/docker/), a tarball of one (.tar, .tar.gz, .tar.zst; '-' for standard input), a bundle, a device: ssh://[user@]host[:port][/engine-root], or a registry: docker://HOST[:PORT]/REPO[:TAG|@DIGEST], docker://HOST[:PORT] with --image, or 'registry' (each --image / apps.json image from its own registry)",
     )
     .option('--image <ref-or-id>', 'an image to take: name[:tag], name@sha256:<digest>, an image ID or a unique ID prefix (12+ hex); repeatable', collect, [])
     .option('--apps <file>', 'also take every service image of the first release of every app in this apps.json / device state')
     .option('-o, --output <bundle>', "the bundle file to write ('-' for standard output)")
     .option('--dry-run', 'print what would go into the bundle and write nothing')
     .option('--json', 'print results as JSON');
-  sshOptions(extract).action(async (opts: ExtractOptions) => {
+  registryOptions(sshOptions(extract)).action(async (opts: ExtractOptions) => {
     await run((out) => extractCommand(opts, out), opts.json);
   });
 
@@ -80,18 +81,19 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
   const preload = program
     .command('preload')
     .description('Extract and inject in one pass, from a source straight into a target, with no bundle in between.')
-    .requiredOption('--from <source>', 'any source extract takes: an engine data root, a data-root tarball, ssh://…, a docker save archive, a bundle')
+    .requiredOption('--from <source>', "any source extract takes: an engine data root, a data-root tarball, ssh://…, a docker save archive, a bundle, docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] or 'registry'")
     .option('--image <ref-or-id>', 'an image to take (as for extract); repeatable', collect, []);
-  targetOptions(sshOptions(preload)).action(async (opts: PreloadOptions) => {
+  registryOptions(targetOptions(sshOptions(preload))).action(async (opts: PreloadOptions) => {
     await run((out) => preloadCommand(opts, out), opts.json);
   });
 
   const ls = program
     .command('ls')
     .description('List the images of an engine data root, a bundle, a tarball, a device, an archive or a balenaOS disk image (and, on a resin-data target, its apps.json).')
-    .argument('<target>', 'a directory, a bundle, a data-root tarball, ssh://…, a docker save archive, or a disk image')
+    .argument('<target>', 'a directory, a bundle, a data-root tarball, ssh://…, a docker save archive, a disk image, or a registry image: docker://HOST[:PORT]/REPO[:TAG|@DIGEST]')
+    .option('--image <ref>', 'with docker://HOST: an image on that registry to list; repeatable', collect, [])
     .option('--json', 'print the listing as JSON');
-  sshOptions(ls).action(async (target: string, opts: { json?: boolean; identity?: string; insecureHostKey?: boolean }) => {
+  registryOptions(sshOptions(ls)).action(async (target: string, opts: { json?: boolean; identity?: string; insecureHostKey?: boolean; image: string[] } & RegistryCliOptions) => {
     await run((out) => lsCommand(target, opts, out), opts.json);
   });
 

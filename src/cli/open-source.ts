@@ -1,7 +1,7 @@
 /**
  * Opens whatever a user names as a source of images, deciding by content, not by name:
  * a directory holding an engine data root, a bundle file, a tarball of a device's data root
- * (plain or compressed), or a live device (ssh://…).
+ * (plain or compressed), a live device (ssh://…), or a registry (`--from registry`, docker://…).
  */
 import { createWriteStream, promises as fs } from 'node:fs';
 import * as os from 'node:os';
@@ -13,10 +13,11 @@ import { EngineRootSource } from '../sources/engine-root.js';
 import { RootfsTarballSource } from '../sources/rootfs-tarball.js';
 import { DockerArchiveSource, isImageArchiveDir, isImageArchiveEntry } from '../sources/docker-archive.js';
 import type { ImageSource } from '../sources/source.js';
+import { isRegistrySource, openRegistrySource } from './registry-options.js';
 import { TarParser } from '../tar/parse.js';
 import { decompressFilePrefix, decompressHead, detectCompression } from '../stream/decompress.js';
 
-export type SourceKind = 'engine-root' | 'bundle' | 'docker-archive' | 'data-root-tarball' | 'device' | 'disk-image' | 'unknown';
+export type SourceKind = 'engine-root' | 'bundle' | 'docker-archive' | 'data-root-tarball' | 'device' | 'registry' | 'disk-image' | 'unknown';
 
 export interface OpenSourceOptions {
   /** ssh://: a private key file (else the ssh-agent of SSH_AUTH_SOCK, else ~/.ssh/id_*). */
@@ -28,6 +29,8 @@ export interface OpenSourceOptions {
    * manifest declares (a disk target grows by the declared size before the content comes).
    */
   spoolStdin?: boolean;
+  /** `--from registry` / docker://…: the images to pull and how. */
+  registry?: Parameters<typeof openRegistrySource>[1];
 }
 
 /** Copies standard input to a private temp directory; returns the file and the directory. */
@@ -105,6 +108,7 @@ async function tarKind(head: Buffer, file: string): Promise<SourceKind> {
 /** Looks at a path's type and first bytes. */
 export async function sniff(file: string): Promise<SourceKind> {
   if (/^ssh:\/\//i.test(file)) return 'device';
+  if (isRegistrySource(file)) return 'registry';
   let head: Buffer;
   if (file === '-') {
     head = await peekStdin();
@@ -155,6 +159,8 @@ export async function openSource(file: string, options: OpenSourceOptions = {}):
       const { SshDeviceSource } = await import('../sources/ssh-device.js');
       return SshDeviceSource.open(file, options);
     }
+    case 'registry':
+      return openRegistrySource(file, options.registry ?? {});
     case 'disk-image':
       throw new Error(`${file} is a disk image; use it as a target (--disk) or list it with transplant ls`);
     default:

@@ -17,7 +17,7 @@
 import { randomBytes } from 'node:crypto';
 import type { TreeWriter } from '../targets/tree-writer.js';
 import type { LayerEntry } from '../layer/entry.js';
-import type { ImageSource } from '../sources/source.js';
+import { LayerRestart, type ImageSource } from '../sources/source.js';
 import { hexOf } from '../engine/digest.js';
 import {
   IMAGEDB_CONTENT,
@@ -37,6 +37,7 @@ import {
   linkTarget,
 } from '../engine/layout.js';
 import { layerFiles } from '../engine/layerdb.js';
+import { DISTRIBUTION_MODE, addV2Metadata, diffIdByDigestPath, v2MetadataPath } from '../engine/distribution.js';
 import { serializeRepositories } from '../engine/repositories.js';
 import { contentOrderOf } from '../bundle/write.js';
 import type { InjectPlan, PlannedLayer } from './plan.js';
@@ -190,18 +191,30 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     await w.mkdirp(dir, MODE.cacheDir);
     const diff = `${dir}/diff`;
     const records = layer.source.tarSplit ? await fileRecords(layer.source.tarSplit, `${source.description}: layer ${layer.chainId}`) : undefined;
-    let first = true;
-    for await (const { entry, content } of source.layerItems(layer.chainId)) {
-      if (first && entry.path !== '.') await w.mkdirp(diff, MODE.diffDir);
-      first = false;
-      const record = content ? records?.get(entry.path) : undefined;
-      where.entry = entry.path;
-      const body = content && record ? checked(content, record, () => `${source.description}: layer ${layer.chainId.slice(7, 19)}: ${entry.path}`) : content;
-      await w.writeEntry(diff, entry, body);
-      progress?.entryWritten(entry);
+    for (let attempt = 0; ; attempt++) {
+      let first = true;
+      try {
+        for await (const { entry, content } of source.layerItems(layer.chainId)) {
+          if (first && entry.path !== '.') await w.mkdirp(diff, MODE.diffDir);
+          first = false;
+          const record = content ? records?.get(entry.path) : undefined;
+          where.entry = entry.path;
+          const body = content && record ? checked(content, record, () => `${source.description}: layer ${layer.chainId.slice(7, 19)}: ${entry.path}`) : content;
+          await w.writeEntry(diff, entry, body);
+          progress?.entryWritten(entry);
+        }
+      } catch (e) {
+        // The source cannot stream this layer in one pass: start the layer over (once).
+        if (!(e instanceof LayerRestart) || attempt > 0) throw e;
+        if ((await w.kindOf(diff)) !== undefined) await w.remove(diff);
+        continue;
+      }
+      if (first) await w.mkdirp(diff, MODE.diffDir);
+      break;
     }
-    if (first) await w.mkdirp(diff, MODE.diffDir);
     await w.finishTree(diff);
+    // A streamed layer's size and tar-split are known only now (ImageSource.layerAfterItems).
+    const meta = source.layerAfterItems?.(layer.chainId) ?? layer.source;
 
     await w.writeFile(`${dir}/link`, Buffer.from(layer.link), MODE.linkFile);
     if (layer.parent) {
@@ -212,9 +225,9 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     const tmp = at(`${LAYERDB_TMP}/write-set-${tmpName()}`);
     created.push(tmp);
     await w.mkdirp(tmp, MODE.layerDir);
-    const record = { chainId: layer.chainId, diffId: layer.source.diffId, parent: layer.parent, size: layer.source.size, cacheId: layer.cacheId };
+    const record = { chainId: layer.chainId, diffId: layer.source.diffId, parent: layer.parent, size: meta.size, cacheId: layer.cacheId };
     for (const f of layerFiles(record)) await w.writeFile(`${tmp}/${f.name}`, f.data, MODE.layerFile);
-    if (layer.source.tarSplit) await w.writeFile(`${tmp}/tar-split.json.gz`, layer.source.tarSplit, MODE.layerFile);
+    if (meta.tarSplit) await w.writeFile(`${tmp}/tar-split.json.gz`, meta.tarSplit, MODE.layerFile);
     layerdbTmp.set(layer.chainId, tmp);
     progress?.layerDone(layer);
   }
@@ -243,6 +256,8 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     }
   }
 
+  await writeDistribution(plan, target, created);
+
   for (const { image, present } of plan.images) {
     if (present) continue;
     const tmp = at(`${IMAGEDB_CONTENT}/.tmp-${hexOf(image.id)}-${tmpName()}`);
@@ -265,5 +280,46 @@ async function write(plan: InjectPlan, source: ImageSource, target: TargetStore,
     await w.rename(tmp, at(REPOSITORIES));
     if (previous) created.restore(at(REPOSITORIES), previous, MODE.repositories);
     else created.push(at(REPOSITORIES));
+  }
+}
+
+/**
+ * The pull cache (engine/distribution.ts) for every layer of the images a registry source
+ * pulled, copied or reused (the engine records both, xfer/download.go Registered). Each file is written
+ * beside its place and renamed over it; a file this run replaced is restored on failure.
+ */
+async function writeDistribution(plan: InjectPlan, target: TargetStore, created: Undo): Promise<void> {
+  const w = target.writer;
+  const at = (p: string): string => target.path(p);
+  const put = async (file: string, data: Buffer): Promise<void> => {
+    const previous = await w.readFile(at(file));
+    if (previous?.equals(data)) return;
+    const dir = file.slice(0, file.lastIndexOf('/'));
+    const parts = dir.split('/');
+    for (let i = 1; i <= parts.length; i++) {
+      const sub = at(parts.slice(0, i).join('/'));
+      if ((await w.kindOf(sub)) === undefined) {
+        created.push(sub);
+        await w.mkdirp(sub, DISTRIBUTION_MODE.dir);
+      }
+    }
+    const tmp = at(`${dir}/.tmp-${tmpName()}`);
+    created.push(tmp);
+    await w.writeFile(tmp, data, DISTRIBUTION_MODE.file);
+    await w.rename(tmp, at(file));
+    if (previous) created.restore(at(file), previous, DISTRIBUTION_MODE.file);
+    else created.push(at(file));
+  };
+  const diffIds = new Map(plan.layers.map((l) => [l.chainId, l.source.diffId]));
+  // docker pull records nothing for an image it already has (pull_v2.go pullSchema2).
+  for (const { image, present } of plan.images) {
+    if (present || !image.distribution) continue;
+    for (const [i, d] of image.distribution.entries()) {
+      const diffId = diffIds.get(image.chainIds[i] as string);
+      if (!diffId) continue;
+      const metadataFile = v2MetadataPath(diffId);
+      await put(metadataFile, addV2Metadata(await w.readFile(at(metadataFile)), { Digest: d.digest, SourceRepository: d.sourceRepository, HMAC: '' }));
+      await put(diffIdByDigestPath(d.digest), Buffer.from(diffId));
+    }
   }
 }

@@ -1,7 +1,7 @@
 /** Injection of images from any source into an engine data root behind a TreeWriter. */
 import type { ImageSource, SourceImage } from '../sources/source.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
-import { layersOf } from '../bundle/write.js';
+import { contentOrderOf, layersOf } from '../bundle/write.js';
 import { Undo, applyPlan, type InjectProgress, type UndoSteps } from './apply.js';
 import { checkChains, planChangesNothing, planInjection, type InjectPlan } from './plan.js';
 import { TargetStore } from './target-store.js';
@@ -40,10 +40,17 @@ export async function planFor(
   writer: TreeWriter,
   prefix: string,
   extraReferences?: InjectOptions['extraReferences'],
+  /** Counts are wanted only as estimates; size and tar-split may come after the items (no disk to grow, no dry run). */
+  streamed = false,
 ): Promise<{ plan: InjectPlan; store: TargetStore }> {
   const store = await TargetStore.read(writer, prefix);
   const layers = [];
-  for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));
+  // Layers the target has (same ChainID) are looked at without counts: a registry source
+  // answers those from its manifest and never fetches them.
+  const all = layersOf(images);
+  const copies = all.filter((c) => !store.layers.has(c));
+  source.prefetch?.(contentOrderOf(source, copies), { streamed });
+  for (const chainId of all) layers.push(await source.layer(chainId, store.layers.has(chainId) ? {} : { counts: true, streamed }));
   checkChains(images, layers, source.description);
   try {
     return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? [], source), store };
@@ -60,7 +67,7 @@ export async function injectImages(
   prefix: string,
   options: InjectOptions = {},
 ): Promise<InjectResult> {
-  const { plan, store } = await planFor(source, images, writer, prefix, options.extraReferences);
+  const { plan, store } = await planFor(source, images, writer, prefix, options.extraReferences, !options.dryRun && !options.beforeWrite);
   for (const m of plan.references.moved) options.warn?.(`tag ${m.key} moved from ${m.from.slice(7, 19)} to ${m.to.slice(7, 19)} (as docker tag would)`);
   if (options.dryRun) return { plan, changed: false };
   if (planChangesNothing(plan)) {

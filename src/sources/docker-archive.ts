@@ -17,14 +17,14 @@ import { createReadStream, createWriteStream, promises as fs, statSync } from 'n
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
-import { decompress, detectCompression } from '../stream/decompress.js';
+import { decompress, detectCompression, type Compression } from '../stream/decompress.js';
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds as chainIdsOf, isDigest, sha256Digest } from '../engine/digest.js';
-import { cleanTarPath, disassembleTar, hashing } from '../engine/tar-split.js';
+import { cleanTarPath } from '../engine/tar-split.js';
 import { normalizeReference } from '../engine/reference.js';
-import { TarParser, type TarEntry } from '../tar/parse.js';
+import { TarParser } from '../tar/parse.js';
 import { ByteReader } from '../stream/byte-reader.js';
-import { LayerTarScanner, layerItemsFromTar, type LayerTarScan } from './layer-tar.js';
+import { layerTarItems, scanLayerTar, type LayerTarScan } from './layer-tar.js';
 import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
 
 // ---- byte streams ----------------------------------------------------------------------
@@ -63,17 +63,17 @@ async function peek(stream: AsyncIterable<Buffer>, n: number): Promise<{ head: B
 
 /** A blob as an uncompressed stream: gzip, zstd (and xz, bzip2) recognised by their magic bytes. */
 export async function decompressed(stream: AsyncIterable<Buffer>, where: string): Promise<AsyncIterable<Buffer>> {
-  return (await decompressedBlob(stream, where)).stream;
+  return (await decompressedWithKind(stream, where)).stream;
 }
 
-/** The same, saying which compression the blob had. */
-export async function decompressedBlob(stream: AsyncIterable<Buffer>, where: string): Promise<{ stream: AsyncIterable<Buffer>; compression: string }> {
+/** decompressed(), telling which compression it found. */
+export async function decompressedWithKind(stream: AsyncIterable<Buffer>, where: string): Promise<{ stream: AsyncIterable<Buffer>; kind: Compression }> {
   const p = await peek(stream, 6);
   const kind = detectCompression(p.head);
-  if (kind === 'none') return { stream: p.stream, compression: kind };
+  if (kind === 'none') return { stream: p.stream, kind };
   const inner = decompress(Readable.from(p.stream), kind);
   return {
-    compression: kind,
+    kind,
     stream: (async function* () {
       try {
         yield* inner;
@@ -515,14 +515,14 @@ export class DockerArchiveSource implements ImageSource {
     return l;
   }
 
-  private async blobTar(l: ArchiveLayer): Promise<{ stream: AsyncIterable<Buffer>; compression: string }> {
+  private async blobTar(l: ArchiveLayer): Promise<{ stream: AsyncIterable<Buffer>; kind: Compression }> {
     let blob: AsyncIterable<Buffer>;
     try {
       blob = this.files.open(l.blob);
     } catch (err) {
       this.fail((err as Error).message);
     }
-    return decompressedBlob(blob, `${this.description}: ${l.blob}`);
+    return decompressedWithKind(blob, `${this.description}: ${l.blob}`);
   }
 
   /** First pass over a layer: its tar-split, counts and opaque directories; checks the DiffID. */
@@ -530,13 +530,12 @@ export class DockerArchiveSource implements ImageSource {
     const done = this.scans.get(l.chainId);
     if (done) return done;
     const where = `${this.description}: ${l.blob}`;
-    const scanner = new LayerTarScanner(where);
     const tar = await this.blobTar(l);
-    const r = await disassembleTar(tar.stream, where, async (e) => scanner.visit(e), { gzipped: tar.compression === 'gzip' });
+    const r = await scanLayerTar(tar.stream, where, { gzipped: tar.kind === 'gzip' });
     if (r.diffId !== l.diffId) {
       this.fail(`layer ${l.blob} hashes to ${r.diffId}, not to the DiffID ${l.diffId} its image config names (corrupt or truncated archive)`);
     }
-    const out = { scan: scanner.result(), tarSplit: r.tarSplit };
+    const out = { scan: r.scan, tarSplit: r.tarSplit };
     this.scans.set(l.chainId, out);
     return out;
   }
@@ -551,27 +550,9 @@ export class DockerArchiveSource implements ImageSource {
     const l = this.layerOf(chainId);
     const { scan } = await this.scan(l);
     const where = `${this.description}: ${l.blob}`;
-    const hashed = hashing((await this.blobTar(l)).stream);
-    const parser = new TarParser(hashed.stream);
-    const entries = async function* (): AsyncGenerator<TarEntry> {
-      for (;;) {
-        let e: TarEntry | undefined;
-        try {
-          e = await parser.next();
-        } catch (err) {
-          throw new Error(`${where}: corrupt or truncated tar (${(err as Error).message})`);
-        }
-        if (!e) return;
-        yield e;
-      }
-    };
-    try {
-      yield* layerItemsFromTar(entries(), scan, where, this.now);
-      const { diffId } = hashed.result();
-      if (diffId !== l.diffId) this.fail(`layer ${l.blob} changed while being read (it hashes to ${diffId}, not ${l.diffId})`);
-    } finally {
-      await parser.close().catch(() => undefined);
-    }
+    yield* layerTarItems((await this.blobTar(l)).stream, scan, where, this.now, l.diffId, (actual) =>
+      new Error(`${this.description}: layer ${l.blob} changed while being read (it hashes to ${actual}, not ${l.diffId})`),
+    );
   }
 
   async close(): Promise<void> {

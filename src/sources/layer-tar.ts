@@ -14,9 +14,9 @@
  *   (pkg/system/chtimes.go), except on symlinks.
  */
 import { nameToBytes, type LayerEntry, type LayerItem } from '../layer/entry.js';
-import type { TarEntry } from '../tar/parse.js';
+import { TarParser, type TarEntry } from '../tar/parse.js';
 import type { TarHeader } from '../tar/header.js';
-import { cleanTarPath } from '../engine/tar-split.js';
+import { cleanTarPath, disassembleTar, hashing } from '../engine/tar-split.js';
 
 export const WHITEOUT_PREFIX = '.wh.';
 export const WHITEOUT_OPAQUE = '.wh..wh..opq';
@@ -276,4 +276,201 @@ export async function* layerItemsFromTar(
         throw new Error(`${where}: ${h.name} has tar type ${h.type}, which a layer cannot hold`);
     }
   }
+}
+
+/**
+ * First pass over a layer tar (docker save archives, registry blobs): its tar-split, the
+ * counts and opaque directories layerItemsFromTar needs, and the DiffID it hashes to.
+ */
+export async function scanLayerTar(
+  tar: AsyncIterable<Buffer>,
+  where: string,
+  options: Parameters<typeof disassembleTar>[3] = {},
+): Promise<{ scan: LayerTarScan; tarSplit: Buffer; diffId: string }> {
+  const scanner = new LayerTarScanner(where);
+  const r = await disassembleTar(tar, where, async (e) => scanner.visit(e), options);
+  return { scan: scanner.result(), tarSplit: r.tarSplit, diffId: r.diffId };
+}
+
+/**
+ * Second pass: the layer tar's entries as diff/ items (layerItemsFromTar), then a check that
+ * the tar hashed to `diffId` once read to its end (`changed` gives the message otherwise).
+ */
+export async function* layerTarItems(
+  tar: AsyncIterable<Buffer>,
+  scan: LayerTarScan,
+  where: string,
+  now: bigint,
+  diffId: string,
+  changed: (actual: string) => Error,
+): AsyncGenerator<LayerItem> {
+  const hashed = hashing(tar);
+  const parser = new TarParser(hashed.stream);
+  const entries = async function* (): AsyncGenerator<TarEntry> {
+    for (;;) {
+      let e: TarEntry | undefined;
+      try {
+        e = await parser.next();
+      } catch (err) {
+        throw new Error(`${where}: corrupt or truncated tar (${(err as Error).message})`);
+      }
+      if (!e) return;
+      yield e;
+    }
+  };
+  try {
+    yield* layerItemsFromTar(entries(), scan, where, now);
+    const actual = hashed.result().diffId;
+    if (actual !== diffId) throw changed(actual);
+  } finally {
+    await parser.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Thrown by streamLayerTar when a layer cannot be converted in one pass: an opaque marker
+ * after its directory's contents, or a directory's own entry after something inside it
+ * (the engine fixes both up on its file system; a stream of items cannot go back).
+ */
+export class LayerOrderError extends Error {}
+
+/** What streamLayerTar knows once its items have been read to the end. */
+export interface StreamedLayer {
+  size: number;
+  entries: number;
+  bytes: number;
+  tarSplit: Buffer;
+}
+
+/**
+ * One pass over a layer tar: its diff/ items as they arrive, while the tar-split, counts and
+ * DiffID are made from the same bytes (disassembleTar drives the tar; each entry is handed
+ * on and the tar waits until the consumer is done with it). Opaque markers are found by
+ * holding each directory until the next entry is seen: docker, containerd and buildkit all
+ * write `<dir>/.wh..wh..opq` right after `<dir>` (pkg/archive addTarFile with the overlay
+ * whiteout converter). A layer in another order throws LayerOrderError before anything
+ * wrong is handed on; the caller then takes the two-pass road (scanLayerTar, layerTarItems).
+ */
+export function streamLayerTar(
+  tar: AsyncIterable<Buffer>,
+  where: string,
+  now: bigint,
+  diffId: string,
+  options: Parameters<typeof disassembleTar>[3] = {},
+): { items: AsyncGenerator<LayerItem>; result: () => StreamedLayer } {
+  type Offer = { entry: TarEntry; release: (abort: boolean) => void } | { end: true } | { error: unknown };
+  const offers: Offer[] = [];
+  let taker: ((o: Offer) => void) | undefined;
+  const offer = (o: Offer): void => {
+    if (taker) {
+      const t = taker;
+      taker = undefined;
+      t(o);
+    } else offers.push(o);
+  };
+  const take = (): Promise<Offer> => (offers.length > 0 ? Promise.resolve(offers.shift() as Offer) : new Promise((r) => (taker = r)));
+
+  const scanner = new LayerTarScanner(where);
+  let final: StreamedLayer | undefined;
+  let started = false;
+  const start = (): void => {
+    if (started) return;
+    started = true;
+    disassembleTar(
+      tar,
+      where,
+      (entry, content) =>
+        new Promise<void>((resolve, reject) => {
+          offer({
+            entry: { ...entry, content } as TarEntry,
+            release: (abort) => (abort ? reject(new Error(`${where}: not read to the end`)) : resolve()),
+          });
+        }),
+      options,
+    ).then(
+      (r) => {
+        if (r.diffId !== diffId) offer({ error: new Error(`${where} hashes to DiffID ${r.diffId}, not to ${diffId} as its image config says: refused`) });
+        else {
+          const s = scanner.result();
+          final = { size: s.size, entries: s.entries, bytes: s.bytes, tarSplit: r.tarSplit };
+          offer({ end: true });
+        }
+      },
+      (error: unknown) => offer({ error }),
+    );
+  };
+
+  // The tar's entries, each released (its rest drained by disassembleTar) when the next is asked for.
+  async function* entries(): AsyncGenerator<TarEntry> {
+    start();
+    let release: ((abort: boolean) => void) | undefined;
+    try {
+      for (;;) {
+        release?.(false);
+        release = undefined;
+        const o = await take();
+        if ('error' in o) throw o.error;
+        if ('end' in o) return;
+        release = o.release;
+        yield o.entry;
+      }
+    } finally {
+      release?.(true);
+    }
+  }
+
+  // A scan filled in as entries pass (layerItemsFromTar reads it when it writes a directory).
+  const scan: LayerTarScan = { opaqueDirs: new Set(), size: 0, entries: 0, bytes: 0, lateDirs: new Map(), linkHeaders: new Map() };
+  // A hard link whose header carries other attributes than its target's ends on the target's
+  // inode (LayerTarScan.linkHeaders), which was handed on already: only the two passes can do that.
+  const attrs = (h: TarHeader): string =>
+    `${h.mode}:${h.uid}:${h.gid}:${h.mtime}:${h.atime ?? ''}:${h.xattrs.map((x) => `${x.name}=${x.value.toString('hex')}`).join(',')}`;
+  const handedAttrs = new Map<string, string>();
+  const handedOn = new Set<string>(['.']);
+  const handOn = (p: string): void => {
+    for (let q = p; q !== '.' && !handedOn.has(q); q = parentOf(q)) handedOn.add(q);
+  };
+  async function* ordered(): AsyncGenerator<TarEntry> {
+    let held: TarEntry | undefined;
+    for await (const e of entries()) {
+      const h = e.header;
+      if (h.type === 'pax-global') continue;
+      scanner.visit(e);
+      const p = layerPath(h.name, where);
+      if (h.type === 'file') handedAttrs.set(p, attrs(h));
+      if (h.type === 'hardlink') {
+        const target = handedAttrs.get(layerPath(h.linkname, where));
+        if (target !== undefined && target !== attrs(h)) throw new LayerOrderError(`${where}: the hard link ${h.name} changes its target's attributes`);
+      }
+      if (scanner.result().lateDirs.has(p)) throw new LayerOrderError(`${where}: ${h.name} comes after entries inside it`);
+      if (whiteoutKind(p) === 'opaque') {
+        const dir = parentOf(p);
+        if (handedOn.has(dir)) throw new LayerOrderError(`${where}: the opaque marker ${h.name} comes after other entries of its directory`);
+        scan.opaqueDirs.add(dir);
+      }
+      if (held) {
+        handOn(layerPath(held.header.name, where));
+        yield held;
+        held = undefined;
+      }
+      if (h.type === 'directory') {
+        held = e;
+        continue;
+      }
+      handOn(p);
+      yield e;
+    }
+    if (held) {
+      handOn(layerPath(held.header.name, where));
+      yield held;
+    }
+  }
+
+  return {
+    items: layerItemsFromTar(ordered(), scan, where, now),
+    result: () => {
+      if (!final) throw new Error(`${where}: the layer was not read to its end`);
+      return final;
+    },
+  };
 }

@@ -18,6 +18,13 @@ export interface SourceImage {
   os: string;
   /** imagedb/metadata lastUpdated, when the source has one. */
   lastUpdated?: string;
+  /**
+   * Pulled from a registry: where each layer (aligned with chainIds) came from, for the
+   * engine's distribution/ metadata (diffid-by-digest, v2metadata-by-diffid), which lets the
+   * device's engine skip the download next time. The injector writes it for images the
+   * target does not hold yet, as docker pull does.
+   */
+  distribution?: DistributionSource[];
 }
 
 export interface SourceLayer {
@@ -36,15 +43,55 @@ export interface SourceLayer {
   bytes?: number;
 }
 
+export interface DistributionSource {
+  /** sha256:… of the compressed blob, as the manifest names it. */
+  digest: string;
+  /** Fully qualified repository (`docker.io/library/alpine`, `registry.example.com/org/app`). */
+  sourceRepository: string;
+}
+
+export interface LayerOptions {
+  /** The caller will write the layer: it needs size, tarSplit, entries and bytes. */
+  counts?: boolean;
+  /**
+   * With counts: the caller can take size and tarSplit after the layer's items
+   * (layerAfterItems) and needs entries/bytes only as estimates. A source that learns them
+   * only by reading the layer (a registry) then reads it once instead of twice.
+   */
+  streamed?: boolean;
+}
+
+/**
+ * Thrown by layerItems when what it already yielded must be discarded (a registry layer in
+ * an order that cannot be converted in one pass): the caller removes what it wrote of the
+ * layer and asks for its items again; the source then reads the layer in two passes.
+ */
+export class LayerRestart extends Error {}
+
 export interface ImageSource {
   /** For messages: the path or URL the user gave. */
   readonly description: string;
   images(): Promise<SourceImage[]>;
   /**
    * Metadata of one layer (by ChainID). `counts` asks for `entries`/`bytes` too, which some
-   * sources can only learn by walking the layer.
+   * sources can only learn by walking the layer; callers that write the layer ask with it.
+   * Without it, a source that must download a layer to learn its `size` and `tarSplit` (a
+   * registry) answers from its manifest alone (size 0, no tarSplit): that is how the
+   * planner looks at layers the target already has without fetching them.
    */
-  layer(chainId: string, options?: { counts?: boolean }): Promise<SourceLayer>;
+  layer(chainId: string, options?: LayerOptions): Promise<SourceLayer>;
+  /**
+   * Optional: the layers this run will write, in the order it will ask for them. A source
+   * that fetches over a network starts on them now, a few at a time, so that layer() and
+   * layerItems() find them under way. `streamed` as for layer().
+   */
+  prefetch?(chainIds: readonly string[], options?: { streamed?: boolean }): void;
+  /**
+   * Optional, for layers asked for with `streamed`: the layer's metadata (size, tarSplit,
+   * counts) once its layerItems have been read to the end; undefined when the source gave
+   * them up front.
+   */
+  layerAfterItems?(chainId: string): SourceLayer | undefined;
   /**
    * The files of a layer's diff/, with every attribute. Sources that are streams (bundles,
    * tarballs) require layers to be asked for in their stored order.

@@ -12,8 +12,9 @@ import { imagesForApps, readApps } from '../../preload/apps.js';
 import { LayerProgressLine } from '../progress.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
+import { isRegistrySource, type RegistryCliOptions } from '../registry-options.js';
 
-export interface ExtractOptions {
+export interface ExtractOptions extends RegistryCliOptions {
   from: string;
   image: string[];
   apps?: string;
@@ -47,14 +48,17 @@ async function removeDeadPartials(dir: string, base: string): Promise<void> {
 
 export async function extractCommand(opts: ExtractOptions, out: Output): Promise<void> {
   if (!opts.output && !opts.dryRun) throw new UsageError('extract needs --output <bundle> (or --dry-run)');
-  const source = await openSource(opts.from, { identity: opts.identity, insecureHostKey: opts.insecureHostKey });
+  // A registry source pulls exactly the images named (--image, docker://…/REPO:TAG, --apps).
+  const registry = isRegistrySource(opts.from);
+  const apps = opts.apps ? await readApps(opts.apps) : undefined;
+  const source = await openSource(opts.from, { identity: opts.identity, insecureHostKey: opts.insecureHostKey, registry: { ...opts, images: opts.image, apps } });
   try {
     const all = await source.images();
-    if (opts.image.length === 0 && !opts.apps) {
+    if (opts.image.length === 0 && !apps && !registry) {
       throw new Error(`no --image given; ${opts.from} holds:\n${describeImages(all)}\nname the images to take with --image <name:tag | name@sha256:… | ID>`);
     }
-    const images = selectImages(opts.image, all, opts.from);
-    if (opts.apps) for (const img of imagesForApps(await readApps(opts.apps), all, opts.from)) if (!images.includes(img)) images.push(img);
+    const images = registry ? [...all] : selectImages(opts.image, all, opts.from);
+    if (apps) for (const img of imagesForApps(apps, all, opts.from)) if (!images.includes(img)) images.push(img);
     if (opts.dryRun) {
       const { manifest } = await planBundle(source, images);
       out.data(manifest, () =>

@@ -6,6 +6,7 @@ import { listImages, type ImageListing } from '../../sources/listing.js';
 import { HostReader, type StoreReader } from '../../sources/store-reader.js';
 import { openSource, sniff } from '../open-source.js';
 import type { Output } from '../output.js';
+import type { RegistryCliOptions } from '../registry-options.js';
 
 export function formatListing(images: readonly ImageListing[]): string {
   if (images.length === 0) return '(no images)';
@@ -30,7 +31,7 @@ function show(out: Output, result: { images: ImageListing[]; apps?: AppsStatus }
   );
 }
 
-export async function lsCommand(target: string, opts: { json?: boolean; identity?: string; insecureHostKey?: boolean }, out: Output): Promise<void> {
+export async function lsCommand(target: string, opts: { json?: boolean; identity?: string; insecureHostKey?: boolean; image?: string[] } & RegistryCliOptions, out: Output): Promise<void> {
   const kind = await sniff(target);
   if (kind === 'disk-image') {
     const { DiskImageReader } = await import('../../disk/read-only.js');
@@ -47,7 +48,7 @@ export async function lsCommand(target: string, opts: { json?: boolean; identity
     show(out, await listTree(new HostReader(target), target));
     return;
   }
-  const source = await openSource(target, { identity: opts.identity, insecureHostKey: opts.insecureHostKey });
+  const source = await openSource(target, { identity: opts.identity, insecureHostKey: opts.insecureHostKey, registry: { ...opts, images: opts.image ?? [] } });
   try {
     show(out, { images: await listImages(source) });
   } finally {
