@@ -1,0 +1,253 @@
+/**
+ * Hostile sources (issue 13, items 1, 2, 3, 14 and 15): an engine data-root directory whose
+ * metadata files or store directories are symlinks out of it, or FIFOs; data-root tarballs
+ * and bundles whose metadata is far larger than the engine would ever write; bundle
+ * manifests with fields of the wrong type; images deeper than the engine allows. Each must
+ * fail with one `error: …` line naming what was refused (and the limit or field hit), read
+ * nothing outside the source, block on nothing, and write nothing.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { assertOneLineError, show } from './harness/cli.js';
+import { runOk, requireTools, type RunResult } from './harness/exec.js';
+import { tempDir } from './harness/fixtures.js';
+import { CliWorker } from './harness/hostile.js';
+import { layerCacheId, readImageConfig, readRepositories } from './harness/judge.js';
+import { chainIds as chainIdsOf } from '../src/engine/digest.js';
+
+const T = { timeout: 600_000 };
+const CLI = path.join(__dirname, '..', '..', 'bin', 'transplant');
+/** The shipped sample device's image (with tar-splits, as the engine wrote them). */
+const SAMPLE = path.join(__dirname, '..', '..', 'sample', 'device-docker.tar.gz');
+const REF = 'sample/hello:2.0';
+const SECRET = `TOP-SECRET-${process.pid}-outside-the-data-root`;
+
+let work: string;
+let pristine: string;
+
+/** The CLI as a process, killed after 60 s: a run that blocks (a FIFO) fails the test instead of hanging it. */
+function cliProcess(args: string[], env: Record<string, string> = {}): RunResult {
+  const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, TMPDIR: path.join(work, 'tmp'), ...env }, timeout: 60_000, killSignal: 'SIGKILL' });
+  if (r.error && (r.error as NodeJS.ErrnoException).code !== 'ETIMEDOUT') throw r.error;
+  return { code: r.status ?? 128, stdout: r.stdout.toString(), stderr: r.stderr.toString() + (r.status === null ? `\n(killed by ${r.signal}: it blocked)` : ''), stdoutBytes: r.stdout };
+}
+
+let worker: CliWorker | undefined;
+
+/** The CLI's main() in a worker thread (no Node start per run); a run that blocks fails after 30 s. */
+async function cli(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+  worker ??= new CliWorker();
+  try {
+    const r = await worker.run(args, { TMPDIR: path.join(work, 'tmp'), ...env }, 30_000);
+    return { ...r, stdoutBytes: Buffer.from(r.stdout) };
+  } catch (e) {
+    // A hang: this worker is stuck behind it, the next run gets a fresh one.
+    void worker.close();
+    worker = undefined;
+    return { code: 128, stdout: '', stderr: (e as Error).message, stdoutBytes: Buffer.alloc(0) };
+  }
+}
+
+/** Every file under dir (following nothing), concatenated: to look for the secret. */
+function allBytes(dir: string): string {
+  if (!fs.existsSync(dir)) return '';
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) out.push(fs.readFileSync(p, 'latin1'));
+    }
+  };
+  if (fs.statSync(dir).isDirectory()) walk(dir);
+  else out.push(fs.readFileSync(dir, 'latin1'));
+  return out.join('\n');
+}
+
+before(async () => {
+  requireTools('cp', 'mkfifo', 'mount', 'umount', 'tar');
+  work = tempDir('tphsrc-');
+  // A tmpfs of its own: many copies of an engine root, each run ending with syncfs.
+  runOk('mount', ['-t', 'tmpfs', '-o', 'size=768m,mode=0755', 'transplant-hostile-sources', work]);
+  fs.mkdirSync(path.join(work, 'tmp'));
+  pristine = path.join(work, 'pristine');
+  fs.mkdirSync(pristine);
+  const made = cliProcess(['preload', '--from', SAMPLE, '--image', REF, '--engine-root', pristine]);
+  assert.equal(made.code, 0, show(made));
+});
+
+after(async () => {
+  await worker?.close();
+  if (work) spawnSync('umount', ['-l', work]);
+});
+
+interface Case {
+  name: string;
+  /** Changes the copy `src` of the engine root; `outside` is a directory beside it. */
+  mutate: (src: string, outside: string, ctx: { imageHex: string; chainHex: string[]; cache: string }) => void;
+  /** What the one error line must say. */
+  says: RegExp;
+}
+
+function moveOut(src: string, rel: string, outside: string): string {
+  const dest = path.join(outside, rel.replace(/\//g, '_'));
+  fs.renameSync(path.join(src, rel), dest);
+  fs.symlinkSync(dest, path.join(src, rel));
+  return dest;
+}
+
+function linkToSecret(src: string, rel: string, outside: string): void {
+  fs.rmSync(path.join(src, rel), { force: true });
+  fs.mkdirSync(path.dirname(path.join(src, rel)), { recursive: true });
+  fs.symlinkSync(path.join(outside, 'secret'), path.join(src, rel));
+}
+
+function fifoAt(src: string, rel: string): void {
+  fs.rmSync(path.join(src, rel), { force: true });
+  fs.mkdirSync(path.dirname(path.join(src, rel)), { recursive: true });
+  runOk('mkfifo', [path.join(src, rel)]);
+}
+
+const SYMLINK = /symlink, never followed/;
+const NOT_REGULAR = /is a FIFO, not a regular file/;
+
+const CASES: Case[] = [
+  { name: 'lastUpdated a symlink to a host file', says: SYMLINK, mutate: (s, o, c) => linkToSecret(s, `image/overlay2/imagedb/metadata/sha256/${c.imageHex}/lastUpdated`, o) },
+  { name: 'tar-split.json.gz a symlink to a host file', says: SYMLINK, mutate: (s, o, c) => linkToSecret(s, `image/overlay2/layerdb/sha256/${c.chainHex[0]}/tar-split.json.gz`, o) },
+  { name: 'layerdb size a symlink to a host file', says: SYMLINK, mutate: (s, o, c) => linkToSecret(s, `image/overlay2/layerdb/sha256/${c.chainHex[1]}/size`, o) },
+  { name: 'the image config a symlink (to a copy outside)', says: SYMLINK, mutate: (s, o, c) => void moveOut(s, `image/overlay2/imagedb/content/sha256/${c.imageHex}`, o) },
+  { name: 'repositories.json a symlink (to a copy outside)', says: SYMLINK, mutate: (s, o) => void moveOut(s, 'image/overlay2/repositories.json', o) },
+  { name: 'overlay2/<cache>/link a symlink', says: SYMLINK, mutate: (s, o, c) => void moveOut(s, `overlay2/${c.cache}/link`, o) },
+  {
+    name: 'overlay2/ itself a symlink out of the root',
+    says: SYMLINK,
+    mutate: (s, o, c) => {
+      const moved = moveOut(s, 'overlay2', o);
+      fs.writeFileSync(path.join(moved, c.cache, 'diff', 'outside-secret'), SECRET);
+    },
+  },
+  { name: 'image/ a symlink out of the root', says: SYMLINK, mutate: (s, o) => void moveOut(s, 'image', o) },
+  { name: 'image/overlay2 a symlink out of the root', says: SYMLINK, mutate: (s, o) => void moveOut(s, 'image/overlay2', o) },
+  { name: 'image/overlay2/layerdb a symlink out of the root', says: SYMLINK, mutate: (s, o) => void moveOut(s, 'image/overlay2/layerdb', o) },
+  { name: 'image/overlay2/imagedb/content/sha256 a symlink out of the root', says: SYMLINK, mutate: (s, o) => void moveOut(s, 'image/overlay2/imagedb/content/sha256', o) },
+  { name: 'repositories.json a FIFO', says: NOT_REGULAR, mutate: (s) => fifoAt(s, 'image/overlay2/repositories.json') },
+  { name: 'the image config a FIFO', says: NOT_REGULAR, mutate: (s, _o, c) => fifoAt(s, `image/overlay2/imagedb/content/sha256/${c.imageHex}`) },
+  { name: 'lastUpdated a FIFO', says: NOT_REGULAR, mutate: (s, _o, c) => fifoAt(s, `image/overlay2/imagedb/metadata/sha256/${c.imageHex}/lastUpdated`) },
+  { name: 'layerdb cache-id a FIFO', says: NOT_REGULAR, mutate: (s, _o, c) => fifoAt(s, `image/overlay2/layerdb/sha256/${c.chainHex[0]}/cache-id`) },
+  { name: 'tar-split.json.gz a FIFO', says: NOT_REGULAR, mutate: (s, _o, c) => fifoAt(s, `image/overlay2/layerdb/sha256/${c.chainHex[1]}/tar-split.json.gz`) },
+];
+
+function sampleImage(): { id: string; chainIds: string[]; ref: string } {
+  const id = readRepositories(pristine).get(REF) as string;
+  assert.ok(id, `${REF} is in the pristine root`);
+  const config = readImageConfig(pristine, id);
+  return { id, chainIds: chainIdsOf(config.rootfs.diff_ids), ref: REF };
+}
+
+test('an engine-root source whose metadata or store directories are symlinks out of it, or FIFOs: ls, verify, extract, inject and preload refuse with one line, read nothing outside, block on nothing', T, async () => {
+  const img = sampleImage();
+  const ctx = { imageHex: img.id.slice(7), chainHex: img.chainIds.map((c) => c.slice(7)), cache: layerCacheId(pristine, img.chainIds[0] as string) as string };
+  // The untouched copy works with every command: the failures below come from the changes.
+  {
+    const out = path.join(work, 'ok.bundle');
+    for (const r of [await cli(['ls', pristine]), await cli(['verify', pristine]), await cli(['extract', '--from', pristine, '--image', img.ref, '-o', out])]) assert.equal(r.code, 0, show(r));
+    fs.rmSync(out);
+  }
+  const failures: string[] = [];
+  for (const c of CASES) {
+    const root = fs.mkdtempSync(path.join(work, 'case-'));
+    const src = path.join(root, 'src');
+    const outside = path.join(root, 'outside');
+    fs.mkdirSync(outside);
+    fs.writeFileSync(path.join(outside, 'secret'), SECRET);
+    runOk('cp', ['-a', pristine, src]);
+    c.mutate(src, outside, ctx);
+    const out = path.join(root, 'x.bundle');
+    const tgt = path.join(root, 'tgt');
+    const ptgt = path.join(root, 'ptgt');
+    fs.mkdirSync(tgt);
+    fs.mkdirSync(ptgt);
+    const runs: [string, RunResult][] = [
+      ['ls', await cli(['ls', src])],
+      ['verify', await cli(['verify', src])],
+      ['extract', await cli(['extract', '--from', src, '--image', img.ref, '-o', out])],
+      ['inject', await cli(['inject', src, '--engine-root', tgt])],
+      ['preload', await cli(['preload', '--from', src, '--image', img.ref, '--engine-root', ptgt])],
+    ];
+    for (const [cmd, r] of runs) {
+      const what = `${c.name}: ${cmd}`;
+      try {
+        if (cmd === 'verify') {
+          // verify lists every problem; its last line is the one error line.
+          assert.equal(r.code, 1, `${what}: exit 1 expected\n${show(r)}`);
+          assert.match(r.stderr.trim(), /^error: [^\n]+$/, `${what}: one error line\n${show(r)}`);
+        } else assertOneLineError(r, what);
+        assert.match(r.stdout + r.stderr, c.says, `${what}: the error says why\n${show(r)}`);
+        assert.ok(!(r.stdout + r.stderr).includes(SECRET), `${what}: printed the secret`);
+      } catch (e) {
+        failures.push((e as Error).message.split('\n').slice(0, 4).join('\n'));
+      }
+    }
+    if (fs.existsSync(out)) failures.push(`${c.name}: extract wrote a bundle${allBytes(out).includes(SECRET) ? ' holding the secret' : ''}`);
+    for (const t of [tgt, ptgt]) {
+      if (fs.readdirSync(t).length > 0) failures.push(`${c.name}: ${path.basename(t) === 'tgt' ? 'inject' : 'preload'} wrote into the target${allBytes(t).includes(SECRET) ? ', the secret among it' : ''}`);
+    }
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  assert.deepEqual(failures, [], failures.join('\n---\n'));
+});
+
+test('verify of a layer whose diff/ file is a FIFO or a symlink out of the root: a problem reported, nothing outside read, no block', T, async () => {
+  const img = sampleImage();
+  const cache = layerCacheId(pristine, img.chainIds[0] as string) as string;
+  const diff = path.join(pristine, 'overlay2', cache, 'diff');
+  // The first regular file of the base layer, found by walking it.
+  const firstFile = (rel: string): string | undefined => {
+    for (const e of fs.readdirSync(path.join(diff, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const p = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isFile() && fs.statSync(path.join(diff, p)).size > 0) return p;
+      if (e.isDirectory()) {
+        const f = firstFile(p);
+        if (f) return f;
+      }
+    }
+    return undefined;
+  };
+  const victim = firstFile('') as string;
+  assert.ok(victim, 'the sample has a regular file');
+  const failures: string[] = [];
+  for (const [what, swap] of [
+    ['a FIFO', (f: string) => runOk('mkfifo', [f])],
+    ['a symlink to a host file', (f: string) => fs.symlinkSync(path.join(work, 'secret'), f)],
+  ] as const) {
+    // The same bytes: only reading it through the symlink would pass.
+    fs.copyFileSync(path.join(diff, victim), path.join(work, 'secret'));
+    const src = fs.mkdtempSync(path.join(work, 'vsrc-'));
+    runOk('cp', ['-a', `${pristine}/.`, src]);
+    const file = path.join(src, 'overlay2', cache, 'diff', victim);
+    fs.rmSync(file);
+    swap(file);
+    const r = await cli(['verify', src]);
+    try {
+      assert.equal(r.code, 1, `diff/ file ${what}: verify fails\n${show(r)}`);
+      assert.ok(r.stdout.includes(path.basename(victim)), `diff/ file ${what}: the problem names the file\n${show(r)}`);
+    } catch (e) {
+      failures.push((e as Error).message.split('\n').slice(0, 4).join('\n'));
+    }
+    fs.rmSync(src, { recursive: true, force: true });
+  }
+  assert.deepEqual(failures, [], failures.join('\n---\n'));
+});
+
+test('a source named as a FIFO is refused at once (never opened, so never blocks)', T, async () => {
+  const fifo = path.join(work, 'source.fifo');
+  runOk('mkfifo', [fifo]);
+  for (const args of [['ls', fifo], ['extract', '--from', fifo, '-o', path.join(work, 'f.bundle')], ['verify', fifo]]) {
+    const r = await cli(args);
+    assertOneLineError(r, args.join(' '));
+    assert.match(r.stderr, /FIFO, not a regular file/, show(r));
+  }
+});
