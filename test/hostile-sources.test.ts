@@ -11,10 +11,18 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { Writable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { assertOneLineError, show } from './harness/cli.js';
 import { runOk, requireTools, type RunResult } from './harness/exec.js';
 import { tempDir } from './harness/fixtures.js';
-import { CliWorker } from './harness/hostile.js';
+import { CliWorker, bundleBytes, type HostileLayer } from './harness/hostile.js';
+import { emptyHeader, type TarHeader } from '../src/tar/header.js';
+import { TarPacker } from '../src/tar/pack.js';
+import { TarParser } from '../src/tar/parse.js';
+import { MemoryStoreReader } from '../src/sources/memory-reader.js';
+import { verifyEngineRoot } from '../src/verify/verify.js';
 import { layerCacheId, readImageConfig, readRepositories } from './harness/judge.js';
 import { chainIds as chainIdsOf } from '../src/engine/digest.js';
 
@@ -250,4 +258,185 @@ test('a source named as a FIFO is refused at once (never opened, so never blocks
     assertOneLineError(r, args.join(' '));
     assert.match(r.stderr, /FIFO, not a regular file/, show(r));
   }
+});
+
+// ---- item 14: resource bounds -------------------------------------------------------------
+
+/** A tar stream (our packer) collected into a Buffer. */
+async function packTar(entries: { header: TarHeader; data?: Buffer }[], opts: { truncateAfterHeaderOf?: string } = {}): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  const out = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      parts.push(chunk);
+      cb();
+    },
+  });
+  const tar = new TarPacker(out);
+  for (const e of entries) {
+    if (opts.truncateAfterHeaderOf === e.header.name) {
+      // The header claims e.header.size bytes; the stream ends after a few of them.
+      const probe = new TarPacker(out);
+      await probe.add({ ...e.header, size: 0 });
+      const all = Buffer.concat(parts);
+      // The ustar header the probe wrote last (a size-0 entry has no data blocks after it).
+      const block = all.length - 512;
+      const h = Buffer.from(all.subarray(block, block + 512));
+      h.write(e.header.size.toString(8).padStart(11, '0') + '\0', 124, 'latin1');
+      h.fill(' ', 148, 156);
+      let sum = 0;
+      for (const b of h) sum += b;
+      h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1');
+      return Buffer.concat([all.subarray(0, block), h, Buffer.alloc(4096)]);
+    }
+    await tar.add(e.header, e.data ?? Buffer.alloc(0));
+  }
+  await tar.finish();
+  return Buffer.concat(parts);
+}
+
+function fileHeader(name: string, size: number, type: TarHeader['type'] = 'file'): TarHeader {
+  return { ...emptyHeader(), name, type, size, mode: type === 'directory' ? 0o755 : 0o644, mtime: 1_600_000_000_123_456_789n };
+}
+
+/** The entries of a bundle, the manifest (first) edited. */
+async function rewriteBundle(bundle: Buffer, edit: (m: Record<string, unknown>) => void, opts: { tarSplit?: (data: Buffer) => Buffer; truncateTarSplitAt?: number } = {}): Promise<Buffer> {
+  const parser = new TarParser((async function* () {
+    yield bundle;
+  })());
+  const entries: { header: TarHeader; data?: Buffer }[] = [];
+  let truncate: string | undefined;
+  for (;;) {
+    const e = await parser.next();
+    if (!e) break;
+    const chunks: Buffer[] = [];
+    for await (const c of e.content) chunks.push(c);
+    let data: Buffer = Buffer.concat(chunks);
+    const header = { ...e.header };
+    if (entries.length === 0) {
+      const m = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
+      edit(m);
+      data = Buffer.from(JSON.stringify(m));
+    } else if (header.name.endsWith('/tar-split.json.gz')) {
+      if (opts.tarSplit) data = opts.tarSplit(data);
+      if (opts.truncateTarSplitAt !== undefined && truncate === undefined) {
+        truncate = header.name;
+        header.size = opts.truncateTarSplitAt;
+      }
+    }
+    entries.push({ header: { ...header, size: truncate === header.name ? header.size : data.length }, data });
+  }
+  return packTar(entries, { truncateAfterHeaderOf: truncate });
+}
+
+test('a bundle manifest with a field of the wrong type is refused naming the field (no allocation, no TypeError), its tar-splits bounded', T, async () => {
+  const base = path.join(work, 's.bundle');
+  const made = cliProcess(['extract', '--from', SAMPLE, '--image', REF, '-o', base]);
+  assert.equal(made.code, 0, show(made));
+  const bundle = fs.readFileSync(base);
+  const image = (m: Record<string, unknown>): Record<string, unknown> => (m.images as Record<string, unknown>[])[0] as Record<string, unknown>;
+  const layer = (m: Record<string, unknown>): Record<string, unknown> => (m.layers as Record<string, unknown>[])[0] as Record<string, unknown>;
+  const cases: [string, Promise<Buffer>, RegExp][] = [
+    ['lastUpdated {"length": 100000000}', rewriteBundle(bundle, (m) => void (image(m).lastUpdated = { length: 100_000_000 })), /images\[0\]\.lastUpdated must be an RFC 3339 time, found an object/],
+    ['lastUpdated a number', rewriteBundle(bundle, (m) => void (image(m).lastUpdated = 12345)), /images\[0\]\.lastUpdated must be an RFC 3339 time, found a number/],
+    ['lastUpdated not a time', rewriteBundle(bundle, (m) => void (image(m).lastUpdated = 'TOP-SECRET\n')), /images\[0\]\.lastUpdated must be an RFC 3339 time/],
+    ['a layer size as a string', rewriteBundle(bundle, (m) => void (layer(m).size = '12')), /layers\[0\]\.size must be a non-negative integer, found a string/],
+    ['entries negative', rewriteBundle(bundle, (m) => void (layer(m).entries = -1)), /layers\[0\]\.entries must be a non-negative integer/],
+    ['hasTarSplit a string', rewriteBundle(bundle, (m) => void (layer(m).hasTarSplit = 'yes')), /layers\[0\]\.hasTarSplit must be true or false/],
+    ['a reference an object', rewriteBundle(bundle, (m) => void (image(m).references = [{ length: 5 }])), /images\[0\]\.references\[0\] must be a string, found an object/],
+    ['chainIds an object', rewriteBundle(bundle, (m) => void (image(m).chainIds = { length: 1e9 })), /images\[0\]\.chainIds must be an array, found an object/],
+    ['architecture a number', rewriteBundle(bundle, (m) => void (image(m).architecture = 64)), /images\[0\]\.architecture must be a string, found a number/],
+    ['an image null', rewriteBundle(bundle, (m) => void (m.images = [null])), /images\[0\] must be an object, found null/],
+    ['layers an object', rewriteBundle(bundle, (m) => void (m.layers = { length: 3 })), /layers must be an array, found an object/],
+    ['createdAt a number', rewriteBundle(bundle, (m) => void (m.createdAt = 1)), /createdAt must be a string/],
+    ['a tar-split that is not gzip', rewriteBundle(bundle, () => undefined, { tarSplit: (d) => Buffer.alloc(d.length + 1000) }), /tar-split of layer sha256:[0-9a-f]{64} is not gzip data/],
+    ['a tar-split of 300 MiB', rewriteBundle(bundle, () => undefined, { truncateTarSplitAt: 300 << 20 }), /tar-split of layer sha256:[0-9a-f]{64} is 314572800 bytes, more than 256 MiB \(the limit on one layer's tar-split\.json\.gz\)/],
+  ];
+  const failures: string[] = [];
+  for (const [what, bytes, says] of cases) {
+    const file = path.join(work, 'case.bundle');
+    fs.writeFileSync(file, await bytes);
+    const tgt = fs.mkdtempSync(path.join(work, 'btgt-'));
+    for (const args of [['inject', file, '--engine-root', tgt], ['ls', file], ['verify', file]]) {
+      const r = await cli(args);
+      try {
+        assertOneLineError(r, `${what}: ${args[0]}`);
+        assert.match(r.stderr, says, `${what}: ${args[0]}: the error names the field or limit\n${show(r)}`);
+        assert.doesNotMatch(r.stderr, /TypeError|The first argument/, `${what}: a raw TypeError\n${show(r)}`);
+      } catch (e) {
+        failures.push((e as Error).message.split('\n').slice(0, 4).join('\n'));
+      }
+    }
+    if (fs.readdirSync(tgt).length > 0) failures.push(`${what}: inject wrote into the target`);
+    fs.rmSync(tgt, { recursive: true, force: true });
+  }
+  assert.deepEqual(failures, [], failures.join('\n---\n'));
+});
+
+test('a data-root tarball with an over-large config, an over-large tar-split, or tar-splits more than the tarball could hold: refused naming the limit, TMPDIR not filled', T, async () => {
+  const root = 'var/lib/docker/image/overlay2';
+  const hex = (i: number): string => createHash('sha256').update(String(i)).digest('hex');
+  const dirs = [`${root}/imagedb/content/sha256`, `${root}/layerdb/sha256`].map((d) => ({ header: fileHeader(d, 0, 'directory') }));
+  const gzipZeros = (n: number): Buffer => Buffer.concat([Buffer.from([0x1f, 0x8b]), Buffer.alloc(n - 2)]);
+  const cases: [string, Promise<Buffer>, RegExp][] = [
+    ['a 60 MB image config', packTar([...dirs, { header: fileHeader(`${root}/imagedb/content/sha256/${hex(1)}`, 60_000_000) }], { truncateAfterHeaderOf: `${root}/imagedb/content/sha256/${hex(1)}` }), /is 60000000 bytes, more than 4 MiB \(the limit on an image config/],
+    ['a 64 KiB+1 layerdb size file', packTar([...dirs, { header: fileHeader(`${root}/layerdb/sha256/${hex(2)}/size`, (64 << 10) + 1) }], { truncateAfterHeaderOf: `${root}/layerdb/sha256/${hex(2)}/size` }), /more than 64 KiB \(the limit on an engine metadata file/],
+    ['a 500 MB tar-split', packTar([...dirs, { header: fileHeader(`${root}/layerdb/sha256/${hex(3)}/tar-split.json.gz`, 500_000_000) }], { truncateAfterHeaderOf: `${root}/layerdb/sha256/${hex(3)}/tar-split.json.gz` }), /is 500000000 bytes, more than 256 MiB \(the limit on one layer's tar-split\.json\.gz\)/],
+    ['a tar-split that is not gzip', packTar([...dirs, { header: fileHeader(`${root}/layerdb/sha256/${hex(4)}/tar-split.json.gz`, 4096), data: Buffer.alloc(4096) }]), /tar-split\.json\.gz is not gzip data/],
+    [
+      'three 20 MiB tar-splits in a 100 kB tarball',
+      packTar([...dirs, ...[5, 6, 7].map((i) => ({ header: fileHeader(`${root}/layerdb/sha256/${hex(i)}/tar-split.json.gz`, 20 << 20), data: gzipZeros(20 << 20) }))]),
+      /its tar-split files hold more than the tarball itself \(\d+ bytes\) could/,
+    ],
+  ];
+  const failures: string[] = [];
+  for (const [what, bytes, says] of cases) {
+    const file = path.join(work, 'case.tar.gz');
+    fs.writeFileSync(file, gzipSync(await bytes));
+    const tmp = path.join(work, 'tmp');
+    const r = await cli(['ls', file]);
+    try {
+      assertOneLineError(r, what);
+      assert.match(r.stderr, says, `${what}: the error names the limit\n${show(r)}`);
+      assert.deepEqual(fs.readdirSync(tmp), [], `${what}: temp files left in TMPDIR`);
+    } catch (e) {
+      failures.push((e as Error).message.split('\n').slice(0, 4).join('\n'));
+    }
+  }
+  assert.deepEqual(failures, [], failures.join('\n---\n'));
+});
+
+// ---- item 15: layer depth -----------------------------------------------------------------
+
+test('an image deeper than the engine allows (126 layers: moby maxLayerDepth 125) is refused by inject, preload, extract and verify with the engine\'s reason, nothing written; 125 layers are taken', T, async () => {
+  const layers = (n: number): HostileLayer[] => Array.from({ length: n }, (_, i) => [{ name: `f${i}`, content: `layer ${i}` }]);
+  const deep = path.join(work, 'deep.bundle');
+  fs.writeFileSync(deep, await bundleBytes(layers(126), { ref: 'deep/image:126' }));
+  const says = /image deep\/image:126 has 126 layers; the engine refuses chains deeper than 125 layers \(max depth exceeded/;
+  const tgt = fs.mkdtempSync(path.join(work, 'dtgt-'));
+  const out = path.join(work, 'deep-out.bundle');
+  for (const args of [['inject', deep, '--engine-root', tgt], ['preload', '--from', deep, '--image', 'deep/image:126', '--engine-root', tgt], ['extract', '--from', deep, '--image', 'deep/image:126', '-o', out]]) {
+    const r = await cli(args);
+    assertOneLineError(r, args[0] as string);
+    assert.match(r.stderr, says, show(r));
+  }
+  assert.deepEqual(fs.readdirSync(tgt), [], 'nothing written into the target');
+  assert.ok(!fs.existsSync(out), 'no bundle written');
+  const v = await cli(['verify', deep]);
+  assert.equal(v.code, 1, show(v));
+  assert.match(v.stdout, says, show(v));
+  // verify of an engine root holding such an image (made by hand: nothing here writes one).
+  const reader = new MemoryStoreReader('deep-root');
+  const diffIds = Array.from({ length: 126 }, (_, i) => `sha256:${createHash('sha256').update(`d${i}`).digest('hex')}`);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } }));
+  const id = createHash('sha256').update(config).digest('hex');
+  reader.addFile(`image/overlay2/imagedb/content/sha256/${id}`, config);
+  reader.addFile('image/overlay2/repositories.json', Buffer.from(JSON.stringify({ Repositories: { 'deep/image': { 'deep/image:126': `sha256:${id}` } } })));
+  const report = await verifyEngineRoot(reader, '', { metadataOnly: true });
+  assert.ok(report.problems.some((p) => says.test(p)), report.problems.join('\n'));
+  // The deepest the engine takes.
+  const ok = path.join(work, 'ok125.bundle');
+  fs.writeFileSync(ok, await bundleBytes(layers(125), { ref: 'deep/image:125' }));
+  const r = await cli(['inject', ok, '--engine-root', tgt]);
+  assert.equal(r.code, 0, show(r));
+  fs.rmSync(tgt, { recursive: true, force: true });
 });

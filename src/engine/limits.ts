@@ -50,9 +50,16 @@ export function metadataLimit(rel: string): Limit {
  */
 export const MAX_LAYER_DEPTH = 125;
 
-/** Refuses an image whose layer chain is deeper than the engine allows, with the engine's reason. */
-export function checkLayerDepth(chainIds: readonly string[], image: string, where: string): void {
-  if (chainIds.length > MAX_LAYER_DEPTH) {
-    throw new Error(`${where}: image ${image} has ${chainIds.length} layers; the engine refuses chains deeper than ${MAX_LAYER_DEPTH} (max depth exceeded: moby layer/layer_store.go maxLayerDepth)`);
+/** Why an image of this many layers cannot be used by the engine, or undefined when it can. */
+export function layerDepthProblem(layers: number, image: string): string | undefined {
+  if (layers <= MAX_LAYER_DEPTH) return undefined;
+  return `image ${image} has ${layers} layers; the engine refuses chains deeper than ${MAX_LAYER_DEPTH} layers (max depth exceeded: moby layer/layer_store.go maxLayerDepth)`;
+}
+
+/** Refuses images whose layer chain is deeper than the engine allows, with the engine's reason (before any layer is read). */
+export function checkLayerDepths(images: readonly { id: string; references: readonly string[]; chainIds: readonly string[] }[], where: string): void {
+  for (const img of images) {
+    const problem = layerDepthProblem(img.chainIds.length, img.references[0] ?? img.id);
+    if (problem) throw new Error(`${where}: ${problem}`);
   }
 }

@@ -3,6 +3,7 @@ import type { ImageSource, SourceImage } from '../sources/source.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 import { layersOf } from '../bundle/write.js';
 import { applyPlan, type InjectProgress } from './apply.js';
+import { checkLayerDepths } from '../engine/limits.js';
 import { checkChains, planChangesNothing, planInjection, type InjectPlan } from './plan.js';
 import { TargetStore } from './target-store.js';
 import { verifyEngineRoot } from '../verify/verify.js';
@@ -36,6 +37,7 @@ export async function planFor(
   prefix: string,
   extraReferences?: InjectOptions['extraReferences'],
 ): Promise<{ plan: InjectPlan; store: TargetStore }> {
+  checkLayerDepths(images, source.description);
   const store = await TargetStore.read(writer, prefix);
   const layers = [];
   for (const chainId of layersOf(images)) layers.push(await source.layer(chainId, { counts: true }));

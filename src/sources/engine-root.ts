@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds, sha256Digest } from '../engine/digest.js';
-import { IMAGEDB_CONTENT, IMAGEDB_METADATA, REPOSITORIES, cacheDir, diffDir, layerDir } from '../engine/layout.js';
+import { LAST_UPDATED_RE, IMAGEDB_CONTENT, IMAGEDB_METADATA, REPOSITORIES, cacheDir, diffDir, layerDir } from '../engine/layout.js';
 import { parseLayerFiles } from '../engine/layerdb.js';
 import { parseRepositories, referencesOf, type Repositories } from '../engine/repositories.js';
 import { HostReader, type StoreReader } from './store-reader.js';
@@ -92,7 +92,9 @@ export class EngineRootSource implements ImageSource {
       } catch {
         continue;
       }
-      const lastUpdated = (await this.reader.readFile(this.at(`${IMAGEDB_METADATA}/${hex}/lastUpdated`)))?.toString('utf8');
+      // Carried only in the engine's form: a malformed one would break docker image inspect on the target.
+      const stamp = (await this.reader.readFile(this.at(`${IMAGEDB_METADATA}/${hex}/lastUpdated`)))?.toString('utf8');
+      const lastUpdated = stamp !== undefined && LAST_UPDATED_RE.test(stamp) ? stamp : undefined;
       out.push({
         id,
         config,

@@ -26,11 +26,12 @@ import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { chainIds as chainIdsOf, sha256Digest } from '../engine/digest.js';
-import { IMAGEDB_CONTENT, IMAGEDB_METADATA, LAYERDB_SHA, LINKS, REPOSITORIES, cacheDir, diffDir, layerDir, linkPath, linkTarget } from '../engine/layout.js';
+import { LAST_UPDATED_RE, IMAGEDB_CONTENT, IMAGEDB_METADATA, LAYERDB_SHA, LINKS, REPOSITORIES, cacheDir, diffDir, layerDir, linkPath, linkTarget } from '../engine/layout.js';
 import { parseLayerFiles, type LayerRecord } from '../engine/layerdb.js';
 import { parseRepositories, type Repositories } from '../engine/repositories.js';
 import { FILE, TarSplitFileError, assembledDigest, cleanTarPath, readTarSplit, type FileOpener } from '../engine/tar-split.js';
 import { selectImages } from '../selection/select.js';
+import { layerDepthProblem } from '../engine/limits.js';
 import { configPlatform, type SourceImage } from '../sources/source.js';
 import type { StoreReader } from '../sources/store-reader.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
@@ -204,7 +205,7 @@ export async function verifyEngineRoot(given: StoreReader, prefix: string, optio
     }
     // imagedb/metadata/<id>/lastUpdated: RFC 3339 with nanoseconds, no newline (a malformed one breaks docker image inspect).
     const lastUpdated = await reader.readFile(at(`${IMAGEDB_METADATA}/${hex}/lastUpdated`));
-    if (lastUpdated && !/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/.test(lastUpdated.toString('latin1'))) {
+    if (lastUpdated && !LAST_UPDATED_RE.test(lastUpdated.toString('latin1'))) {
       problems.push(`image ${id}: metadata lastUpdated is not an RFC 3339 time without a newline (${JSON.stringify(lastUpdated.toString('latin1').slice(0, 60))})`);
     }
     try {
@@ -234,6 +235,10 @@ export async function verifyEngineRoot(given: StoreReader, prefix: string, optio
   // Which images and layers to check.
   let selected = images;
   if (options.images && options.images.length > 0) selected = selectImages(options.images, images, where);
+  for (const img of selected) {
+    const deep = layerDepthProblem(img.chainIds.length, img.references[0] ?? img.id);
+    if (deep) problems.push(deep);
+  }
   const wanted = new Set<string>();
   for (const img of selected) for (const c of img.chainIds) wanted.add(c);
   const allLayers = ((await reader.readdir(at(LAYERDB_SHA))) ?? []).filter((h) => /^[0-9a-f]{64}$/.test(h)).map((h) => `sha256:${h}`);
@@ -393,6 +398,10 @@ export async function verifyBundle(bundle: BundleSource, options: VerifyOptions 
   const manifest = bundle.getManifest();
   const images = await bundle.images();
   const selected = options.images && options.images.length > 0 ? selectImages(options.images, images, bundle.description) : images;
+  for (const img of selected) {
+    const deep = layerDepthProblem(img.chainIds.length, img.references[0] ?? img.id);
+    if (deep) problems.push(deep);
+  }
   const wanted = new Set(selected.flatMap((i) => i.chainIds));
   const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-verify-'));
   let layers = 0;
