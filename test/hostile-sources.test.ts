@@ -17,7 +17,8 @@ import { gzipSync } from 'node:zlib';
 import { assertOneLineError, show } from './harness/cli.js';
 import { runOk, requireTools, type RunResult } from './harness/exec.js';
 import { tempDir } from './harness/fixtures.js';
-import { CliWorker, bundleBytes, type HostileLayer } from './harness/hostile.js';
+import { CliWorker, bundleBytes, dockerArchiveBytes, type HostileLayer } from './harness/hostile.js';
+import { DOCKER, DOCKERD, withDockerd } from './harness/dockerd.js';
 import { emptyHeader, type TarHeader } from '../src/tar/header.js';
 import { TarPacker } from '../src/tar/pack.js';
 import { TarParser } from '../src/tar/parse.js';
@@ -439,4 +440,22 @@ test('an image deeper than the engine allows (126 layers: moby maxLayerDepth 125
   const r = await cli(['inject', ok, '--engine-root', tgt]);
   assert.equal(r.code, 0, show(r));
   fs.rmSync(tgt, { recursive: true, force: true });
+});
+
+test('the depth limit is the engine\'s own: a real dockerd 20.10 loads a 125-layer image and refuses a 126-layer one with "max depth exceeded"', T, async () => {
+  requireTools(DOCKERD, DOCKER);
+  const layers = (n: number): HostileLayer[] => Array.from({ length: n }, (_, i) => [{ name: `f${i}`, content: `layer ${i}` }]);
+  const dataRoot = fs.mkdtempSync(path.join(work, 'engine-'));
+  await withDockerd(dataRoot, async (d) => {
+    for (const n of [125, 126]) {
+      const archive = path.join(work, `deep${n}.tar`);
+      fs.writeFileSync(archive, await dockerArchiveBytes(layers(n), { ref: `deep/engine:${n}` }));
+      const r = d.dockerRaw(['load', '-i', archive]);
+      if (n === 125) assert.equal(r.code, 0, `docker load of ${n} layers: ${r.stderr}`);
+      else {
+        assert.notEqual(r.code, 0, `docker load of ${n} layers succeeded`);
+        assert.match(r.stderr, /max depth exceeded/, r.stderr);
+      }
+    }
+  });
 });

@@ -266,3 +266,24 @@ export function openSubdir(dir: OpenDir, name: string, expect: BigIntStats, wher
 export function openBelowRoot(root: string, rel: Name, where: string): OpenDir | undefined {
   return withTop(root, (top) => openDirBelow(top, rel, where));
 }
+
+/**
+ * Reads a file the user named (an --apps file): symlinks in its path are the user's choice,
+ * but only a regular file is read (a FIFO would block, a device never end), at most `limit`.
+ */
+export function readNamedFile(file: string, limit: { bytes: number; name: string }, what: string): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw new Error(`${what}: ${errnoCode(e) === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error(`${what} is ${describeKind(st)}, not a regular file; only regular files are read`);
+    if (st.size > limit.bytes) throw new Error(`${what} is ${st.size} bytes, more than ${limit.name}`);
+    return readFd(fd, st.size, limit, what);
+  } finally {
+    closeSync(fd);
+  }
+}
