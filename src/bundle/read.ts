@@ -7,13 +7,11 @@ import { createGunzip } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import type { LayerEntry, LayerItem } from '../layer/entry.js';
 import { layerEntryFromTar } from '../layer/tar-entry.js';
-import { assertDigest, sha256Digest } from '../engine/digest.js';
+import { sha256Digest } from '../engine/digest.js';
 import { TarParser, type TarEntry } from '../tar/parse.js';
 import type { ImageSource, SourceImage, SourceLayer } from '../sources/source.js';
 import { ByteReader } from '../stream/byte-reader.js';
 import {
-  FORMAT,
-  FORMAT_VERSION,
   MANIFEST_NAME,
   TRAILER_NAME,
   imageEntryName,
@@ -21,14 +19,18 @@ import {
   tarSplitEntryName,
   type BundleManifest,
   type BundleTrailer,
+  validateManifest,
 } from './format.js';
+import { LIMITS, type Limit } from '../engine/limits.js';
 
-async function readAll(content: AsyncIterable<Buffer>, limit: number, what: string): Promise<Buffer> {
+/** Reads a whole entry, refusing it (before reading it) when its header says it is over the limit. */
+async function readAll(entry: TarEntry, content: AsyncIterable<Buffer>, limit: Limit, what: string): Promise<Buffer> {
+  if (entry.header.size > limit.bytes) throw new Error(`${what} is ${entry.header.size} bytes, more than ${limit.name}`);
   const parts: Buffer[] = [];
   let total = 0;
   for await (const c of content) {
     total += c.length;
-    if (total > limit) throw new Error(`${what} is larger than ${limit} bytes`);
+    if (total > limit.bytes) throw new Error(`${what} is more than ${limit.name}`);
     parts.push(c);
   }
   return Buffer.concat(parts);
@@ -43,32 +45,6 @@ export function checkRelativePath(p: string, what: string): string {
     throw new Error(`${what}: unsafe path ${JSON.stringify(p)}`);
   }
   return p;
-}
-
-function validateManifest(json: unknown, where: string): BundleManifest {
-  const m = json as Partial<BundleManifest> | null;
-  if (!m || m.format !== FORMAT) throw new Error(`${where} is not a transplant bundle (no ${MANIFEST_NAME} first)`);
-  if (m.version !== FORMAT_VERSION) throw new Error(`${where} is bundle format version ${String(m.version)}; this transplant reads version ${FORMAT_VERSION}: upgrade transplant`);
-  if (!Array.isArray(m.images) || !Array.isArray(m.layers)) throw new Error(`${where}: malformed bundle manifest`);
-  const known = new Set<string>();
-  for (const l of m.layers) {
-    assertDigest(l.chainId, `${where}: layer chainId`);
-    known.add(l.chainId);
-  }
-  for (const l of m.layers) {
-    assertDigest(l.diffId, `${where}: layer diffId`);
-    // Layers may come in the source's order (format.ts), but each parent must be in the bundle.
-    if (l.parent !== undefined && !known.has(l.parent)) throw new Error(`${where}: layer ${l.chainId} has its parent ${l.parent} outside the bundle`);
-    if (!Number.isSafeInteger(l.entries) || !Number.isSafeInteger(l.bytes) || !Number.isSafeInteger(l.size)) throw new Error(`${where}: malformed layer record ${l.chainId}`);
-    if (l.cacheId !== undefined && !/^[0-9a-f]{64}$/.test(l.cacheId)) delete l.cacheId;
-    if (l.link !== undefined && !/^[A-Z2-7]{26}$/.test(l.link)) delete l.link;
-  }
-  for (const img of m.images) {
-    assertDigest(img.id, `${where}: image id`);
-    if (!Array.isArray(img.chainIds) || !img.chainIds.every((c) => known.has(c))) throw new Error(`${where}: image ${img.id} needs a layer the bundle lacks`);
-    if (!Array.isArray(img.references) || !img.references.every((r) => typeof r === 'string')) throw new Error(`${where}: malformed references of ${img.id}`);
-  }
-  return m as BundleManifest;
 }
 
 export class BundleSource implements ImageSource {
@@ -155,6 +131,16 @@ export class BundleSource implements ImageSource {
     }
   }
 
+  /** A whole entry, bounded by a named limit (the error says which). */
+  private async limited(e: TarEntry, where: string, limit: Limit, what: string): Promise<Buffer> {
+    try {
+      return await readAll(e, this.guard(e.content, where), limit, what);
+    } catch (err) {
+      const m = (err as Error).message;
+      this.fail(m.startsWith(`${this.description}: `) ? m.slice(this.description.length + 2) : m);
+    }
+  }
+
   private async nextEntry(): Promise<TarEntry | undefined> {
     if (this.pending) {
       const e = this.pending;
@@ -171,7 +157,7 @@ export class BundleSource implements ImageSource {
   private async readHead(): Promise<void> {
     const first = await this.nextEntry();
     if (!first || first.header.name !== MANIFEST_NAME) this.fail(`not a transplant bundle (no ${MANIFEST_NAME} first)`);
-    const text = (await readAll(this.guard(first.content, MANIFEST_NAME), 64 << 20, 'manifest')).toString('utf8');
+    const text = (await this.limited(first, MANIFEST_NAME, LIMITS.bundleManifest, 'the bundle manifest')).toString('utf8');
     let json: unknown;
     try {
       json = JSON.parse(text);
@@ -182,15 +168,22 @@ export class BundleSource implements ImageSource {
     for (const img of this.manifest.images) {
       const e = await this.nextEntry();
       if (!e || e.header.name !== imageEntryName(img.id)) this.fail(`expected the config of ${img.id}`);
-      const config = await readAll(this.guard(e.content, `the config of image ${img.id}`), 64 << 20, 'image config');
+      const config = await this.limited(e, `the config of image ${img.id}`, LIMITS.config, `the config of image ${img.id}`);
       if (sha256Digest(config) !== img.id) this.fail(`the config of image ${img.id} does not match its ID`);
       this.configs.set(img.id, config);
     }
+    let held = 0;
     for (const layer of this.manifest.layers) {
       if (!layer.hasTarSplit) continue;
       const e = await this.nextEntry();
       if (!e || e.header.name !== tarSplitEntryName(layer.chainId)) this.fail(`expected the tar-split of layer ${layer.chainId}`);
-      this.tarSplits.set(layer.chainId, await readAll(this.guard(e.content, `the tar-split of layer ${layer.chainId}`), 1 << 30, 'tar-split'));
+      const what = `the tar-split of layer ${layer.chainId}`;
+      const ts = await this.limited(e, what, LIMITS.tarSplit, what);
+      // tar-split.json.gz is gzip (layer/filestore.go TarSplitWriter): anything else is not one, and never held.
+      if (ts.length < 2 || ts[0] !== 0x1f || ts[1] !== 0x8b) this.fail(`${what} is not gzip data (a tar-split.json.gz always is)`);
+      held += ts.length;
+      if (held > LIMITS.heldMetadata.bytes) this.fail(`its tar-splits together are more than ${LIMITS.heldMetadata.name}`);
+      this.tarSplits.set(layer.chainId, ts);
     }
   }
 
@@ -295,7 +288,7 @@ export class BundleSource implements ImageSource {
     if (!e || e.header.name !== TRAILER_NAME) this.fail('truncated bundle (no trailer)');
     let t: BundleTrailer;
     try {
-      t = JSON.parse((await readAll(this.guard(e.content, TRAILER_NAME), 1 << 16, 'trailer')).toString('utf8')) as BundleTrailer;
+      t = JSON.parse((await this.limited(e, TRAILER_NAME, { bytes: 1 << 16, name: '64 KiB (the limit on the bundle trailer)' }, 'the bundle trailer')).toString('utf8')) as BundleTrailer;
     } catch {
       this.fail('corrupt bundle trailer');
     }

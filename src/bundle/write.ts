@@ -7,6 +7,7 @@ import { TarPacker } from '../tar/pack.js';
 import type { ImageSource, SourceImage, SourceLayer } from '../sources/source.js';
 import { VERSION } from '../version.js';
 import { checkChains } from '../inject/plan.js';
+import { checkLayerDepths } from '../engine/limits.js';
 import {
   FORMAT,
   FORMAT_VERSION,
@@ -52,6 +53,7 @@ export function contentOrderOf(source: ImageSource, chainIds: readonly string[])
 }
 
 export async function planBundle(source: ImageSource, images: readonly SourceImage[]): Promise<{ manifest: BundleManifest; layers: SourceLayer[] }> {
+  checkLayerDepths(images, source.description);
   const layers: SourceLayer[] = [];
   const order = contentOrderOf(source, layersOf(images));
   source.prefetch?.(order);

@@ -3,10 +3,11 @@
  * a directory holding an engine data root, a bundle file, a tarball of a device's data root
  * (plain or compressed), a live device (ssh://…), or a registry (`--from registry`, docker://…).
  */
-import { createWriteStream, promises as fs } from 'node:fs';
+import { constants, createWriteStream, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { describeKind } from '../fsx/beneath.js';
 import { BundleSource } from '../bundle/read.js';
 import { MANIFEST_NAME } from '../bundle/format.js';
 import { EngineRootSource } from '../sources/engine-root.js';
@@ -121,7 +122,9 @@ export async function sniff(file: string): Promise<SourceKind> {
       throw new Error(`${file}: no such file or directory`);
     }
     if (st.isDirectory()) return (await isImageArchiveDir(file)) ? 'docker-archive' : 'engine-root';
-    const fh = await fs.open(file, 'r');
+    // A FIFO would block the open (and be read twice), a device never ends: only regular files.
+    if (!st.isFile()) throw new Error(`${file} is ${describeKind(st)}, not a regular file or directory; give a file, or - to read standard input`);
+    const fh = await fs.open(file, constants.O_RDONLY | constants.O_NONBLOCK);
     try {
       const buf = Buffer.alloc(HEAD);
       const { bytesRead } = await fh.read(buf, 0, HEAD, 0);

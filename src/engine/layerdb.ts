@@ -24,7 +24,7 @@ export function parseLayerFiles(
   const parent = text('parent');
   if (diffId === undefined || !isDigest(diffId)) throw new Error(`${where}: layer ${chainId} has no valid diff file`);
   if (size === undefined || !/^\d+$/.test(size)) throw new Error(`${where}: layer ${chainId} has no valid size file`);
-  if (cacheId === undefined || !/^[A-Za-z0-9_.-]+$/.test(cacheId)) throw new Error(`${where}: layer ${chainId} has no valid cache-id file`);
+  if (cacheId === undefined || !/^[A-Za-z0-9_.-]+$/.test(cacheId) || cacheId === '.' || cacheId === '..') throw new Error(`${where}: layer ${chainId} has no valid cache-id file`);
   if (parent !== undefined && !isDigest(parent)) throw new Error(`${where}: layer ${chainId} has an invalid parent file`);
   return { chainId, diffId, parent, size: Number(size), cacheId };
 }

@@ -41,3 +41,9 @@ export const MODE = {
   lowerFile: 0o644,
   committed: 0o600,
 } as const;
+
+/**
+ * imagedb/metadata/<id>/lastUpdated: an RFC 3339 time with up to ns, no newline (image/store.go
+ * SetLastUpdated writes time.Now().Format(time.RFC3339Nano); anything else breaks inspect).
+ */
+export const LAST_UPDATED_RE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/;

@@ -3,6 +3,7 @@ import type { ImageSource, SourceImage } from '../sources/source.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 import { contentOrderOf, layersOf } from '../bundle/write.js';
 import { Undo, applyPlan, type InjectProgress, type UndoSteps } from './apply.js';
+import { checkLayerDepths } from '../engine/limits.js';
 import { checkChains, planChangesNothing, planInjection, type InjectPlan } from './plan.js';
 import { TargetStore } from './target-store.js';
 import { verifyEngineRoot } from '../verify/verify.js';
@@ -43,6 +44,7 @@ export async function planFor(
   /** Counts are wanted only as estimates; size and tar-split may come after the items (no disk to grow, no dry run). */
   streamed = false,
 ): Promise<{ plan: InjectPlan; store: TargetStore }> {
+  checkLayerDepths(images, source.description);
   const store = await TargetStore.read(writer, prefix);
   const layers = [];
   // Layers the target has (same ChainID) are looked at without counts: a registry source

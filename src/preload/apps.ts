@@ -3,7 +3,8 @@
  * the source (the supervisor's lookup), and make sure every service image will resolve in
  * the target the way the supervisor looks it up — or refuse before anything is written.
  */
-import { promises as fs } from 'node:fs';
+import { readNamedFile } from '../fsx/beneath.js';
+import { LIMITS } from '../engine/limits.js';
 import { randomBytes } from 'node:crypto';
 import { normalizeTargetState, serializeAppsJson, serviceImages, type AppsJson } from '../balena/apps-json.js';
 import { lookupLikeSupervisor, planReferences, type ImageStoreView } from '../balena/image-lookup.js';
@@ -14,12 +15,7 @@ import type { UndoSteps } from '../inject/apply.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 
 export async function readApps(file: string, options: { pinDevice?: boolean } = {}): Promise<AppsJson> {
-  let text: string;
-  try {
-    text = await fs.readFile(file, 'utf8');
-  } catch (e) {
-    throw new Error(`--apps ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
-  }
+  const text = readNamedFile(file, LIMITS.appsJson, `--apps ${file}`).toString('utf8');
   let json: unknown;
   try {
     json = JSON.parse(text);

@@ -1,15 +1,18 @@
 /**
  * The worker thread behind readDiffTree (diff-tree.ts). A walk starts with
- * { start: { root, maxEntries, maxBytes }, id }; each { id } then asks for the next batch of
- * entries (small files with their content), answered { id, items } (empty at the end) or
- * { id, error }. The worker is reused for the next walk; requests of an earlier walk are ignored.
+ * { start: { root, rel, maxEntries, maxBytes }, id }; each { id } then asks for the next batch
+ * of entries (small files with their content), answered { id, items } (empty at the end) or
+ * { id, error }; { id, close: true } stops it (its directories closed), answered
+ * { id, closed: true }. The worker is reused for the next walk; requests of an earlier walk
+ * are ignored.
  */
 import { parentPort } from 'node:worker_threads';
 import { DiffTreeWalker } from './diff-tree.js';
 
 interface Request {
   id: number;
-  start?: { root: string; maxEntries: number; maxBytes: number };
+  start?: { root: string; rel: string; maxEntries: number; maxBytes: number };
+  close?: boolean;
 }
 
 let walker: DiffTreeWalker | undefined;
@@ -19,17 +22,29 @@ let failed = false;
 
 parentPort?.on('message', (m: Request) => {
   if (m.start) {
+    walker?.close();
     session = m.id;
-    walker = new DiffTreeWalker(m.start.root);
+    walker = new DiffTreeWalker(m.start.root, m.start.rel);
     limits = m.start;
     failed = false;
     return;
   }
+  if (m.close) {
+    if (m.id === session) {
+      walker?.close();
+      walker = undefined;
+    }
+    parentPort?.postMessage({ id: m.id, closed: true });
+    return;
+  }
   if (m.id !== session || failed || !walker) return;
   try {
-    parentPort?.postMessage({ id: m.id, items: walker.next(limits.maxEntries, limits.maxBytes) });
+    const items = walker.next(limits.maxEntries, limits.maxBytes);
+    if (items.length === 0) walker.close();
+    parentPort?.postMessage({ id: m.id, items });
   } catch (err) {
     failed = true;
+    walker.close();
     parentPort?.postMessage({ id: m.id, error: (err as Error).message });
   }
 });

@@ -7,13 +7,16 @@
  * Order: '.' first, then pre-order (a directory before its contents), names of each
  * directory sorted by byte order. Reading `trusted.*` xattrs needs root.
  */
-import { closeSync, constants, lstatSync, openSync, readSync, readdirSync, readlinkSync } from 'node:fs';
-import * as fs from 'node:fs/promises';
+import { closeSync, fstatSync, lstatSync, read, readSync, readdirSync, readlinkSync } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import * as path from 'node:path';
+import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { fsName, nameFromBytes, type EntryKind, type LayerEntry, type LayerItem } from '../layer/entry.js';
 import { listXattrs } from '../fsx/index.js';
+import { childPath, closeDir, openBelowRoot, openRegularBelow, openRegularIn, openSubdir, type OpenDir } from '../fsx/beneath.js';
+
+const readAsync = promisify(read);
 
 /** Bytes per read of file content: large sequential reads, never the whole file. */
 const CHUNK = 1024 * 1024;
@@ -59,9 +62,16 @@ class FileContent implements AsyncIterable<Buffer> {
   private iterator: AsyncGenerator<Buffer> | undefined;
 
   constructor(
-    private readonly file: string,
+    /** The layer's diff/ directory, held open by readDiffTree. */
+    private readonly diff: OpenDir,
+    /** Layer-relative path. */
+    private readonly rel: string,
     private readonly size: number,
   ) {}
+
+  private get file(): string {
+    return `${this.diff.path}/${this.rel}`;
+  }
 
   [Symbol.asyncIterator](): AsyncIterator<Buffer> {
     if (this.iterator) throw new Error(`${this.file}: content can only be read once`);
@@ -71,17 +81,16 @@ class FileContent implements AsyncIterable<Buffer> {
 
   private async *read(): AsyncGenerator<Buffer> {
     if (this.size === 0) return;
-    if (this.size <= SMALL_FILE) {
-      yield readWhole(this.file, this.size);
-      return;
-    }
-    const handle = await fs.open(fsName(this.file), constants.O_RDONLY | constants.O_NOFOLLOW);
+    // Opened again below diff/, never through a symlink, and only as a regular file.
+    const opened = openRegularBelow(this.diff, fsName(this.rel), this.diff.path);
+    if (!opened) throw new Error(`${this.file} disappeared while being read: is something writing to this layer?`);
+    const fd = opened.fd;
     // Double buffering: the next read is in flight while the consumer writes this chunk.
     const readAt = async (pos: number): Promise<Buffer> => {
       const buf = Buffer.allocUnsafe(Math.min(CHUNK, this.size - pos));
       let done = 0;
       while (done < buf.length) {
-        const { bytesRead } = await handle.read(buf, done, buf.length - done, pos + done);
+        const { bytesRead } = await readAsync(fd, buf, done, buf.length - done, pos + done);
         if (bytesRead === 0) {
           throw new Error(`${this.file} shrank while being read (${pos + done} of ${this.size} bytes): is something writing to this layer?`);
         }
@@ -104,7 +113,7 @@ class FileContent implements AsyncIterable<Buffer> {
     } finally {
       // Never close under a read still in flight (the consumer stopped early).
       if (pending) await pending.catch(() => undefined);
-      await handle.close();
+      closeSync(fd);
     }
   }
 
@@ -114,12 +123,13 @@ class FileContent implements AsyncIterable<Buffer> {
 }
 
 /** A symlink's target as a name (bytes kept, src/layer/entry.ts). */
-function readlinkName(file: string): string {
-  return nameFromBytes(readlinkSync(fsName(file), { encoding: 'buffer' }));
+function readlinkName(at: string | Buffer): string {
+  return nameFromBytes(readlinkSync(at, { encoding: 'buffer' }));
 }
 
 interface Frame {
-  abs: string;
+  /** The directory, held open while its entries are read. */
+  dir: OpenDir;
   /** '' for the layer root, else the directory's layer-relative path. */
   rel: string;
   names: string[];
@@ -127,8 +137,8 @@ interface Frame {
 }
 
 /** The names in a directory in byte order (bytes kept, src/layer/entry.ts). */
-function sortedNames(dir: string): string[] {
-  const raw = readdirSync(fsName(dir), { encoding: 'buffer' });
+function sortedNames(dir: OpenDir): string[] {
+  const raw = readdirSync(childPath(dir, '.'), { encoding: 'buffer' });
   raw.sort(Buffer.compare);
   return raw.map((name) => nameFromBytes(name));
 }
@@ -136,8 +146,6 @@ function sortedNames(dir: string): string[] {
 /** One entry as the walker produces it: small files carry their whole content. */
 export interface WalkedItem {
   entry: LayerEntry;
-  /** Absolute path (large regular files are read from it when consumed). */
-  abs: string;
   /** The content of a regular file of at most SMALL_FILE bytes. */
   data?: Uint8Array;
 }
@@ -149,13 +157,27 @@ export interface WalkedItem {
  */
 export class DiffTreeWalker {
   private readonly firstPath = new Map<string, string>();
-  private stack: Frame[] | undefined;
+  private stack: Frame[] = [];
   private rootDone = false;
 
-  constructor(private readonly root: string) {}
+  /**
+   * `root` is the directory the user named (followed if a symlink: their choice); `rel`, the
+   * diff/ directory below it, is opened one component at a time, never through a symlink,
+   * and so is everything in it (fsx/beneath.ts).
+   */
+  constructor(
+    private readonly root: string,
+    private readonly rel: string = '',
+  ) {}
 
-  private item(abs: string, rel: string, st: BigIntStats): WalkedItem {
-    const kind = kindOf(st, abs);
+  private get where(): string {
+    return this.rel ? `${this.root}/${this.rel}` : this.root;
+  }
+
+  private item(dir: OpenDir, name: string, rel: string, st: BigIntStats): WalkedItem {
+    const at = childPath(dir, fsName(name));
+    const shown = `${dir.path}/${name}`;
+    const kind = kindOf(st, shown);
     const base = {
       path: rel,
       mode: Number(st.mode & 0o7777n),
@@ -168,26 +190,26 @@ export class DiffTreeWalker {
       const key = `${st.dev}:${st.ino}`;
       const first = this.firstPath.get(key);
       // A later name of an inode already yielded: its data and attributes are the first one's.
-      if (first !== undefined) return { abs, entry: { ...base, kind: 'hardlink', size: 0, linkTarget: first, xattrs: [] } };
+      if (first !== undefined) return { entry: { ...base, kind: 'hardlink', size: 0, linkTarget: first, xattrs: [] } };
       this.firstPath.set(key, rel);
     }
-    const entry: LayerEntry = { ...base, kind, size: 0, xattrs: listXattrs(fsName(abs)) };
+    const entry: LayerEntry = { ...base, kind, size: 0, xattrs: listXattrs(at) };
     switch (kind) {
       case 'file':
         entry.size = Number(st.size);
-        return entry.size > 0 && entry.size <= SMALL_FILE ? { abs, entry, data: readWhole(abs, entry.size) } : { abs, entry };
+        return entry.size > 0 && entry.size <= SMALL_FILE ? { entry, data: readWhole(dir, name, rel, entry.size, st) } : { entry };
       case 'symlink':
-        entry.linkTarget = readlinkName(abs);
-        return { abs, entry };
+        entry.linkTarget = readlinkName(at);
+        return { entry };
       case 'char-device':
       case 'block-device': {
         const { major, minor } = deviceNumbers(st.rdev);
         entry.devMajor = major;
         entry.devMinor = minor;
-        return { abs, entry };
+        return { entry };
       }
       default:
-        return { abs, entry };
+        return { entry };
     }
   }
 
@@ -197,56 +219,112 @@ export class DiffTreeWalker {
     let bytes = 0;
     if (!this.rootDone) {
       this.rootDone = true;
-      let rootSt: BigIntStats;
+      let dir: OpenDir | undefined;
       try {
-        rootSt = lstatSync(fsName(this.root), { bigint: true });
+        dir = openBelowRoot(this.root, this.rel, this.root);
       } catch (err) {
-        throw new Error(`cannot read the layer directory ${this.root}: ${(err as Error).message}`);
+        throw new Error(`cannot read the layer directory ${this.where}: ${(err as Error).message}`);
       }
-      if (!rootSt.isDirectory()) throw new Error(`${this.root} is not a directory (expected a layer's diff/ directory)`);
-      out.push(this.item(this.root, '.', rootSt));
-      this.stack = [{ abs: this.root, rel: '', names: sortedNames(this.root), next: 0 }];
+      if (!dir) throw new Error(`${this.where} is not a directory (expected a layer's diff/ directory)`);
+      this.stack = [{ dir, rel: '', names: [], next: 0 }];
+      out.push(this.item(dir, '.', '.', fstatSync(dir.fd, { bigint: true })));
+      this.stack[0].names = sortedNames(dir);
     }
-    const stack = this.stack as Frame[];
+    const stack = this.stack;
     while (stack.length > 0 && out.length < maxEntries && bytes < maxBytes) {
       const frame = stack[stack.length - 1];
       if (frame.next >= frame.names.length) {
         stack.pop();
+        closeDir(frame.dir);
         continue;
       }
       const name = frame.names[frame.next++];
-      const abs = `${frame.abs}/${name}`;
       const rel = frame.rel === '' ? name : `${frame.rel}/${name}`;
-      const it = this.item(abs, rel, lstatSync(fsName(abs), { bigint: true }));
+      const st = lstatSync(childPath(frame.dir, fsName(name)), { bigint: true });
+      const it = this.item(frame.dir, name, rel, st);
       out.push(it);
       bytes += it.data?.length ?? 0;
-      if (it.entry.kind === 'directory') stack.push({ abs, rel, names: sortedNames(abs), next: 0 });
+      if (it.entry.kind === 'directory') {
+        const dir = openSubdir(frame.dir, fsName(name), st, this.where);
+        stack.push({ dir, rel, names: [], next: 0 });
+        stack[stack.length - 1].names = sortedNames(dir);
+      }
     }
     return out;
   }
+
+  /** Closes the directories still open (a walk stopped midway, or failed). */
+  close(): void {
+    for (const f of this.stack.splice(0)) closeDir(f.dir);
+  }
 }
 
-function readWhole(file: string, size: number): Buffer {
+/** A small regular file whole: opened without following a symlink, never a FIFO or device, and the inode lstat saw. */
+function readWhole(dir: OpenDir, name: string, rel: string, size: number, expect: BigIntStats): Buffer {
+  const opened = openRegularIn(dir, fsName(name), fsName(rel), dir.path);
+  if (!opened) throw new Error(`${dir.path}/${name} disappeared while being read: is something writing to this layer?`);
   const buf = Buffer.allocUnsafe(size);
-  const fd = openSync(fsName(file), constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
+    const st = fstatSync(opened.fd, { bigint: true });
+    if (st.ino !== expect.ino || st.dev !== expect.dev) throw new Error(`${dir.path}/${name} changed while being read: is something writing to this layer?`);
     let done = 0;
     while (done < size) {
-      const n = readSync(fd, buf, done, size - done, null);
-      if (n === 0) throw new Error(`${file} shrank while being read (${done} of ${size} bytes): is something writing to this layer?`);
+      const n = readSync(opened.fd, buf, done, size - done, null);
+      if (n === 0) throw new Error(`${dir.path}/${name} shrank while being read (${done} of ${size} bytes): is something writing to this layer?`);
       done += n;
     }
   } finally {
-    closeSync(fd);
+    closeSync(opened.fd);
   }
   return buf;
+}
+
+/**
+ * Inodes and content bytes of a layer's diff/ (readdir and lstat only), every directory opened
+ * as the walker opens them. Synchronous calls: for tens of thousands of tiny lstats a
+ * thread-pool round trip each costs more than the call.
+ */
+export function countDiffTree(root: string, rel: string): { entries: number; bytes: number } {
+  const top = openBelowRoot(root, rel, root);
+  if (!top) throw new Error(`${root}/${rel} is not a directory (expected a layer's diff/ directory)`);
+  let entries = 1;
+  let bytes = 0;
+  const seen = new Set<bigint>();
+  const stack = [top];
+  try {
+    while (stack.length > 0) {
+      const d = stack.pop() as OpenDir;
+      try {
+        for (const name of readdirSync(childPath(d, '.'), { encoding: 'buffer' })) {
+          entries++;
+          const st = lstatSync(childPath(d, name), { bigint: true });
+          if (st.isDirectory()) stack.push(openSubdir(d, name, st, root));
+          else if (st.isFile()) {
+            if (st.nlink > 1n) {
+              if (seen.has(st.ino)) continue;
+              seen.add(st.ino);
+            }
+            bytes += Number(st.size);
+          }
+        }
+      } finally {
+        closeDir(d);
+      }
+    }
+  } finally {
+    for (const d of stack) closeDir(d);
+  }
+  return { entries, bytes };
 }
 
 /** Entries and content bytes per batch a worker sends; two batches are asked for ahead. */
 const BATCH_ENTRIES = 512;
 const BATCH_BYTES = 4 << 20;
 
-type WorkerReply = { id: number; items: WalkedItem[]; error?: undefined } | { id: number; error: string; items?: undefined };
+type WorkerReply =
+  | { id: number; items: WalkedItem[]; error?: undefined; closed?: undefined }
+  | { id: number; error: string; items?: undefined; closed?: undefined }
+  | { id: number; closed: true; items?: undefined; error?: undefined };
 
 /**
  * Workers that finished a walk, kept for the next one (starting a worker costs ~30 ms, which
@@ -257,7 +335,7 @@ const idleWorkers: Worker[] = [];
 let sessions = 0;
 
 /** Batches from a walker in a worker thread, two asked for ahead of the consumer. */
-async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
+async function* workerBatches(root: string, rel: string): AsyncGenerator<WalkedItem[]> {
   const worker = idleWorkers.pop() ?? new Worker(path.join(__dirname, 'diff-tree-worker.js'));
   worker.ref();
   const id = ++sessions;
@@ -265,9 +343,11 @@ async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
   let wake: (() => void) | undefined;
   let failure: Error | undefined;
   let finished = false;
+  let closed = false;
   const onMessage = (m: WorkerReply): void => {
     if (m.id !== id) return; // a late answer to a 'more' of an earlier walk
-    replies.push(m);
+    if (m.closed) closed = true;
+    else replies.push(m);
     wake?.();
   };
   const onError = (e: Error): void => {
@@ -282,7 +362,7 @@ async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
   worker.on('error', onError);
   worker.on('exit', onExit);
   try {
-    worker.postMessage({ start: { root, maxEntries: BATCH_ENTRIES, maxBytes: BATCH_BYTES }, id });
+    worker.postMessage({ start: { root, rel, maxEntries: BATCH_ENTRIES, maxBytes: BATCH_BYTES }, id });
     worker.postMessage({ id });
     worker.postMessage({ id });
     for (;;) {
@@ -293,6 +373,7 @@ async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
       }
       const reply = replies.shift() as WorkerReply;
       if (reply.error !== undefined) throw new Error(reply.error);
+      if (!reply.items) continue;
       if (reply.items.length === 0) {
         finished = true;
         return;
@@ -301,6 +382,16 @@ async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
       yield reply.items;
     }
   } finally {
+    if (!finished && !failure) {
+      // Stopped midway: the walker holds directories open (descriptors are the process's, a
+      // terminated thread would leak them). Ask it to close them, then reuse the worker.
+      worker.postMessage({ id, close: true });
+      while (!closed && !failure) {
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+      finished = closed;
+    }
     worker.off('message', onMessage);
     worker.off('error', onError);
     worker.off('exit', onExit);
@@ -308,45 +399,64 @@ async function* workerBatches(root: string): AsyncGenerator<WalkedItem[]> {
       worker.unref();
       idleWorkers.push(worker);
     } else {
-      // Stopped midway (or failed): its walk state is of no use to anyone.
+      // Failed: its walk state is of no use to anyone (the worker closed its directories).
       await worker.terminate();
     }
   }
 }
 
 /** The same batches in this thread (reading and writing then share one core). */
-async function* localBatches(root: string): AsyncGenerator<WalkedItem[]> {
-  const walker = new DiffTreeWalker(root);
-  for (;;) {
-    const items = walker.next(BATCH_ENTRIES, BATCH_BYTES);
-    if (items.length === 0) return;
-    yield items;
+async function* localBatches(root: string, rel: string): AsyncGenerator<WalkedItem[]> {
+  const walker = new DiffTreeWalker(root, rel);
+  try {
+    for (;;) {
+      const items = walker.next(BATCH_ENTRIES, BATCH_BYTES);
+      if (items.length === 0) return;
+      yield items;
+    }
+  } finally {
+    walker.close();
   }
 }
 
 /**
- * Walks `root` (a layer's diff/ directory) and yields every entry; see the file comment for
- * the order. The walk and the reading of small files run in a worker thread unless
- * `inThread` is set; files over SMALL_FILE bytes are streamed here when consumed.
+ * Walks `rel` below `root` (a layer's diff/ directory; `root` is what the user named, `rel`
+ * is never followed through a symlink, see DiffTreeWalker) and yields every entry; see the
+ * file comment for the order. The walk and the reading of small files run in a worker thread
+ * unless `inThread` is set; files over SMALL_FILE bytes are streamed here when consumed.
  */
-export async function* readDiffTree(root: string, options: { inThread?: boolean } = {}): AsyncIterable<LayerItem> {
-  const batches = options.inThread || process.env.TRANSPLANT_READ_IN_THREAD === '1' ? localBatches(root) : workerBatches(root);
-  for await (const items of batches) {
-    for (const { entry, abs, data } of items) {
-      // Structured cloning turns Buffers into plain Uint8Arrays: view them as Buffers again.
-      for (const x of entry.xattrs) x.value = asBuffer(x.value);
-      if (entry.kind !== 'file') {
-        yield { entry };
-        continue;
-      }
-      const content = data ? new Whole(asBuffer(data)) : new FileContent(abs, entry.size);
-      try {
-        yield { entry, content };
-      } finally {
-        // The consumer asked for the next entry (or stopped): never leave a file open behind it.
-        if (content instanceof FileContent) await content.abandon();
+export async function* readDiffTree(root: string, options: { inThread?: boolean; rel?: string } = {}): AsyncIterable<LayerItem> {
+  const rel = options.rel ?? '';
+  const inThread = options.inThread || process.env.TRANSPLANT_READ_IN_THREAD === '1';
+  const batches = inThread ? localBatches(root, rel) : workerBatches(root, rel);
+  // Large files are opened here, below this directory (held open for the walk).
+  let diff: OpenDir | undefined;
+  try {
+    for await (const items of batches) {
+      for (const { entry, data } of items) {
+        // Structured cloning turns Buffers into plain Uint8Arrays: view them as Buffers again.
+        for (const x of entry.xattrs) x.value = asBuffer(x.value);
+        if (entry.kind !== 'file') {
+          yield { entry };
+          continue;
+        }
+        let content: Whole | FileContent;
+        if (data) content = new Whole(asBuffer(data));
+        else {
+          diff ??= openBelowRoot(root, rel, root);
+          if (!diff) throw new Error(`${root}/${rel} disappeared while being read: is something writing to this layer?`);
+          content = new FileContent(diff, entry.path, entry.size);
+        }
+        try {
+          yield { entry, content };
+        } finally {
+          // The consumer asked for the next entry (or stopped): never leave a file open behind it.
+          if (content instanceof FileContent) await content.abandon();
+        }
       }
     }
+  } finally {
+    closeDir(diff);
   }
 }
 

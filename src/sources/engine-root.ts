@@ -2,15 +2,14 @@
  * An engine data root in a host directory: /var/lib/docker, a mounted resin-data (`docker/`),
  * or a copied root file system (`var/lib/docker/`). Read only; nothing is ever written here.
  */
-import { lstatSync, promises as fs, readdirSync } from 'node:fs';
-import * as path from 'node:path';
+import { promises as fs } from 'node:fs';
 import type { LayerItem } from '../layer/entry.js';
 import { chainIds, sha256Digest } from '../engine/digest.js';
-import { IMAGEDB_CONTENT, IMAGEDB_METADATA, REPOSITORIES, cacheDir, diffDir, layerDir } from '../engine/layout.js';
+import { LAST_UPDATED_RE, IMAGEDB_CONTENT, IMAGEDB_METADATA, REPOSITORIES, cacheDir, diffDir, layerDir } from '../engine/layout.js';
 import { parseLayerFiles } from '../engine/layerdb.js';
 import { parseRepositories, referencesOf, type Repositories } from '../engine/repositories.js';
 import { HostReader, type StoreReader } from './store-reader.js';
-import { readDiffTree } from './diff-tree.js';
+import { countDiffTree, readDiffTree } from './diff-tree.js';
 import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
 
 const CANDIDATES = ['', 'docker', 'var/lib/docker', 'balena-engine', 'var/lib/balena-engine'];
@@ -18,7 +17,11 @@ const CANDIDATES = ['', 'docker', 'var/lib/docker', 'balena-engine', 'var/lib/ba
 /** Finds the engine data root inside a tree (itself, docker/, var/lib/docker/ …), as a relative path. */
 export async function findEngineRoot(reader: StoreReader): Promise<string | undefined> {
   for (const c of CANDIDATES) {
-    if ((await reader.kindOf(c ? `${c}/image/overlay2` : 'image/overlay2')) === 'directory') return c;
+    const p = c ? `${c}/image/overlay2` : 'image/overlay2';
+    const kind = await reader.kindOf(p);
+    if (kind === 'directory') return c;
+    // The engine's own directories are never symlinks: one here could lead anywhere.
+    if (kind === 'symlink') throw new Error(`${reader.description}: ${p} is a symlink, never followed (nothing under a data root is read through a symlink)`);
   }
   return undefined;
 }
@@ -32,8 +35,8 @@ export class EngineRootSource implements ImageSource {
     private readonly reader: StoreReader,
     /** The engine root inside the reader ('' when the reader is rooted at it). */
     readonly prefix: string,
-    /** Where diff/ trees can be read on the host, when they can. */
-    private readonly hostRoot?: string,
+    /** The host directory the user named, when diff/ trees can be read there (below it, never through a symlink). */
+    private readonly hostTop?: string,
   ) {}
 
   /** A host directory: an engine root, or one holding it as docker/ or var/lib/docker/. */
@@ -51,7 +54,7 @@ export class EngineRootSource implements ImageSource {
       throw new Error(`reading the engine data root in ${dir} needs root (its files carry trusted.* xattrs and foreign owners); run as root, or make a tarball of it as root and use that`);
     }
     const source = await EngineRootSource.over(new HostReader(dir), dir);
-    return new EngineRootSource(dir, source.reader, source.prefix, path.join(dir, source.prefix));
+    return new EngineRootSource(dir, source.reader, source.prefix, dir);
   }
 
   /** Any tree (e.g. the resin-data file system of a disk image); metadata only. */
@@ -89,7 +92,9 @@ export class EngineRootSource implements ImageSource {
       } catch {
         continue;
       }
-      const lastUpdated = (await this.reader.readFile(this.at(`${IMAGEDB_METADATA}/${hex}/lastUpdated`)))?.toString('utf8');
+      // Carried only in the engine's form: a malformed one would break docker image inspect on the target.
+      const stamp = (await this.reader.readFile(this.at(`${IMAGEDB_METADATA}/${hex}/lastUpdated`)))?.toString('utf8');
+      const lastUpdated = stamp !== undefined && LAST_UPDATED_RE.test(stamp) ? stamp : undefined;
       out.push({
         id,
         config,
@@ -122,52 +127,23 @@ export class EngineRootSource implements ImageSource {
         throw new Error(`${this.description}: layer ${chainId} has no data (${dir} is ${kind === undefined ? 'missing' : kind === 'symlink' ? 'a symlink, never followed' : 'not a directory'})`);
       }
     }
-    const counts = options.counts ? await countTree(this.hostDiff(record.cacheId)) : {};
+    const counts = options.counts ? countDiffTree(this.hostRootDir(), this.at(diffDir(record.cacheId))) : {};
     return { ...record, link, tarSplit: await read('tar-split.json.gz'), ...counts };
   }
 
-  private hostDiff(cacheId: string): string {
-    if (!this.hostRoot) throw new Error(`${this.description}: reading layer files from here is not supported`);
-    return path.join(this.hostRoot, diffDir(cacheId));
+  private hostRootDir(): string {
+    if (!this.hostTop) throw new Error(`${this.description}: reading layer files from here is not supported`);
+    return this.hostTop;
   }
 
   async *layerItems(chainId: string): AsyncIterable<LayerItem> {
-    const cacheId = (await this.reader.readFile(this.at(`${layerDir(chainId)}/cache-id`)))?.toString('utf8');
-    if (!cacheId) throw new Error(`${this.description}: layer ${chainId} has no cache-id`);
-    yield* readDiffTree(this.hostDiff(cacheId));
+    // Through layer(): the cache-id checked, overlay2/<cacheId>/diff a directory, not a symlink.
+    const { cacheId } = await this.layer(chainId);
+    const top = this.hostRootDir();
+    yield* readDiffTree(top, { rel: this.at(diffDir(cacheId as string)) });
   }
 
   async close(): Promise<void> {
     /* nothing held open */
   }
 }
-
-/**
- * Inodes and content bytes under a directory (readdir and lstat only). Synchronous calls: for
- * tens of thousands of tiny lstats a thread-pool round trip each costs more than the call.
- */
-async function countTree(dir: string): Promise<{ entries: number; bytes: number }> {
-  let entries = 1;
-  let bytes = 0;
-  const seen = new Set<bigint>();
-  // Names as bytes: a name need not be UTF-8 (src/layer/entry.ts).
-  const stack: Buffer[] = [Buffer.from(dir)];
-  while (stack.length > 0) {
-    const d = stack.pop() as Buffer;
-    for (const dirent of readdirSync(d, { withFileTypes: true, encoding: 'buffer' })) {
-      const p = Buffer.concat([d, Buffer.from('/'), dirent.name]);
-      entries++;
-      if (dirent.isDirectory()) stack.push(p);
-      else if (dirent.isFile()) {
-        const st = lstatSync(p, { bigint: true });
-        if (st.nlink > 1n) {
-          if (seen.has(st.ino)) continue;
-          seen.add(st.ino);
-        }
-        bytes += Number(st.size);
-      }
-    }
-  }
-  return { entries, bytes };
-}
-

@@ -26,6 +26,10 @@ import type { LayerItem } from '../layer/entry.js';
 import { layerEntryFromTar } from '../layer/tar-entry.js';
 import { hexOf } from '../engine/digest.js';
 import { LAYERDB_SHA } from '../engine/layout.js';
+import { LIMITS, metadataLimit } from '../engine/limits.js';
+
+/** Room beyond the tarball's own size for the tar-split spool (gzip of gzip data can grow by a little). */
+const SPOOL_SLACK = 16 << 20;
 import { checkRelativePath } from '../bundle/read.js';
 import { TarParser, type TarEntry } from '../tar/parse.js';
 import { decompress, detectCompression, type Compression } from '../stream/decompress.js';
@@ -41,7 +45,6 @@ const META_RE =
 /** overlay2/<cacheId>/link and lower (daemon/graphdriver/overlay2/overlay.go). */
 const OVERLAY_META_RE = /^((?:[^/]+\/)*?)(overlay2\/[^/]+\/(?:link|lower))$/;
 
-const MAX_META_FILE = 64 << 20;
 
 interface LayerStats {
   /** Ordinal of the first and last tar entry of this diff/ tree. */
@@ -81,6 +84,10 @@ export class RootfsTarballSource implements ImageSource {
   private readonly chainFirst = new Map<string, number>();
   private spool?: fs.FileHandle;
   private spoolSize = 0;
+  /** Bytes of metadata held in memory (bounded by LIMITS.heldMetadata). */
+  private held = 0;
+  /** The tarball's size on disk: the spool can never need more (see spoolFile). */
+  private inputSize = 0;
   private closed = false;
 
   private constructor(
@@ -116,6 +123,7 @@ export class RootfsTarballSource implements ImageSource {
         await fh.close();
       }
       const source = new RootfsTarballSource(description, input, detectCompression(head), tmp);
+      source.inputSize = (await fs.stat(input)).size;
       try {
         await source.firstPass();
       } catch (e) {
@@ -154,19 +162,36 @@ export class RootfsTarballSource implements ImageSource {
     }
   }
 
-  private async readSmall(e: TarEntry, name: string): Promise<Buffer> {
-    if (e.header.size > MAX_META_FILE) throw new Error(`${this.description}: ${name} is ${e.header.size} bytes, too large for an engine metadata file`);
+  /** An engine metadata file, held in memory: bounded by its own limit and by all metadata held. */
+  private async readSmall(e: TarEntry, name: string, rel: string): Promise<Buffer> {
+    const limit = metadataLimit(rel);
+    if (e.header.size > limit.bytes) throw new Error(`${this.description}: ${name} is ${e.header.size} bytes, more than ${limit.name}`);
+    this.held += e.header.size;
+    if (this.held > LIMITS.heldMetadata.bytes) throw new Error(`${this.description}: its engine metadata files together are more than ${LIMITS.heldMetadata.name}`);
     const parts: Buffer[] = [];
     for await (const c of this.guarded(e.content)) parts.push(c);
     return Buffer.concat(parts);
   }
 
-  /** Copies a tar-split file to the spool; returns a loader for it. */
-  private async spoolFile(e: TarEntry): Promise<() => Promise<Buffer>> {
+  /**
+   * Copies a tar-split file to the spool; returns a loader for it. Bounded: each by its limit,
+   * all together by the tarball's own size (a tar-split.json.gz is gzip data, which no
+   * compression of the tarball makes smaller, so a real data root's tar-splits always fit in
+   * it: more is a bomb, which must not fill TMPDIR).
+   */
+  private async spoolFile(e: TarEntry, name: string): Promise<() => Promise<Buffer>> {
+    if (e.header.size > LIMITS.tarSplit.bytes) throw new Error(`${this.description}: ${name} is ${e.header.size} bytes, more than ${LIMITS.tarSplit.name}`);
+    const room = this.inputSize + SPOOL_SLACK;
+    if (this.spoolSize + e.header.size > room) {
+      throw new Error(`${this.description}: its tar-split files hold more than the tarball itself (${this.inputSize} bytes) could if they were real gzip data: refused before TMPDIR fills up`);
+    }
     this.spool ??= await fs.open(path.join(this.tmp, 'tar-split.spool'), 'w+', 0o600);
     const fh = this.spool;
     const offset = this.spoolSize;
+    let first = true;
     for await (const c of this.guarded(e.content)) {
+      if (first && c.length >= 2 && (c[0] !== 0x1f || c[1] !== 0x8b)) throw new Error(`${this.description}: ${name} is not gzip data (a tar-split.json.gz always is)`);
+      first = false;
       await fh.write(c, 0, c.length, this.spoolSize);
       this.spoolSize += c.length;
     }
@@ -235,8 +260,8 @@ export class RootfsTarballSource implements ImageSource {
         if (!meta) continue;
         const [, prefix, rel] = meta as unknown as [string, string, string];
         const r = rootOf(prefix);
-        if (rel.endsWith('/tar-split.json.gz')) r.reader.addFile(rel, await this.spoolFile(e));
-        else r.reader.addFile(rel, await this.readSmall(e, name));
+        if (rel.endsWith('/tar-split.json.gz')) r.reader.addFile(rel, await this.spoolFile(e, name));
+        else r.reader.addFile(rel, await this.readSmall(e, name, rel));
         if (rel.startsWith('image/')) r.hasMetadata = true;
       }
       if (parser.trailer.length === 0 && index > 0) {

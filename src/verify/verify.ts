@@ -20,22 +20,27 @@
  * from the bundle's) and hashed against its DiffID.
  */
 import { nameFromBytes } from '../layer/entry.js';
-import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, read, promises as fs } from 'node:fs';
+import { promisify } from 'node:util';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { chainIds as chainIdsOf, sha256Digest } from '../engine/digest.js';
-import { IMAGEDB_CONTENT, IMAGEDB_METADATA, LAYERDB_SHA, LINKS, REPOSITORIES, cacheDir, diffDir, layerDir, linkPath, linkTarget } from '../engine/layout.js';
+import { LAST_UPDATED_RE, IMAGEDB_CONTENT, IMAGEDB_METADATA, LAYERDB_SHA, LINKS, REPOSITORIES, cacheDir, diffDir, layerDir, linkPath, linkTarget } from '../engine/layout.js';
 import { parseLayerFiles, type LayerRecord } from '../engine/layerdb.js';
 import { parseRepositories, type Repositories } from '../engine/repositories.js';
 import { FILE, TarSplitFileError, assembledDigest, cleanTarPath, readTarSplit, type FileOpener } from '../engine/tar-split.js';
 import { selectImages } from '../selection/select.js';
+import { layerDepthProblem } from '../engine/limits.js';
 import { configPlatform, type SourceImage } from '../sources/source.js';
 import type { StoreReader } from '../sources/store-reader.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 import type { BundleSource } from '../bundle/read.js';
 import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from '../sources/layer-tar.js';
+import { UnsafeSourcePath, childPath, closeDir, lstatBelow, openBelowRoot, openRegularBelow, withTop } from '../fsx/beneath.js';
+
+const readAsync = promisify(read);
 
 export interface VerifyReport {
   /** What was checked, for messages. */
@@ -73,30 +78,75 @@ export interface VerifyOptions {
 
 const MAX_PROBLEMS_PER_LAYER = 5;
 
-/** Host access for a reader rooted at a host directory (HostReader has `root`). */
+/**
+ * Host access for a reader rooted at a host directory (HostReader has `root`): every path
+ * opened below it one component at a time, never through a symlink, and only regular files
+ * read (fsx/beneath.ts), as the engine-root source reads them.
+ */
 export function hostFileAccess(root: string): LayerFileAccess {
-  const abs = (rel: Buffer): Buffer => Buffer.concat([Buffer.from(root + '/'), rel]);
   return {
-    open: (rel) => createReadStream(abs(rel), { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>,
+    open: (rel) =>
+      (async function* () {
+        const opened = withTop(root, (top) => openRegularBelow(top, rel, root));
+        if (!opened) throw new Error('no such file');
+        try {
+          for (;;) {
+            const buf = Buffer.allocUnsafe(1 << 20);
+            const { bytesRead } = await readAsync(opened.fd, buf, 0, buf.length, null);
+            if (bytesRead === 0) return;
+            yield buf.subarray(0, bytesRead);
+          }
+        } finally {
+          closeSync(opened.fd);
+        }
+      })(),
     inspect: async (rel) => {
       let st;
       try {
-        st = await fs.lstat(abs(rel), { bigint: true });
-      } catch {
-        return { kind: 'missing' };
+        st = withTop(root, (top) => lstatBelow(top, rel, root));
+      } catch (e) {
+        if (e instanceof UnsafeSourcePath) return { kind: 'symlink' };
+        throw e;
       }
+      if (!st) return { kind: 'missing' };
       if (st.isCharacterDevice()) {
         const { deviceNumbers } = await import('../sources/diff-tree.js');
         return { kind: 'char-device', rdev: deviceNumbers(st.rdev) };
       }
       if (st.isDirectory()) {
         const { listXattrs } = await import('../fsx/index.js');
-        const opaque = listXattrs(abs(rel)).some((x) => x.name === 'trusted.overlay.opaque' && x.value.toString('latin1') === 'y');
-        return { kind: 'directory', opaque };
+        const dir = openBelowRoot(root, rel, root);
+        if (!dir) return { kind: 'missing' };
+        try {
+          const opaque = listXattrs(childPath(dir, '.')).some((x) => x.name === 'trusted.overlay.opaque' && x.value.toString('latin1') === 'y');
+          return { kind: 'directory', opaque };
+        } finally {
+          closeDir(dir);
+        }
       }
       return { kind: st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : 'other' };
     },
   };
+}
+
+/**
+ * The reader as verify uses it: what cannot be read (a symlink, a FIFO, a file over its
+ * limit) is a problem of the report, read as missing, never an exception.
+ */
+function tolerant(reader: StoreReader, problems: string[]): StoreReader {
+  const note = (e: unknown): undefined => {
+    const m = (e as Error).message;
+    if (!problems.includes(m)) problems.push(m);
+    return undefined;
+  };
+  return {
+    description: reader.description,
+    readFile: (p) => reader.readFile(p).catch(note),
+    readdir: (p) => reader.readdir(p).catch(note),
+    kindOf: (p) => reader.kindOf(p).catch((e: unknown) => (note(e), 'symlink' as const)),
+    ...(typeof (reader as { root?: unknown }).root === 'string' ? { root: (reader as unknown as { root: string }).root } : {}),
+    ...('readlink' in reader ? { readlink: (reader as Pick<TreeWriter, 'readlink'>).readlink.bind(reader) } : {}),
+  } as StoreReader;
 }
 
 function readerFileAccess(reader: StoreReader): LayerFileAccess {
@@ -133,11 +183,12 @@ function inLayer(name: string): string | undefined {
  * Checks an engine data root (`prefix` inside `reader`, '' when the reader is rooted at it).
  * Never throws for what it finds wrong: every problem is a line of the report.
  */
-export async function verifyEngineRoot(reader: StoreReader, prefix: string, options: VerifyOptions = {}): Promise<VerifyReport> {
+export async function verifyEngineRoot(given: StoreReader, prefix: string, options: VerifyOptions = {}): Promise<VerifyReport> {
   const at = (p: string): string => (prefix ? `${prefix}/${p}` : p);
-  const files = options.files ?? readerFileAccess(reader);
-  const where = reader.description;
+  const files = options.files ?? readerFileAccess(given);
+  const where = given.description;
   const problems: string[] = [];
+  const reader = tolerant(given, problems);
 
   // Images.
   const images: SourceImage[] = [];
@@ -158,7 +209,7 @@ export async function verifyEngineRoot(reader: StoreReader, prefix: string, opti
     }
     // imagedb/metadata/<id>/lastUpdated: RFC 3339 with nanoseconds, no newline (a malformed one breaks docker image inspect).
     const lastUpdated = await reader.readFile(at(`${IMAGEDB_METADATA}/${hex}/lastUpdated`));
-    if (lastUpdated && !/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/.test(lastUpdated.toString('latin1'))) {
+    if (lastUpdated && !LAST_UPDATED_RE.test(lastUpdated.toString('latin1'))) {
       problems.push(`image ${id}: metadata lastUpdated is not an RFC 3339 time without a newline (${JSON.stringify(lastUpdated.toString('latin1').slice(0, 60))})`);
     }
     try {
@@ -188,6 +239,10 @@ export async function verifyEngineRoot(reader: StoreReader, prefix: string, opti
   // Which images and layers to check.
   let selected = images;
   if (options.images && options.images.length > 0) selected = selectImages(options.images, images, where);
+  for (const img of selected) {
+    const deep = layerDepthProblem(img.chainIds.length, img.references[0] ?? img.id);
+    if (deep) problems.push(deep);
+  }
   const wanted = new Set<string>();
   for (const img of selected) for (const c of img.chainIds) wanted.add(c);
   const allLayers = ((await reader.readdir(at(LAYERDB_SHA))) ?? []).filter((h) => /^[0-9a-f]{64}$/.test(h)).map((h) => `sha256:${h}`);
@@ -347,6 +402,10 @@ export async function verifyBundle(bundle: BundleSource, options: VerifyOptions 
   const manifest = bundle.getManifest();
   const images = await bundle.images();
   const selected = options.images && options.images.length > 0 ? selectImages(options.images, images, bundle.description) : images;
+  for (const img of selected) {
+    const deep = layerDepthProblem(img.chainIds.length, img.references[0] ?? img.id);
+    if (deep) problems.push(deep);
+  }
   const wanted = new Set(selected.flatMap((i) => i.chainIds));
   const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-verify-'));
   let layers = 0;

@@ -4,6 +4,7 @@ import { promises as fs } from 'node:fs';
 import { formatBytes, injectImages } from '../../inject/inject.js';
 import type { InjectPlan } from '../../inject/plan.js';
 import { selectImages } from '../../selection/select.js';
+import { checkLayerDepths } from '../../engine/limits.js';
 import type { ImageSource, SourceImage } from '../../sources/source.js';
 import { findLiveEngine } from '../../targets/live-engine.js';
 import { HostTreeWriter } from '../../targets/host-fs.js';
@@ -243,6 +244,8 @@ async function keyfileFrom(opts: InjectCommandOptions): Promise<{ fileName: stri
 }
 
 export async function injectFrom(source: ImageSource, images: SourceImage[], opts: InjectCommandOptions, out: Output, apps?: AppsJson): Promise<void> {
+  // Before the target is opened (a disk image may be copied to --output): nothing written for an image the engine cannot use.
+  checkLayerDepths(images, source.description);
   if (apps && opts.engineRoot) throw new UsageError('--apps writes apps.json at the root of resin-data: use --resin-data or --disk');
   if (opts.resinBoot && opts.disk) throw new UsageError('--resin-boot goes with --resin-data or --engine-root; with --disk, resin-boot inside the image is written');
   const keyfile = await keyfileFrom(opts);
