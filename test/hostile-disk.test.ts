@@ -541,3 +541,45 @@ test('item 13: a lie small enough to pass the size bound is caught when the laye
   assert.equal(sha256File(img), before);
   fs.rmSync(img);
 });
+
+/** Bytes the sparse work copy of `img` takes: its non-zero MiB chunks (src/disk/grow.ts copies MiB by MiB, leaving zero ones as holes). */
+function workCopyBytes(img: string): number {
+  const fd = fs.openSync(img, 'r');
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    let used = 0;
+    for (let at = 0; ; at += buf.length) {
+      const n = fs.readSync(fd, buf, 0, buf.length, at);
+      if (n === 0) return used;
+      if (buf.subarray(0, n).some((b) => b !== 0)) used += buf.length;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+test('item 13: content declared beyond the free space where the work copy lives is refused before the image grows', T, () => {
+  requireTools('mount', 'umount', 'gzip');
+  const { gpt, bundle } = inputs();
+  // 3 MB declared in a gzip'd bundle passes the input-size bound; the output's file system
+  // has room for the work copy and 1 MiB more.
+  const lie = path.join(work, 'lie3m.bundle');
+  rebundle(bundle, lie, 'm["layers"][1]["bytes"] = 3 * 10**6');
+  runOk('gzip', ['-9', '-f', lie]);
+  const img = copyOf(gpt);
+  const before = sha256File(img);
+  const mnt = fs.mkdtempSync(path.join(work, 'small-'));
+  runOk('mount', ['-t', 'tmpfs', '-o', `size=${workCopyBytes(img) + (1 << 20)}`, 'tmpfs', mnt]);
+  try {
+    const out = path.join(mnt, 'out.img');
+    const r = transplant(['inject', `${lie}.gz`, '--disk', img, '--output', out], { timeoutMs: 300_000 });
+    assertOneLineError(r, 'declared content beyond the free space');
+    assert.match(r.stderr, /the planned content takes \d+ bytes, but only \d+ bytes are free in .*small-/);
+    assert.deepEqual(fs.readdirSync(mnt), [], 'no output and no work copy left');
+  } finally {
+    runOk('umount', [mnt]);
+    fs.rmdirSync(mnt);
+  }
+  assert.equal(sha256File(img), before);
+  fs.rmSync(img);
+});
