@@ -452,23 +452,31 @@ for (const [fatName, mib, mkfs] of [
   });
 }
 
-test("the kernel's vfat driver reads back every name and byte the FAT engine wrote (FAT12, FAT16, FAT32)", T, () => {
-  requireTools('mount', 'umount');
-  // Not skipped when missing: a kernel without vfat cannot judge, and says so.
-  assert.match(fs.readFileSync('/proc/filesystems', 'utf8'), /\tvfat\n/, 'this kernel has no vfat support (CONFIG_VFAT_FS): it cannot judge the FAT engine');
+test('another FAT implementation (fusefat, through FUSE) reads back every name and byte the FAT engine wrote (FAT12, FAT16, FAT32)', T, () => {
+  // The judge is fusefat, not the kernel's vfat: this kind of machine's kernel is built without
+  // CONFIG_VFAT_FS (see /proc/filesystems) but has FUSE. fusefat takes a whole file system, so
+  // the partition is copied out of the image first.
+  requireTools('fusefat', 'umount');
   assert.equal(written.length, 3, 'the FAT engine tests ran first');
   for (const { fatName, img, offset, size, expected } of written) {
+    const part = path.join(work, `${fatName}-boot.part`);
+    const fd = fs.openSync(img, 'r');
+    const buf = Buffer.alloc(size);
+    fs.readSync(fd, buf, 0, size, offset);
+    fs.closeSync(fd);
+    fs.writeFileSync(part, buf);
     const mnt = fs.mkdtempSync(path.join(work, 'mnt-'));
-    runOk('mount', ['-t', 'vfat', '-o', `ro,loop,offset=${offset},sizelimit=${size}`, img, mnt]);
+    runOk('fusefat', ['-o', 'ro', part, mnt]);
     try {
-      for (const [rel, data] of expected) assert.deepEqual(fs.readFileSync(path.join(mnt, rel)), data, `${fatName}: kernel ${rel}`);
-      const names = fs.readdirSync(path.join(mnt, 'system-connections'));
+      for (const [rel, data] of expected) assert.deepEqual(fs.readFileSync(path.join(mnt, rel)), data, `${fatName}: fusefat ${rel}`);
+      const names = fs.readdirSync(path.join(mnt, 'system-connections')).filter((n) => n !== '.' && n !== '..');
       assert.equal(names.length, 42, `${fatName}: ${names.join(' ')}`);
       assert.ok(names.includes('static-eth11.nmconnection') && names.includes('connection-number-00-with-a-long-name'), names.join(' '));
       assert.ok(fs.readdirSync(mnt).includes('MixedCase.Name.With.Dots'));
     } finally {
       runOk('umount', [mnt]);
       fs.rmdirSync(mnt);
+      fs.rmSync(part);
     }
   }
 });
