@@ -239,6 +239,42 @@ describe('the ext4 engine: shapes the kernel must read', () => {
     assert.equal(e2fsck(img), '');
   });
 
+  test('a 5 GiB file: 64-bit sizes, extents across many groups, large_file; the kernel reads it back', async () => {
+    const img = mkfs('five-gib.img', 5300, ['-b', '4096', '-O', '^large_file']);
+    const size = 5 * 1024 * MiB + 12345;
+    const w = new Ext4TreeWriter(img, 0);
+    // Every MiB starts with its index, so a misplaced extent shows.
+    async function* content(): AsyncGenerator<Buffer> {
+      const chunk = Buffer.alloc(4 * MiB, 0xa5);
+      for (let pos = 0; pos < size; pos += chunk.length) {
+        const n = Math.min(chunk.length, size - pos);
+        const b = Buffer.from(chunk.subarray(0, n));
+        for (let m = 0; m < n; m += MiB) b.writeUInt32LE((pos + m) / MiB, m);
+        yield b;
+      }
+    }
+    await w.writeEntry('', entry('huge', 'file', { size }), content());
+    await w.close();
+    assert.equal(e2fsck(img), '');
+    assert.match(runOk('dumpe2fs', ['-h', img]).stdout, /features:.*large_file/);
+    const mnt = mount(img);
+    try {
+      const f = path.join(mnt, 'huge');
+      assert.equal(fs.statSync(f).size, size);
+      const fd = fs.openSync(f, 'r');
+      const b = Buffer.alloc(8);
+      for (const mib of [0, 1, 2047, 2048, 4095, 4096, 5119, 5120]) {
+        fs.readSync(fd, b, 0, 8, mib * MiB);
+        assert.equal(b.readUInt32LE(0), mib, `MiB ${mib}`);
+        assert.equal(b[4], 0xa5);
+      }
+      fs.closeSync(fd);
+    } finally {
+      unmount(mnt);
+    }
+    fs.rmSync(img);
+  });
+
   test('inodes running out before blocks: one clear error naming inodes', async () => {
     const img = mkfs('few-inodes.img', 64, ['-b', '4096', '-N', '64']);
     const w = new Ext4TreeWriter(img, 0, { description: 'few-inodes' });

@@ -40,7 +40,7 @@ export const RO_COMPAT_BIGALLOC = 0x200;
 export const RO_COMPAT_METADATA_CSUM = 0x400;
 export const RO_COMPAT_ORPHAN_PRESENT = 0x10000;
 
-/** Features the record editor and the ext2fs binding (libext2fs 1.44) handle together. */
+/** Features the engine (src/ext4/volume.ts, tree.ts) handles. */
 const INCOMPAT_HANDLED = INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG | INCOMPAT_CSUM_SEED;
 const RO_COMPAT_HANDLED =
   RO_COMPAT_SPARSE_SUPER |
@@ -158,8 +158,7 @@ function featureList(bits: number, names: Record<number, string>): string {
 
 /**
  * Refuses a file system the in-process writer must not touch: not clean, journal
- * needing recovery, or features the ext2fs binding (libext2fs 1.44) or the record
- * editor do not handle. `where` names it in the message.
+ * needing recovery, or features the engine (src/ext4/volume.ts) does not handle. `where` names it in the message.
  */
 export function checkWritable(sb: Superblock, where: string): void {
   if (sb.featureIncompat & INCOMPAT_RECOVER) {

@@ -759,6 +759,7 @@ export class Ext4Tree {
     if (large) {
       // Room for every *_extra time field; the in-inode xattrs after it are rewritten below.
       const extra = inode.readUInt16LE(I_EXTRA_ISIZE);
+      if (GOOD_OLD_INODE_SIZE + extra > inode.length) throw new Ext4Damaged(`${this.where}: inode ${ino} has i_extra_isize ${extra}, past its end; the image is damaged`);
       if (extra < WANT_EXTRA_ISIZE) {
         inode.fill(0, GOOD_OLD_INODE_SIZE);
         inode.writeUInt16LE(WANT_EXTRA_ISIZE, I_EXTRA_ISIZE);
