@@ -251,10 +251,11 @@ test('verify of a layer whose diff/ file is a FIFO or a symlink out of the root:
   assert.deepEqual(failures, [], failures.join('\n---\n'));
 });
 
-test('a source named as a FIFO is refused at once (never opened, so never blocks)', T, async () => {
+test('a source or --apps file named as a FIFO is refused at once (never blocks)', T, async () => {
   const fifo = path.join(work, 'source.fifo');
   runOk('mkfifo', [fifo]);
-  for (const args of [['ls', fifo], ['extract', '--from', fifo, '-o', path.join(work, 'f.bundle')], ['verify', fifo]]) {
+  const tgt = fs.mkdtempSync(path.join(work, 'atgt-'));
+  for (const args of [['ls', fifo], ['extract', '--from', fifo, '-o', path.join(work, 'f.bundle')], ['verify', fifo], ['preload', '--from', SAMPLE, '--apps', fifo, '--resin-data', tgt]]) {
     const r = await cli(args);
     assertOneLineError(r, args.join(' '));
     assert.match(r.stderr, /FIFO, not a regular file/, show(r));
