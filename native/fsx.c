@@ -13,11 +13,15 @@
  *                                                              open(O_EXCL|O_NOFOLLOW) write + the above + close
  *   crc64Update(state: Buffer(8), data)                        CRC-64/ISO step, slicing-by-8 (no system call)
  *   tryLock(fd) -> boolean                                     flock(LOCK_EX|LOCK_NB): false when another holds it
+ *   seekDataHole(fd, offset, hole) -> number                   lseek SEEK_DATA/SEEK_HOLE (-1 no more data, -2 unknown)
  *
  * Paths are strings (UTF-8) or Buffers (raw bytes). Errors are JS Errors shaped like
  * Node's own fs errors: code ('EPERM'), errno (negative), syscall, path, and a message
  * "EPERM: operation not permitted, lsetxattr '/x'".
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* SEEK_DATA, SEEK_HOLE */
+#endif
 #include <node_api.h>
 
 #include <errno.h>
@@ -739,6 +743,35 @@ static napi_value TryLock(napi_env env, napi_callback_info info) {
   return throw_errno(env, err, "flock", NULL);
 }
 
+/*
+ * lseek(fd, offset, SEEK_DATA or SEEK_HOLE): where the next data (or hole) starts at or
+ * after offset; -1 when there is no more data (ENXIO), -2 when the file system cannot say
+ * (EINVAL: treat the whole file as data). Lets a sparse image be copied without reading
+ * its holes.
+ */
+static napi_value SeekDataHole(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  double fd_d, off_d, hole_d;
+  if (!get_args(env, info, 3, argv)) return NULL;
+  if (!get_integer(env, argv[0], 0, 0x7fffffff, &fd_d, "fd must be a non-negative integer")) return NULL;
+  if (!get_integer(env, argv[1], 0, 9007199254740991.0, &off_d, "offset must be a non-negative integer")) return NULL;
+  if (!get_integer(env, argv[2], 0, 1, &hole_d, "hole must be 0 or 1")) return NULL;
+#if defined(SEEK_DATA) && defined(SEEK_HOLE)
+  off_t r = lseek((int)fd_d, (off_t)off_d, hole_d != 0 ? SEEK_HOLE : SEEK_DATA);
+  int err = errno;
+  double out;
+  if (r >= 0) out = (double)r;
+  else if (err == ENXIO) out = -1;
+  else if (err == EINVAL || err == ENOTSUP) out = -2;
+  else return throw_errno(env, err, "lseek", NULL);
+#else
+  double out = -2;
+#endif
+  napi_value result;
+  napi_create_double(env, out, &result);
+  return result;
+}
+
 /* ---- module ----------------------------------------------------------------- */
 
 static napi_value Init(napi_env env, napi_value exports) {
@@ -752,6 +785,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"createFile", NULL, CreateFile, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crc64Update", NULL, Crc64Update, NULL, NULL, NULL, napi_enumerable, NULL},
       {"tryLock", NULL, TryLock, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekDataHole", NULL, SeekDataHole, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

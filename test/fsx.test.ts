@@ -13,6 +13,7 @@ import { runOk, requireTools } from './harness/exec.js';
 import { tempDir } from './harness/fixtures.js';
 import { diffSnapshots, snapshotTree } from './harness/judge.js';
 import * as fsx from '../src/fsx/index.js';
+import { copyImageFile } from '../src/disk/grow.js';
 import { deviceNumbers, readDiffTree } from '../src/sources/diff-tree.js';
 import { HostTreeWriter } from '../src/targets/host-fs.js';
 import type { LayerEntry, LayerItem } from '../src/layer/entry.js';
@@ -474,4 +475,25 @@ test('HostTreeWriter: engine metadata calls, reads and free space', async () => 
   await w.close();
   assert.equal(findField(path.join(root, 'fresh'), '%m %U:%G %T@'), '751 7:8 123.0000004560', 'close applies deferred directory times');
   await assert.rejects(w.mkdirp('x', 0o755), /closed/);
+});
+
+test('dataRanges finds the data of a sparse file; copyImageFile copies only it, byte-identical and still sparse', async () => {
+  const dir = tempDir('tpfsx-sparse-');
+  const from = path.join(dir, 'sparse.img');
+  const MiB = 1024 * 1024;
+  const fd = fs.openSync(from, 'w+');
+  fs.ftruncateSync(fd, 512 * MiB);
+  const pieces: Array<[number, Buffer]> = [[0, Buffer.alloc(4096, 1)], [100 * MiB + 4096, Buffer.alloc(3 * MiB, 2)], [512 * MiB - 10, Buffer.alloc(10, 3)]];
+  for (const [at, data] of pieces) fs.writeSync(fd, data, 0, data.length, at);
+  fs.fsyncSync(fd);
+  const ranges = fsx.dataRanges(fd, 512 * MiB);
+  fs.closeSync(fd);
+  assert.ok(ranges, 'this file system answers SEEK_DATA/SEEK_HOLE');
+  // Every piece lies inside a data range, and the ranges cover far less than the file.
+  for (const [at, data] of pieces) assert.ok(ranges.some(([a, b]) => a <= at && at + data.length <= b), `piece at ${at} in ${JSON.stringify(ranges)}`);
+  assert.ok(ranges.reduce((n, [a, b]) => n + b - a, 0) < 16 * MiB, JSON.stringify(ranges));
+  const to = path.join(dir, 'copy.img');
+  await copyImageFile(from, to);
+  assert.equal(runOk('cmp', [from, to]).code, 0);
+  assert.ok(fs.statSync(to).blocks * 512 < 16 * MiB, `the copy is sparse (${fs.statSync(to).blocks} blocks)`);
 });

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { dataRanges } from '../fsx/index.js';
 import { ImageFile } from '../ext4/image-file.js';
 import { growExt4InPlace, imagePartitionIo } from '../ext4/resize.js';
 
@@ -36,7 +37,7 @@ async function copyRange(fromFd: number, fromOffset: number, toFd: number, toOff
 
 /**
  * Copies an image file: a reflink where the file system allows (btrfs, xfs), else a
- * sparse copy (zero MiB runs become holes). Removes the partial copy on failure.
+ * sparse copy of its data ranges (zero MiB runs become holes). Removes the partial copy on failure.
  */
 export async function copyImageFile(from: string, to: string): Promise<void> {
   try {
@@ -53,7 +54,15 @@ export async function copyImageFile(from: string, to: string): Promise<void> {
     const size = fs.fstatSync(inFd).size;
     outFd = fs.openSync(to, 'wx', fs.fstatSync(inFd).mode & 0o666);
     fs.ftruncateSync(outFd, size);
-    await copyRange(inFd, 0, outFd, 0, size);
+    // Only the data ranges are read (SEEK_DATA/SEEK_HOLE): a balenaOS image grown to gigabytes
+    // is mostly holes. Where the file system cannot say, the whole file is read.
+    let ranges: Array<[number, number]> | undefined;
+    try {
+      ranges = dataRanges(inFd, size);
+    } catch {
+      ranges = undefined;
+    }
+    for (const [start, end] of ranges ?? [[0, size]]) await copyRange(inFd, start, outFd, start, end - start);
     fs.fsyncSync(outFd);
   } catch (err) {
     if (outFd !== undefined) fs.closeSync(outFd);

@@ -18,6 +18,7 @@ interface FsxAddon {
   fileAttrs(fd: number, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
   crc64Update(state: Buffer, data: Uint8Array): void;
   tryLock(fd: number): boolean;
+  seekDataHole(fd: number, offset: number, hole: 0 | 1): number;
   createFile(path: PathLike, data: Buffer, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
 }
 
@@ -147,4 +148,23 @@ export function nativeCrc64(): ((state: Buffer, data: Uint8Array) => void) | und
  */
 export function tryLock(fd: number): boolean {
   return load().tryLock(fd);
+}
+
+/**
+ * The data ranges of a file ([start, end) pairs) from lseek SEEK_DATA/SEEK_HOLE, or
+ * undefined when the file system cannot tell (then all of it is data).
+ */
+export function dataRanges(fd: number, size: number): Array<[number, number]> | undefined {
+  const ranges: Array<[number, number]> = [];
+  for (let at = 0; at < size; ) {
+    const start = load().seekDataHole(fd, at, 0);
+    if (start === -2) return undefined;
+    if (start === -1 || start >= size) break;
+    const end = load().seekDataHole(fd, start, 1);
+    if (end === -2) return undefined;
+    const stop = end === -1 ? size : Math.min(end, size);
+    ranges.push([start, stop]);
+    at = stop;
+  }
+  return ranges;
 }
