@@ -340,21 +340,39 @@ test('SIGKILLed runs of a bundle without cache IDs leave nothing a rerun does no
   fs.mkdirSync(root);
   const overlay = path.join(root, 'overlay2');
   const entries = (): string[] => (fs.existsSync(overlay) ? fs.readdirSync(overlay).filter((n) => n !== 'l') : []);
-  // How long a complete run takes here, then runs killed at several moments of one.
-  const scratch = path.join(work, 'scratch');
-  fs.mkdirSync(scratch);
-  const t0 = Date.now();
-  const full = transplant(['inject', bundle, '--engine-root', scratch]);
-  const duration = Date.now() - t0;
-  assert.equal(full.code, 0, show(full));
-  fs.rmSync(scratch, { recursive: true });
+  // Runs killed once they have written so many bytes beyond what earlier runs left (the
+  // first inside the first layer, the second inside the second layer).
+  const bytesIn = (dir: string): number => {
+    let n = 0;
+    const walk = (d: string): void => {
+      let list: fs.Dirent[];
+      try {
+        list = fs.readdirSync(d, { withFileTypes: true });
+      } catch {
+        return; // renamed or removed meanwhile
+      }
+      for (const e of list) {
+        const p = path.join(d, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (e.isFile()) n += fs.statSync(p, { throwIfNoEntry: false })?.size ?? 0;
+      }
+    };
+    for (const name of entries()) walk(path.join(overlay, name));
+    return n;
+  };
   let kills = 0;
-  for (const share of [0.45, 0.6, 0.75]) {
+  for (const mb of [8, 40, 60]) {
+    const base = bytesIn(overlay);
     const child = spawnTransplant(['inject', bundle, '--engine-root', root]);
     collectStderr(child);
-    const timer = setTimeout(() => child.kill('SIGKILL'), duration * share);
+    const poll = setInterval(() => {
+      if (child.exitCode === null && bytesIn(overlay) > base + mb * (1 << 20)) {
+        child.kill('SIGKILL');
+        clearInterval(poll);
+      }
+    }, 3);
     const code = await exited(child);
-    clearTimeout(timer);
+    clearInterval(poll);
     if (code === 137) kills++;
   }
   assert.ok(kills >= 2, `at least two runs were killed midway (${kills})`);
