@@ -433,6 +433,7 @@ test('the first SIGINT/SIGTERM stops every phase promptly (verify, waiting for a
     const code = await Promise.race([exited(child), sleep(5000).then(() => -1)]);
     child.kill('SIGKILL');
     assert.equal(code, 130, `verify stops on SIGINT with 130 (took ${Date.now() - t0} ms)\n${stderr()}`);
+    assert.match(stderr(), /^error: interrupted by SIGINT; nothing was changed$/m, 'it says why it stopped');
   }
 
   // Waiting for another run's lock.
@@ -447,6 +448,8 @@ test('the first SIGINT/SIGTERM stops every phase promptly (verify, waiting for a
     const code = await Promise.race([exited(child), sleep(5000).then(() => -1)]);
     child.kill('SIGKILL');
     assert.equal(code, 143, `a run waiting for the lock stops on SIGTERM with 143\n${stderr()}`);
+    assert.match(stderr(), /interrupted by SIGTERM/);
+    assert.deepEqual(unchanged(snap, rd), [], 'nothing written');
   } finally {
     holder.kill('SIGKILL');
   }
