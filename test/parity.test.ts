@@ -125,7 +125,10 @@ test('tar corpus: docker load and transplant store the same layers (archive → 
   const onDisk = loaded.filter((c) => !rawNamed(c));
   const withRaw = loaded.find(rawNamed);
   assert.ok(withRaw, 'the corpus has a layer with a non-UTF-8 name');
-  const img = buildBalenaImage(path.join(work, 'disk'), 'balena.img', { dataMiB: 96 });
+  // 4 KiB blocks: with mkfs's 1 KiB blocks for a small file system, the ext4 writer fails to
+  // add a directory entry once overlay2/ outgrows one block (node_ext2fs_mkdir, ext2 error
+  // 2133571366): a defect of that writer, reported, not what this test is about.
+  const img = buildBalenaImage(path.join(work, 'disk'), 'balena.img', { dataMiB: 96, dataMkfsArgs: ['-b', '4096'], deviceType: { slug: 'genericx86-64-ext', arch: 'amd64' } });
   const pristine = sha256File(img.path);
   assertOneLineError(await transplant(['inject', engineRoot, '--disk', img.path, '--image', withRaw.reference]), 'a non-UTF-8 name into a disk image');
   assert.equal(sha256File(img.path), pristine, 'the refused disk image is as it was');
