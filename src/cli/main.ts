@@ -157,9 +157,8 @@ export async function main(argv: string[]): Promise<number> {
 
 /**
  * The last resort for an error that escapes every promise chain: one `error:` line and exit 1,
- * as for any other failure. The WASM build of libext2fs (the ext2fs package)
- * installs handlers that rethrow, which turned such an error into a dump of its minified
- * source and exit 7; ours run first.
+ * as for any other failure. Handlers installed before ours (a dependency's) are removed, so
+ * nothing turns such an error into a dump of minified source and another exit code.
  */
 export function installLastResort(debug: boolean): void {
   const fatal = (e: unknown): void => {
