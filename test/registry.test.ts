@@ -10,7 +10,7 @@
  * token, tampered manifest and blob, 404, missing platform) are one line naming the image,
  * and leave the target as it was; a connection cut mid-blob resumes.
  */
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -64,6 +64,12 @@ interface Setup {
 }
 
 let setup: Promise<Setup> | undefined;
+
+// The shared registry lives for the whole file; stopped at the end so the file's process can exit.
+after(async () => {
+  const s = await setup?.catch(() => undefined);
+  await s?.anon.stop();
+});
 
 function getSetup(): Promise<Setup> {
   setup ??= (async () => {
