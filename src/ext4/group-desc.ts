@@ -1,4 +1,5 @@
 import { crc32c, crc32cU32 } from './crc32c.js';
+import { crc16 } from './crc16.js';
 
 /**
  * Block group descriptors (kernel fs/ext4/ext4.h `struct ext4_group_desc`,
@@ -58,23 +59,6 @@ export function storeBitmapChecksums(raw: Buffer, off: number, descSize: number,
     raw.writeUInt16LE(blockCsum >>> 16, off + 0x38);
     raw.writeUInt16LE(inodeCsum >>> 16, off + 0x3a);
   }
-}
-
-const CRC16_TABLE = (() => {
-  const t = new Uint16Array(256);
-  for (let i = 0; i < 256; i++) {
-    let c = i;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xa001 : c >>> 1;
-    t[i] = c;
-  }
-  return t;
-})();
-
-/** CRC-16 (poly 0x8005 reflected), as lib/crc16.c in the kernel and e2fsprogs' ext2fs_crc16. */
-export function crc16(crc: number, data: Uint8Array): number {
-  let c = crc & 0xffff;
-  for (const b of data) c = (c >>> 8) ^ CRC16_TABLE[(c ^ b) & 0xff];
-  return c;
 }
 
 /**
