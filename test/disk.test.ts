@@ -8,6 +8,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildBalenaImage, extractPartition, sfdiskPartitions, type BalenaImageOptions } from './harness/balena-image.js';
@@ -221,6 +222,39 @@ test('inject --disk refuses what is not a balenaOS image, a flasher image withou
   for (const img of s.selected) assert.ok(listed.some((l) => l.id === img.id), `ls lists ${img.key} after --force`);
 });
 
+/**
+ * Follows a running transplant: when (ms after spawn) a file starting with `prefix` first
+ * appears in `dir` (undefined when the run ended first), and how and when the run ended.
+ */
+function watchRun(child: ChildProcess, dir: string, prefix: string): {
+  workCopyAt: Promise<number | undefined>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; atMs: number }>;
+} {
+  const t0 = Date.now();
+  let stderr = '';
+  let done = false;
+  child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
+  child.stdout?.resume();
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; atMs: number }>((resolve) =>
+    child.on('exit', (code, signal) => {
+      done = true;
+      const atMs = Date.now() - t0;
+      // stderr may still be draining: wait for its end.
+      if (child.stderr && !child.stderr.readableEnded) child.stderr.on('end', () => resolve({ code, signal, stderr, atMs }));
+      else resolve({ code, signal, stderr, atMs });
+    }),
+  );
+  const workCopyAt = new Promise<number | undefined>((resolve) => {
+    const poll = (): void => {
+      if (fs.readdirSync(dir).some((f) => f.startsWith(prefix))) return resolve(Date.now() - t0);
+      if (done) return resolve(undefined);
+      setTimeout(poll, 2);
+    };
+    poll();
+  });
+  return { workCopyAt, exited };
+}
+
 /** A bundle large enough (about 50 MB, 3000 files) that an inject takes seconds. */
 async function bigBundle(s: Setup): Promise<{ bundle: string; big: FixtureImage; root: string }> {
   const root = path.join(s.work, 'big-source');
@@ -257,40 +291,44 @@ test('inject --disk killed (SIGKILL) midway leaves the image byte-for-byte uncha
   const sha = sha256File(img);
   const dirBefore = listDir(s.userWork);
 
-  // How long an uninterrupted run takes, on a copy (the kills then land inside it).
+  // Kills are anchored on what the run shows, not on wall-clock fractions of a whole run (a
+  // fast machine finishes the whole inject in about a second): the moment its work copy
+  // `.<name>.transplant-<pid>-*` appears beside the image, and fractions of the time from then
+  // to its exit, measured on an uninterrupted run into a copy.
   const probe = path.join(s.userWork, 'probe.img');
-  const t0 = Date.now();
-  const full = transplant(['inject', bundle, '--disk', img, '--output', probe], { asUser: true });
-  const fullMs = Date.now() - t0;
-  assert.equal(full.code, 0, `uninterrupted run\n${show(full)}`);
+  const probeChild = spawnTransplant(['inject', bundle, '--disk', img, '--output', probe], { asUser: true });
+  const probeRun = watchRun(probeChild, s.userWork, `.probe.img.transplant-${probeChild.pid}-`);
+  const probeEnd = await probeRun.exited;
+  assert.equal(probeEnd.code, 0, `uninterrupted run\n${probeEnd.stderr}`);
   fs.rmSync(probe);
-  assert.ok(fullMs > 1500, `an uninterrupted run takes ${fullMs} ms: too short to kill it midway`);
+  const appearedMs = await probeRun.workCopyAt;
+  assert.ok(appearedMs !== undefined, 'an uninterrupted run makes its work copy beside the output');
+  const afterCopyMs = probeEnd.atMs - appearedMs;
 
   const pristine = path.join(s.work, 'kill-pristine.img');
   fs.copyFileSync(img, pristine);
   const notes: string[] = [];
   let kills = 0;
-  for (const fraction of [0.08, 0.3, 0.55]) {
-    const delay = Math.round(fullMs * fraction);
+  for (const fraction of [0, 0.3, 0.6]) {
+    const delay = Math.round(afterCopyMs * fraction);
     const child = spawnTransplant(['inject', bundle, '--disk', img], { asUser: true });
-    let stderr = '';
-    child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.stdout?.resume();
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.on('exit', (code, signal) => resolve({ code, signal })),
-    );
-    await new Promise((resolve) => setTimeout(resolve, delay));
-    child.kill('SIGKILL');
-    const { code, signal } = await exited;
+    // Its own work copy: a killed run's stays until this run removes it.
+    const watched = watchRun(child, s.userWork, `.balena-kill.img.transplant-${child.pid}-`);
+    const at = await watched.workCopyAt;
+    if (at !== undefined) {
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      child.kill('SIGKILL');
+    }
+    const { code, signal, stderr } = await watched.exited;
     if (signal !== 'SIGKILL') {
       // The machine was quicker this time: the run finished before the kill. It must have succeeded.
       assert.equal(code, 0, `a run that was not killed failed\n${stderr}`);
-      notes.push(`after ${delay}/${fullMs} ms the run had already finished`);
+      notes.push(`${delay} ms after its work copy appeared the run had already finished`);
       fs.copyFileSync(pristine, img);
       continue;
     }
     kills++;
-    assert.equal(sha256File(img), sha, `killed after ${delay} ms: the image is byte-for-byte unchanged`);
+    assert.equal(sha256File(img), sha, `killed ${delay} ms after the work copy appeared: the image is byte-for-byte unchanged`);
     const left = leftovers(s.userWork, dirBefore);
     for (const f of left) {
       // SIGKILL gives no chance to clean up: the work copy (and a resize side copy when killed
@@ -298,7 +336,7 @@ test('inject --disk killed (SIGKILL) midway leaves the image byte-for-byte uncha
       // so only this run's may be there.
       assert.match(f, new RegExp(`^\\.balena-kill\\.img\\.transplant-${child.pid}-[0-9a-f]{8}(\\.resize-\\d+)?$`), `killed after ${delay} ms: unexpected file ${f} left`);
     }
-    notes.push(`killed after ${delay}/${fullMs} ms: left ${left.length === 0 ? 'nothing' : left.join(', ')}`);
+    notes.push(`killed ${delay}/${afterCopyMs} ms after its work copy appeared: left ${left.length === 0 ? 'nothing' : left.join(', ')}`);
   }
   assert.ok(kills >= 2, `only ${kills} runs could be killed midway: ${notes.join('; ')}`);
   process.stdout.write(`# ${notes.join('; ')}\n`);
