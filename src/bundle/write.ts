@@ -57,7 +57,7 @@ export async function planBundle(source: ImageSource, images: readonly SourceIma
   const layers: SourceLayer[] = [];
   const order = contentOrderOf(source, layersOf(images));
   source.prefetch?.(order);
-  for (const chainId of order) layers.push(await source.layer(chainId, { counts: true }));
+  for (const chainId of order) layers.push(await source.layer(chainId, { counts: true, exactCounts: true }));
   checkChains(images, layers, source.description);
   const manifestLayers: BundleLayer[] = layers.map((l) => ({
     chainId: l.chainId,

@@ -194,6 +194,21 @@ function asChunks(input: Buffer | AsyncIterable<Buffer>): AsyncIterable<Buffer> 
   })();
 }
 
+/**
+ * Entries and content bytes of the layer a tar-split describes, as countDiffTree counts its
+ * diff/ (the root included; an opaque directory's `.wh..wh..opq` entry counts one more).
+ */
+export async function tarSplitCounts(input: Buffer): Promise<{ entries: number; bytes: number }> {
+  let entries = 1;
+  let bytes = 0;
+  for await (const e of readTarSplit(input)) {
+    if (e.type !== FILE) continue;
+    entries++;
+    bytes += e.size;
+  }
+  return { entries, bytes };
+}
+
 /** Streams the entries of a tar-split.json.gz (gzip or plain JSON lines). */
 export async function* readTarSplit(input: Buffer | AsyncIterable<Buffer>, where = 'tar-split'): AsyncGenerator<TarSplitEntry> {
   const source = asChunks(input)[Symbol.asyncIterator]();

@@ -1,5 +1,5 @@
 import { entryLinkTargetBytes, nameFromBytes, nameToBytes, type LayerEntry } from '../layer/entry.js';
-import { writeChunked } from '../stream/chunked-write.js';
+import { writeChunkedOverlapped } from '../stream/chunked-write.js';
 import { crc32c, crc32cU32 } from './crc32c.js';
 import {
   EXT4_EXTENTS_FL, EXT4_INDEX_FL, FT_DIR, GOOD_OLD_INODE_SIZE, I_ATIME, I_ATIME_EXTRA, I_BLOCK, I_BLOCKS_HI, I_BLOCKS_LO,
@@ -32,7 +32,9 @@ const EXT4_LINK_MAX = 65000; // fs/ext4/ext4.h
 const WANT_EXTRA_ISIZE = 32;
 const MAX_EXTENT_LEN = 32768; // initialised extents (fs/ext4/ext4_extents.h EXT_INIT_MAX_LEN)
 const DIR_TAIL = 12;
-const WRITE_CHUNK = 8 * 1024 * 1024;
+const WRITE_CHUNK = 4 * 1024 * 1024;
+/** Files up to this size are written with synchronous calls, gathered by the image file. */
+const SMALL_CONTENT = 64 * 1024;
 
 interface DirEntry {
   ino: number;
@@ -91,7 +93,8 @@ export class Ext4Tree {
   private readonly dirs = new Map<number, Dir>();
   private dirtyCount = 0;
   private readonly now = BigInt(Date.now()) * 1_000_000n;
-  private chunk: Buffer | undefined;
+  private chunks: [Buffer, Buffer] | undefined;
+  private zeros: Buffer | undefined;
 
   constructor(readonly vol: Ext4Volume) {}
 
@@ -449,7 +452,9 @@ export class Ext4Tree {
       let pos = 0;
       let runIdx = 0;
       let runLogical = 0; // byte offset of runs[runIdx] in the file
-      const write = async (buf: Buffer, length: number) => {
+      // Each write goes to the runs in file order; the positions are taken when it is issued.
+      const write = async (buf: Buffer, length: number, now = false): Promise<void> => {
+        const pending: Promise<void>[] = [];
         let off = 0;
         while (off < length) {
           while (pos >= runLogical + runs[runIdx].len * bs) {
@@ -458,15 +463,30 @@ export class Ext4Tree {
           }
           const r = runs[runIdx];
           const n = Math.min(length - off, runLogical + r.len * bs - pos);
-          this.vol.image.write(this.vol.position(r.start) + (pos - runLogical), buf, off, n);
+          const at = this.vol.position(r.start) + (pos - runLogical);
+          if (now) this.vol.image.write(at, buf, off, n);
+          else pending.push(this.vol.image.writeLater(at, buf, off, n));
           off += n;
           pos += n;
         }
+        await Promise.all(pending);
       };
-      this.chunk ??= Buffer.allocUnsafe(WRITE_CHUNK);
-      const iter = (content ?? []) as AsyncIterable<Buffer>;
-      await writeChunked(iter, size, this.chunk, write, `${this.where}:/${what}`, { passLarge: true });
-      if (size % bs !== 0) await write(Buffer.alloc(bs - (size % bs)), bs - (size % bs));
+      if (size <= SMALL_CONTENT) {
+        // A small file: gathered with its neighbours by the image file (one write per run of blocks).
+        let got = 0;
+        for await (const piece of (content ?? []) as AsyncIterable<Buffer>) {
+          got += piece.length;
+          if (got > size) throw new Error(`${this.where}:/${what}: content is longer than its size ${size}`);
+          await write(piece, piece.length, true);
+        }
+        if (got !== size) throw new Error(`${this.where}:/${what}: content is ${got} bytes, expected ${size}`);
+      } else {
+        // Large writes in the thread pool, one in flight while the next chunk is checked and gathered.
+        this.chunks ??= [Buffer.allocUnsafe(WRITE_CHUNK), Buffer.allocUnsafe(WRITE_CHUNK)];
+        await writeChunkedOverlapped(content, size, this.chunks, write, `${this.where}:/${what}`);
+      }
+      // The rest of the last block zeroed (written at once, so one shared block of zeros does).
+      if (size % bs !== 0) await write((this.zeros ??= Buffer.alloc(bs)), bs - (size % bs), true);
       const tree = this.writeExtentTree(ino, inode, this.toExtents(runs), what);
       this.setSize(inode, size);
       return nblocks + tree;

@@ -7,10 +7,11 @@ import type { LayerItem } from '../layer/entry.js';
 import { chainIds, sha256Digest } from '../engine/digest.js';
 import { LAST_UPDATED_RE, IMAGEDB_CONTENT, IMAGEDB_METADATA, REPOSITORIES, cacheDir, diffDir, layerDir } from '../engine/layout.js';
 import { parseLayerFiles } from '../engine/layerdb.js';
+import { tarSplitCounts } from '../engine/tar-split.js';
 import { parseRepositories, referencesOf, type Repositories } from '../engine/repositories.js';
 import { HostReader, type StoreReader } from './store-reader.js';
 import { countDiffTree, readDiffTree } from './diff-tree.js';
-import { configPlatform, type ImageSource, type SourceImage, type SourceLayer } from './source.js';
+import { configPlatform, type ImageSource, type LayerOptions, type SourceImage, type SourceLayer } from './source.js';
 
 const CANDIDATES = ['', 'docker', 'var/lib/docker', 'balena-engine', 'var/lib/balena-engine'];
 
@@ -109,7 +110,7 @@ export class EngineRootSource implements ImageSource {
     return out;
   }
 
-  async layer(chainId: string, options: { counts?: boolean } = {}): Promise<SourceLayer> {
+  async layer(chainId: string, options: LayerOptions = {}): Promise<SourceLayer> {
     const dir = this.at(layerDir(chainId));
     if ((await this.reader.kindOf(dir)) !== 'directory') throw new Error(`${this.description}: layer ${chainId} is missing from the layer store`);
     const read = (name: string): Promise<Buffer | undefined> => this.reader.readFile(`${dir}/${name}`);
@@ -127,8 +128,14 @@ export class EngineRootSource implements ImageSource {
         throw new Error(`${this.description}: layer ${chainId} has no data (${dir} is ${kind === undefined ? 'missing' : kind === 'symlink' ? 'a symlink, never followed' : 'not a directory'})`);
       }
     }
-    const counts = options.counts ? countDiffTree(this.hostRootDir(), this.at(diffDir(record.cacheId))) : {};
-    return { ...record, link, tarSplit: await read('tar-split.json.gz'), ...counts };
+    const tarSplit = await read('tar-split.json.gz');
+    let counts = {};
+    if (options.counts) {
+      // Estimates from the tar-split when they may be (one read of a small file instead of a
+      // readdir and lstat of every file); the content check then holds every file to it.
+      counts = (!options.exactCounts && tarSplit && (await tarSplitCounts(tarSplit).catch(() => undefined))) || countDiffTree(this.hostRootDir(), this.at(diffDir(record.cacheId)));
+    }
+    return { ...record, link, tarSplit, ...counts };
   }
 
   private hostRootDir(): string {

@@ -59,6 +59,12 @@ export interface LayerOptions {
    * only by reading the layer (a registry) then reads it once instead of twice.
    */
   streamed?: boolean;
+  /**
+   * With counts: entries and bytes must be exactly what layerItems will yield (a bundle's
+   * manifest states them before the layer's files). Without it a source may give estimates
+   * (an engine root counts its tar-split instead of walking diff/).
+   */
+  exactCounts?: boolean;
 }
 
 /**

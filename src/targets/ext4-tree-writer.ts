@@ -39,6 +39,9 @@ const FILE_TYPE: Record<LayerEntry['kind'], number> = {
  * partition), the next call opens it again. The first open checks the bitmaps against the
  * inodes in use and refuses a file system that lies.
  */
+/** Directory paths remembered at most (a few hundred KB). */
+const DIR_CACHE_MAX = 8192;
+
 export class Ext4TreeWriter implements TreeWriter {
   readonly description: string;
   private session: Session | undefined;
@@ -46,7 +49,11 @@ export class Ext4TreeWriter implements TreeWriter {
   private checked = false;
   private readonly limit: number | undefined;
   /** The directory dirAt found last (forgotten whenever anything is removed or renamed). */
-  private lastDir: { tree: Ext4Tree; path: string; ino: number } | undefined;
+  /**
+   * Directories found by path (pre-order writing comes back to a parent after each
+   * subdirectory); dropped whenever an entry is removed or replaced, and with the session.
+   */
+  private dirCache: { tree: Ext4Tree; inos: Map<string, number> } | undefined;
 
   constructor(readonly imagePath: string, readonly fsOffset: number, options: Ext4TreeWriterOptions = {}) {
     this.description = options.description ?? `${imagePath}@${fsOffset}`;
@@ -68,7 +75,7 @@ export class Ext4TreeWriter implements TreeWriter {
       this.session.tree.trimCache();
       return this.session;
     }
-    const image = ImageFile.open(this.imagePath, true);
+    const image = ImageFile.open(this.imagePath, true, { gather: true });
     try {
       const vol = Ext4Volume.open(image, this.fsOffset, { where: this.description, writable: true, limit: this.limit, check: !this.checked });
       this.checked = true;
@@ -136,18 +143,18 @@ export class Ext4TreeWriter implements TreeWriter {
 
   /** Inode of the real directory at these components (no symlink followed), or undefined. */
   private dirAt(t: Ext4Tree, comps: string[]): number | undefined {
-    // Consecutive entries mostly share their parent: remember the last one found.
+    if (comps.length === 0) return ROOT_INO;
+    if (this.dirCache?.tree !== t || this.dirCache.inos.size > DIR_CACHE_MAX) this.dirCache = { tree: t, inos: new Map() };
     const joined = comps.join('/');
-    if (this.lastDir && this.lastDir.tree === t && this.lastDir.path === joined) return this.lastDir.ino;
-    let ino = ROOT_INO;
-    for (const c of comps) {
-      // The entry's file_type byte says directory (filetype is required); loadDir checks the inode's mode.
-      const e = t.entry(ino, nameKey(c));
-      if (!e || e.type !== FT_DIR) return undefined;
-      ino = e.ino;
-    }
-    this.lastDir = { tree: t, path: joined, ino };
-    return ino;
+    const known = this.dirCache.inos.get(joined);
+    if (known !== undefined) return known;
+    const parent = this.dirAt(t, comps.slice(0, -1));
+    if (parent === undefined) return undefined;
+    // The entry's file_type byte says directory (filetype is required); loadDir checks the inode's mode.
+    const e = t.entry(parent, nameKey(comps[comps.length - 1] as string));
+    if (!e || e.type !== FT_DIR) return undefined;
+    this.dirCache.inos.set(joined, e.ino);
+    return e.ino;
   }
 
   /** (parent directory inode, key) of a path whose parent must exist. */
@@ -300,7 +307,7 @@ export class Ext4TreeWriter implements TreeWriter {
         return;
       }
       if (e) {
-        this.lastDir = undefined;
+        this.dirCache = undefined;
         tree.removeEntry(dir, key);
       }
       const entry = { ...this.meta(mode, 'file', rel), size: data.length };
@@ -314,7 +321,7 @@ export class Ext4TreeWriter implements TreeWriter {
       const { tree } = this.open();
       const { dir, key } = this.parentOf(tree, rel);
       if (tree.entry(dir, key)) {
-        this.lastDir = undefined;
+        this.dirCache = undefined;
         tree.removeEntry(dir, key);
       }
       const ino = await tree.createEntry(dir, { ...this.meta(0o777, 'symlink', rel), linkTarget: target }, [], undefined, rel);
@@ -324,7 +331,7 @@ export class Ext4TreeWriter implements TreeWriter {
 
   async rename(fromRel: string, toRel: string): Promise<void> {
     return this.serial(() => {
-      this.lastDir = undefined;
+      this.dirCache = undefined;
       const { tree } = this.open();
       const from = this.parentOf(tree, fromRel);
       const to = this.parentOf(tree, toRel);
@@ -342,7 +349,7 @@ export class Ext4TreeWriter implements TreeWriter {
 
   async remove(rel: string): Promise<void> {
     return this.serial(() => {
-      this.lastDir = undefined;
+      this.dirCache = undefined;
       const { tree } = this.open();
       const comps = this.parts(rel);
       if (comps.length === 0) throw new Error(`${this.description}: refusing to remove the root`);
@@ -403,7 +410,7 @@ export class Ext4TreeWriter implements TreeWriter {
       if (tree.isDir(target)) throw new Error(`${where}: hard-link target /${targetRel} is a directory`);
       if (existing?.ino === target) return;
       if (existing) {
-        this.lastDir = undefined;
+        this.dirCache = undefined;
         tree.removeEntry(dir, key);
       }
       tree.link(dir, key, target);
@@ -414,7 +421,7 @@ export class Ext4TreeWriter implements TreeWriter {
       return;
     }
     if (existing) {
-      this.lastDir = undefined;
+      this.dirCache = undefined;
       tree.removeEntry(dir, key);
     }
     const ino = await tree.createEntry(dir, entry, xattrs, content, rel);
