@@ -10,26 +10,21 @@ import { nameFromBytes } from '../layer/entry.js';
 
 export interface FileRecord {
   size: number;
-  crc?: Buffer;
+  /** The CRC-64 as a number: tens of thousands of 8-byte Buffers would each hold an ArrayBuffer. */
+  crc?: bigint;
 }
 
 export class ContentMismatchError extends Error {}
-
-/** A Buffer with an ArrayBuffer of its own (Buffer.alloc never takes from the pool). */
-function ownCopy(b: Buffer): Buffer {
-  const out = Buffer.alloc(b.length);
-  b.copy(out);
-  return out;
-}
 
 /** The per-file records of a tar-split, by layer-relative path. */
 export async function fileRecords(tarSplit: Buffer, where: string): Promise<Map<string, FileRecord>> {
   const out = new Map<string, FileRecord>();
   for await (const e of readTarSplit(tarSplit, where)) {
     if (e.type !== FILE || e.size === 0) continue;
-    // A copy of its own: e.crc is a slice of Buffer's shared 8 KiB pool, and keeping it would
+    // A number, not e.crc: that is a slice of Buffer's shared 8 KiB pool, and keeping it would
     // keep the whole slab (with the tar-split's header bytes decoded next to it) alive.
-    out.set(cleanTarPath(nameFromBytes(e.name)), { size: e.size, crc: e.crc ? ownCopy(e.crc) : undefined });
+    out.set(cleanTarPath(nameFromBytes(e.name)), { size: e.size, crc: e.crc === undefined ? undefined : e.crc.length === 8 ? e.crc.readBigUInt64BE(0) : -1n });
+    // (-1n: a malformed payload matches no content.)
   }
   return out;
 }
@@ -43,7 +38,7 @@ export async function* checked(content: AsyncIterable<Buffer>, record: FileRecor
     size += chunk.length;
     yield chunk;
   }
-  if (size !== record.size || (record.crc && !crc.digest().equals(record.crc))) {
+  if (size !== record.size || (record.crc !== undefined && crc.digest().readBigUInt64BE(0) !== record.crc)) {
     throw new ContentMismatchError(`${describe()} does not match the layer's recorded checksum (the input is corrupt)`);
   }
 }
