@@ -101,7 +101,8 @@ function sh(script: string): Sample {
 function transplant(args: string[], bin = TRANSPLANT): Sample {
   const timeFile = path.join(BENCH_DIR, 'time.txt');
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(TIME, ['-v', '-o', timeFile, process.execPath, bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 64 << 20 });
+  // Run as users run it (the executable itself, so its shebang's node options apply).
+  const r = spawnSync(TIME, ['-v', '-o', timeFile, bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 64 << 20 });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`bench: transplant ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr.toString().slice(-2000)}`);
   const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(fs.readFileSync(timeFile, 'utf8'));

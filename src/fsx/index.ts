@@ -19,6 +19,7 @@ interface FsxAddon {
   crc64Update(state: Buffer, data: Uint8Array): void;
   tryLock(fd: number): boolean;
   seekDataHole(fd: number, offset: number, hole: 0 | 1): number;
+  boundMalloc(): boolean;
   createFile(path: PathLike, data: Buffer, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
 }
 
@@ -138,6 +139,19 @@ export function nativeCrc64(): ((state: Buffer, data: Uint8Array) => void) | und
     return typeof a.crc64Update === 'function' ? a.crc64Update.bind(a) : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Makes the C library return large freed buffers to the system instead of keeping them in
+ * per-thread arenas (native/fsx.c, BoundMalloc). Process-wide: the CLI calls it at start;
+ * the library leaves the host program's allocator alone. False where there is nothing to do.
+ */
+export function boundMalloc(): boolean {
+  try {
+    return load().boundMalloc();
+  } catch {
+    return false;
   }
 }
 

@@ -41,7 +41,9 @@ parentPort?.on('message', (m: Request) => {
   try {
     const items = walker.next(limits.maxEntries, limits.maxBytes);
     if (items.length === 0) walker.close();
-    parentPort?.postMessage({ id: m.id, items });
+    // The small files' content is moved, not copied: the walker reads every batch into a new ArrayBuffer.
+    const moved = walker.batchBuffer();
+    parentPort?.postMessage({ id: m.id, items }, moved ? [moved] : []);
   } catch (err) {
     failed = true;
     walker.close();

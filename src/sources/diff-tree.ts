@@ -159,6 +159,11 @@ export class DiffTreeWalker {
   private readonly firstPath = new Map<string, string>();
   private stack: Frame[] = [];
   private rootDone = false;
+  /**
+   * Where the small files of the batch being read go: one ArrayBuffer per batch, so a worker
+   * hands the batch over by transferring it (no copy, and one allocation instead of one per file).
+   */
+  private arena: { buf: Buffer; used: number } | undefined;
 
   /**
    * `root` is the directory the user named (followed if a symlink: their choice); `rel`, the
@@ -197,7 +202,7 @@ export class DiffTreeWalker {
     switch (kind) {
       case 'file':
         entry.size = Number(st.size);
-        return entry.size > 0 && entry.size <= SMALL_FILE ? { entry, data: readWhole(dir, name, rel, entry.size, st) } : { entry };
+        return entry.size > 0 && entry.size <= SMALL_FILE ? { entry, data: readWhole(dir, name, rel, entry.size, st, this.space(entry.size)) } : { entry };
       case 'symlink':
         entry.linkTarget = readlinkName(at);
         return { entry };
@@ -213,10 +218,26 @@ export class DiffTreeWalker {
     }
   }
 
+  /** `size` bytes of this batch's arena. */
+  private space(size: number): Buffer {
+    const a = this.arena as { buf: Buffer; used: number };
+    const out = a.buf.subarray(a.used, a.used + size);
+    a.used += size;
+    return out;
+  }
+
+  /** The ArrayBuffer the small files of the last batch were read into (to transfer with it). */
+  batchBuffer(): ArrayBuffer | undefined {
+    return this.arena?.buf.buffer as ArrayBuffer | undefined;
+  }
+
   /** The next entries (at most maxEntries, and stopping once maxBytes of content are held); [] at the end. */
   next(maxEntries: number, maxBytes: number): WalkedItem[] {
     const out: WalkedItem[] = [];
     let bytes = 0;
+    // The loop stops once maxBytes are held, so the last file read fits in what is past them.
+    // (Pages of it never written are never touched: a batch of few small files costs little.)
+    this.arena = { buf: Buffer.from(new ArrayBuffer(maxBytes + SMALL_FILE)), used: 0 };
     if (!this.rootDone) {
       this.rootDone = true;
       let dir: OpenDir | undefined;
@@ -260,10 +281,9 @@ export class DiffTreeWalker {
 }
 
 /** A small regular file whole: opened without following a symlink, never a FIFO or device, and the inode lstat saw. */
-function readWhole(dir: OpenDir, name: string, rel: string, size: number, expect: BigIntStats): Buffer {
+function readWhole(dir: OpenDir, name: string, rel: string, size: number, expect: BigIntStats, buf: Buffer): Buffer {
   const opened = openRegularIn(dir, fsName(name), fsName(rel), dir.path);
   if (!opened) throw new Error(`${dir.path}/${name} disappeared while being read: is something writing to this layer?`);
-  const buf = Buffer.allocUnsafe(size);
   try {
     const st = fstatSync(opened.fd, { bigint: true });
     if (st.ino !== expect.ino || st.dev !== expect.dev) throw new Error(`${dir.path}/${name} changed while being read: is something writing to this layer?`);
