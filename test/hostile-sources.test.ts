@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { assertOneLineError, show } from './harness/cli.js';
-import { runOk, requireTools, type RunResult } from './harness/exec.js';
+import { run, runOk, requireTools, type RunResult } from './harness/exec.js';
 import { tempDir } from './harness/fixtures.js';
 import { CliWorker, bundleBytes, dockerArchiveBytes, type HostileLayer } from './harness/hostile.js';
 import { DOCKER, DOCKERD, withDockerd } from './harness/dockerd.js';
@@ -251,15 +251,25 @@ test('verify of a layer whose diff/ file is a FIFO or a symlink out of the root:
   assert.deepEqual(failures, [], failures.join('\n---\n'));
 });
 
-test('a source or --apps file named as a FIFO is refused at once (never blocks)', T, async () => {
+test('a source named as a FIFO is refused at once; --apps as a FIFO nobody writes to is one line at once, and --apps <(…) is read (never blocks)', T, async () => {
   const fifo = path.join(work, 'source.fifo');
   runOk('mkfifo', [fifo]);
   const tgt = fs.mkdtempSync(path.join(work, 'atgt-'));
-  for (const args of [['ls', fifo], ['extract', '--from', fifo, '-o', path.join(work, 'f.bundle')], ['verify', fifo], ['preload', '--from', SAMPLE, '--apps', fifo, '--resin-data', tgt]]) {
+  for (const args of [['ls', fifo], ['extract', '--from', fifo, '-o', path.join(work, 'f.bundle')], ['verify', fifo]]) {
     const r = await cli(args);
     assertOneLineError(r, args.join(' '));
     assert.match(r.stderr, /FIFO, not a regular file/, show(r));
   }
+  const none = await cli(['preload', '--from', SAMPLE, '--apps', fifo, '--resin-data', tgt]);
+  assertOneLineError(none, '--apps <FIFO with no writer>');
+  assert.match(none.stderr, /--apps .* is a pipe that gave nothing/, show(none));
+  assert.deepEqual(fs.readdirSync(tgt), [], 'nothing written');
+
+  // Process substitution, as a shell user writes it: bash hands over /dev/fd/N, a pipe.
+  const apps = path.join(SAMPLE, '..', 'dashboard-state.json');
+  const ok = run('bash', ['-c', `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} preload --from ${JSON.stringify(SAMPLE)} --apps <(sleep 0.3; cat ${JSON.stringify(apps)}) --resin-data ${JSON.stringify(tgt)}`], { timeoutMs: 120_000 });
+  assert.equal(ok.code, 0, `--apps <(…)\n${ok.stdout}${ok.stderr}`);
+  assert.ok(fs.existsSync(path.join(tgt, 'apps.json')), 'apps.json written from the pipe');
 });
 
 // ---- item 14: resource bounds -------------------------------------------------------------

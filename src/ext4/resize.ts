@@ -6,16 +6,15 @@ import {
   EXT4_MAGIC,
   INCOMPAT_64BIT,
   INCOMPAT_CSUM_SEED,
-  INCOMPAT_EXTENTS,
-  INCOMPAT_FILETYPE,
   INCOMPAT_FLEX_BG,
+  INCOMPAT_HANDLED,
+  INCOMPAT_NAMES,
   INCOMPAT_RECOVER,
-  RO_COMPAT_DIR_NLINK,
-  RO_COMPAT_EXTRA_ISIZE,
   RO_COMPAT_GDT_CSUM,
+  RO_COMPAT_HANDLED,
   RO_COMPAT_HUGE_FILE,
-  RO_COMPAT_LARGE_FILE,
   RO_COMPAT_METADATA_CSUM,
+  RO_COMPAT_NAMES,
   RO_COMPAT_SPARSE_SUPER,
   SUPERBLOCK_OFFSET,
 } from './superblock.js';
@@ -92,41 +91,8 @@ const COMPAT_NAMES: Record<number, string> = {
   0x400: 'fast_commit',
   0x1000: 'orphan_file',
 };
-const INCOMPAT_NAMES: Record<number, string> = {
-  0x1: 'compression',
-  0x4: 'needs_recovery',
-  0x8: 'journal_dev',
-  0x10: 'meta_bg',
-  0x100: 'mmp',
-  0x400: 'ea_inode',
-  0x1000: 'dirdata',
-  0x4000: 'large_dir',
-  0x8000: 'inline_data',
-  0x10000: 'encrypt',
-  0x20000: 'casefold',
-};
-const RO_COMPAT_NAMES: Record<number, string> = {
-  0x80: 'has_snapshot',
-  0x100: 'quota',
-  0x200: 'bigalloc',
-  0x800: 'replica',
-  0x1000: 'read-only',
-  0x2000: 'project',
-  0x4000: 'shared_blocks',
-  0x8000: 'verity',
-  0x10000: 'orphan_present',
-};
 /** Features whose on-disk layout this code grows (and has been judged against resize2fs with). */
 const COMPAT_OK = COMPAT_DIR_PREALLOC | COMPAT_HAS_JOURNAL | COMPAT_EXT_ATTR | COMPAT_RESIZE_INODE | COMPAT_DIR_INDEX | COMPAT_STABLE_INODES;
-const INCOMPAT_OK = INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG | INCOMPAT_CSUM_SEED;
-const RO_COMPAT_OK =
-  RO_COMPAT_SPARSE_SUPER |
-  RO_COMPAT_LARGE_FILE |
-  RO_COMPAT_HUGE_FILE |
-  RO_COMPAT_GDT_CSUM |
-  RO_COMPAT_DIR_NLINK |
-  RO_COMPAT_EXTRA_ISIZE |
-  RO_COMPAT_METADATA_CSUM;
 
 // Block group descriptor (struct ext4_group_desc) fields and bg_flags.
 const BG_BLOCK_BITMAP = 0x00;
@@ -328,7 +294,7 @@ function readGeometry(raw: Buffer, where: string): Geometry {
   const incompat = raw.readUInt32LE(0x60);
   const roCompat = raw.readUInt32LE(0x64);
   if (incompat & INCOMPAT_RECOVER) refuse('the ext4 journal needs recovery; run "e2fsck -f" on it (or boot the device once) and try again');
-  const bad = [...names(compat & ~COMPAT_OK, COMPAT_NAMES), ...names(incompat & ~INCOMPAT_OK, INCOMPAT_NAMES), ...names(roCompat & ~RO_COMPAT_OK, RO_COMPAT_NAMES)];
+  const bad = [...names(compat & ~COMPAT_OK, COMPAT_NAMES), ...names(incompat & ~INCOMPAT_HANDLED, INCOMPAT_NAMES), ...names(roCompat & ~RO_COMPAT_HANDLED, RO_COMPAT_NAMES)];
   if (bad.length) refuse(`the ext4 file system uses features transplant cannot grow (${bad.join(', ')})`);
   const csum = roCompat & RO_COMPAT_METADATA_CSUM ? 'metadata' : roCompat & RO_COMPAT_GDT_CSUM ? 'gdt' : undefined;
   if (csum === 'metadata') {

@@ -40,9 +40,9 @@ export const RO_COMPAT_BIGALLOC = 0x200;
 export const RO_COMPAT_METADATA_CSUM = 0x400;
 export const RO_COMPAT_ORPHAN_PRESENT = 0x10000;
 
-/** Features the engine (src/ext4/volume.ts, tree.ts) handles. */
-const INCOMPAT_HANDLED = INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG | INCOMPAT_CSUM_SEED;
-const RO_COMPAT_HANDLED =
+/** Features the engine (src/ext4/volume.ts, tree.ts) handles, and the resizer grows. */
+export const INCOMPAT_HANDLED = INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG | INCOMPAT_CSUM_SEED;
+export const RO_COMPAT_HANDLED =
   RO_COMPAT_SPARSE_SUPER |
   RO_COMPAT_LARGE_FILE |
   RO_COMPAT_HUGE_FILE |
@@ -51,7 +51,7 @@ const RO_COMPAT_HANDLED =
   RO_COMPAT_EXTRA_ISIZE |
   RO_COMPAT_METADATA_CSUM;
 
-const INCOMPAT_NAMES: Record<number, string> = {
+export const INCOMPAT_NAMES: Record<number, string> = {
   [INCOMPAT_COMPRESSION]: 'compression',
   [INCOMPAT_RECOVER]: 'needs_recovery',
   [INCOMPAT_JOURNAL_DEV]: 'journal_dev',
@@ -64,7 +64,7 @@ const INCOMPAT_NAMES: Record<number, string> = {
   [INCOMPAT_ENCRYPT]: 'encrypt',
   [INCOMPAT_CASEFOLD]: 'casefold',
 };
-const RO_COMPAT_NAMES: Record<number, string> = {
+export const RO_COMPAT_NAMES: Record<number, string> = {
   [RO_COMPAT_QUOTA]: 'quota',
   [RO_COMPAT_BIGALLOC]: 'bigalloc',
   0x80: 'has_snapshot',

@@ -271,7 +271,7 @@ export function openBelowRoot(root: string, rel: Name, where: string): OpenDir |
  * Reads a file the user named (an --apps file): symlinks in its path are the user's choice,
  * but only a regular file is read (a FIFO would block, a device never end), at most `limit`.
  */
-export function readNamedFile(file: string, limit: { bytes: number; name: string }, what: string): Buffer {
+export function readNamedFile(file: string, limit: { bytes: number; name: string }, what: string, options: { pipe?: boolean } = {}): Buffer {
   let fd: number;
   try {
     fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
@@ -280,10 +280,39 @@ export function readNamedFile(file: string, limit: { bytes: number; name: string
   }
   try {
     const st = fstatSync(fd);
+    if (options.pipe && st.isFIFO()) return readPipe(fd, limit, what);
     if (!st.isFile()) throw new Error(`${what} is ${describeKind(st)}, not a regular file; only regular files are read`);
     if (st.size > limit.bytes) throw new Error(`${what} is ${st.size} bytes, more than ${limit.name}`);
     return readFd(fd, st.size, limit, what);
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * A pipe to its end (`--apps <(curl …)`): opened without blocking, so a named FIFO nobody
+ * writes to reads as empty at once (pipe(7): read sees end of file when no writer is
+ * connected) instead of waiting forever; data not there yet is waited for in 10 ms steps.
+ */
+function readPipe(fd: number, limit: { bytes: number; name: string }, what: string): Buffer {
+  const parts: Buffer[] = [];
+  let total = 0;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (;;) {
+    const buf = Buffer.allocUnsafe(64 * 1024);
+    let n: number;
+    try {
+      n = readSync(fd, buf, 0, buf.length, null);
+    } catch (e) {
+      if (errnoCode(e) !== 'EAGAIN') throw e;
+      Atomics.wait(pause, 0, 0, 10);
+      continue;
+    }
+    if (n === 0) break;
+    total += n;
+    if (total > limit.bytes) throw new Error(`${what} is more than ${limit.name}`);
+    parts.push(buf.subarray(0, n));
+  }
+  if (total === 0) throw new Error(`${what} is a pipe that gave nothing (a FIFO nobody writes to?)`);
+  return Buffer.concat(parts, total);
 }

@@ -15,7 +15,7 @@ import type { UndoSteps } from '../inject/apply.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 
 export async function readApps(file: string, options: { pinDevice?: boolean } = {}): Promise<AppsJson> {
-  const text = readNamedFile(file, LIMITS.appsJson, `--apps ${file}`).toString('utf8');
+  const text = readNamedFile(file, LIMITS.appsJson, `--apps ${file}`, { pipe: true }).toString('utf8');
   let json: unknown;
   try {
     json = JSON.parse(text);
