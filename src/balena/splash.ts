@@ -61,13 +61,15 @@ export interface SplashPlan {
   png: Buffer;
   /** What the file held before (undefined: there was none). */
   previous?: Buffer;
+  /** The boot partition as messages name it (the user's image, not the work copy). */
+  shownAs: string;
 }
 
 /**
  * Where the logo goes in one boot partition: the older name when only it exists there,
  * else balena-logo.png. Checks, without writing, that it can be written.
  */
-export async function planSplash(loc: BootLocation, png: Buffer): Promise<SplashPlan> {
+export async function planSplash(loc: BootLocation, png: Buffer, shownAs: string = describeBoot(loc)): Promise<SplashPlan> {
   const current = `${SPLASH_DIR}/${SPLASH_NAME}`;
   const old = `${SPLASH_DIR}/${OLD_SPLASH_NAME}`;
   let previous = await readBootFile(loc, current);
@@ -80,7 +82,7 @@ export async function planSplash(loc: BootLocation, png: Buffer): Promise<Splash
     }
   }
   await checkBootFile(loc, rel, png, { overwrite: true });
-  return { loc, rel, png, previous };
+  return { loc, rel, png, previous, shownAs };
 }
 
 /** Writes the logo; with `undo`, a mounted resin-boot gets its old logo back if the run fails. */
@@ -94,5 +96,5 @@ export async function writeSplash(plan: SplashPlan, undo?: UndoSteps): Promise<s
       else await fsp.rm(path.join(dir, ...plan.rel.split('/')), { force: true });
     });
   }
-  return `${describeBoot(plan.loc)}/${plan.rel}`;
+  return `${plan.shownAs}/${plan.rel}`;
 }

@@ -275,7 +275,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
   const resinBoot = opts.resinBoot ? await bootLocation(opts.resinBoot) : undefined;
   if (resinBoot) await refuseSecureBoot(resinBoot);
   // With --resin-data, the device type comes from the mounted resin-boot's device-type.json.
-  const bootDevice = resinBoot && !opts.dontCheckArch ? await bootDeviceArch(resinBoot) : undefined;
+  const bootDevice = resinBoot ? await bootDeviceArch(resinBoot).catch((e: unknown) => { if (opts.dontCheckArch) return undefined; throw e; }) : undefined;
   const notify = (m: string): void => out.warn(m);
   const target = await openTarget(opts, notify);
   let done = false;
@@ -289,7 +289,8 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
     if (device) checkArchitecture(images, device, opts.dontCheckArch === true || opts.force === true, out);
     const boot = resinBoot ?? target.boot;
     const splashPlans: SplashPlan[] = [];
-    if (splash) for (const loc of [target.flasherBoot, boot]) if (loc) splashPlans.push(await planSplash(loc, splash));
+    if (splash && target.flasherBoot) splashPlans.push(await planSplash(target.flasherBoot, splash, `${opts.disk}:flash-boot`));
+    if (splash && boot) splashPlans.push(await planSplash(boot, splash, boot.kind === 'directory' ? boot.path : `${opts.disk}:${target.flasherBoot ? 'inner image\'s ' : ''}resin-boot`));
     // Everything that can refuse is checked before the first write (the images included).
     if (apps) await checkAppsTarget(target.writer);
     if (keyfile && boot) await checkSystemConnection(boot, keyfile);
