@@ -443,3 +443,102 @@ test('pinning: --pin-device / --pin-device-to-release / -p / --no-pin-device nee
   assert.equal(readApps(img2).pinDevice, true, '-p sets pinDevice');
   assertE2fsckClean(img2, s.work);
 });
+
+/** Python's zipfile (python3 is in .ci/run): a zip of `files` with the given method, zip64 when asked. */
+function makeZip(zip: string, files: string[], method: 'deflate' | 'stored', zip64 = false): void {
+  const script = [
+    'import sys, zipfile, os',
+    'm = zipfile.ZIP_DEFLATED if sys.argv[2] == "deflate" else zipfile.ZIP_STORED',
+    'with zipfile.ZipFile(sys.argv[1], "w", compression=m, allowZip64=True) as z:',
+    '    for f in sys.argv[4:]:',
+    '        with open(f, "rb") as src, z.open(zipfile.ZipInfo.from_file(f, os.path.basename(f)), "w", force_zip64=(sys.argv[3] == "1")) as dst:',
+    '            while True:',
+    '                b = src.read(1 << 20)',
+    '                if not b: break',
+    '                dst.write(b)',
+  ].join('\n');
+  runOk('python3', ['-c', script, zip, method, zip64 ? '1' : '0', ...files]);
+}
+
+/** The plain image a compressed result holds, decompressed by the real tool, for the judges. */
+function decompressWithTool(file: string, to: string): string {
+  const tool = file.endsWith('.gz') ? 'gzip' : file.endsWith('.xz') ? 'xz' : 'zstd';
+  const r = run('sh', ['-c', `${tool} -dc "$1" | cp --sparse=always /dev/stdin "$2"`, 'sh', file, to]);
+  assert.equal(r.code, 0, `${tool} -dc ${file}: ${r.stderr}`);
+  return to;
+}
+
+test('compressed images: --disk balena.img.gz|.xz|.zst|.zip (deflate, stored, zip64) decompressed into the work copy, the result under the decompressed name or --output, compressed on the way out for .gz/.xz/.zst; the input is never written', T, async () => {
+  requireTools('gzip', 'xz', 'zstd', 'python3');
+  const s = await getSetup();
+  const base = buildImage(s, 'comp-base.img', { table: 'mbr', dataMiB: 8, deviceType: AMD64 });
+  const baseSha = sha256File(base);
+  const inputs: { name: string; make: (to: string) => void; output?: string }[] = [
+    { name: 'c1.img.gz', make: (to) => runOk('sh', ['-c', `gzip -c "${base}" > "${to}"`]) },
+    { name: 'c2.img.xz', make: (to) => runOk('sh', ['-c', `xz -T0 -c "${base}" > "${to}"`]), output: 'c2-out.img.zst' },
+    { name: 'c3.img.zst', make: (to) => runOk('sh', ['-c', `zstd -q -c "${base}" > "${to}"`]), output: 'c3-out.img.gz' },
+    { name: 'c4.zip', make: (to) => makeZip(to, [base], 'deflate'), output: 'c4-out.img.xz' },
+    { name: 'c5.img.zip', make: (to) => makeZip(to, [base], 'stored', true) },
+  ];
+  for (const c of inputs) {
+    const input = path.join(s.userWork, c.name);
+    c.make(input);
+    giveToUser(input);
+    const inSha = sha256File(input);
+    const dirBefore = listDir(s.userWork);
+    const args = ['preload', input, '--from', s.bundle, '--image', 'fixture/app-a:1.0', '--splash-image', s.logo, '--json'];
+    if (c.output) args.push('--output', path.join(s.userWork, c.output));
+    const r = transplant(args, { asUser: true });
+    assert.equal(r.code, 0, `${c.name}\n${show(r)}`);
+    assert.equal(sha256File(input), inSha, `${c.name}: the input is unchanged`);
+    assert.equal(sha256File(base), baseSha);
+    const resultName = c.output ?? (c.name === 'c4.zip' ? 'c4' : c.name.replace(/\.(gz|xz|zst|zip)$/, ''));
+    assert.deepEqual(leftovers(s.userWork, dirBefore), [resultName], `${c.name}: only the result was added (no work copy left)`);
+    const result = path.join(s.userWork, resultName);
+    const plain = c.output ? decompressWithTool(result, path.join(s.work, `${resultName}.plain`)) : result;
+    assert.deepEqual(tableProblems(plain, 'mbr'), [], `${c.name}: partition table`);
+    assertE2fsckClean(plain, s.work);
+    assert.ok(lsJson(plain).some((i) => i.id === s.fx.images.appA.id), `${c.name}: the result holds the injected image`);
+    const boot = partitionOf(plain, 'resin-boot');
+    assert.ok(fatFile(plain, boot.offset, 'splash/balena-logo.png', s.work)?.equals(s.logoBytes), `${c.name}: the splash logo is in the result`);
+    assertFatClean(plain, boot, s.work, c.name);
+    // Messages name the user's file, never the work copy.
+    assert.doesNotMatch(r.stdout + r.stderr, /\.transplant-\d+-/, `${c.name}: a work copy name leaked into the output\n${show(r)}`);
+    if (plain !== result) fs.rmSync(plain);
+  }
+});
+
+test('compressed images: damaged or unusable ones are refused with one line, leaving nothing behind', T, async () => {
+  requireTools('gzip', 'python3');
+  const s = await getSetup();
+  const base = buildImage(s, 'compbad-base.img', { table: 'mbr', dataMiB: 8, deviceType: AMD64 });
+  const gz = path.join(s.userWork, 'cut.img.gz');
+  runOk('sh', ['-c', `gzip -c "${base}" | head -c 200000 > "${gz}"`]);
+  const two = path.join(s.userWork, 'two.zip');
+  const other = path.join(s.work, 'README');
+  fs.writeFileSync(other, 'hello\n');
+  makeZip(two, [base, other], 'deflate');
+  const notImage = path.join(s.userWork, 'notimage.img.gz');
+  runOk('sh', ['-c', `head -c 3000000 /dev/zero | gzip -c > "${notImage}"`]);
+  const exists = path.join(s.userWork, 'exists.img.gz');
+  runOk('sh', ['-c', `gzip -c "${base}" > "${exists}"`]);
+  fs.writeFileSync(path.join(s.userWork, 'exists.img'), 'mine\n');
+  for (const f of [gz, two, notImage, exists]) giveToUser(f);
+  giveToUser(path.join(s.userWork, 'exists.img'));
+  const cases: [string, RegExp][] = [
+    [gz, /cut\.img\.gz|unexpected end|gzip/i],
+    [two, /two\.zip: the zip archive holds 2 files; expected exactly one/],
+    [notImage, /notimage\.img\.gz \(decompressed\) is not a balenaOS disk image/],
+    [exists, /the result would be .*exists\.img, which exists; give --output/],
+  ];
+  for (const [file, want] of cases) {
+    const sha = sha256File(file);
+    const dirBefore = listDir(s.userWork);
+    const r = transplant(['inject', s.bundle, '--disk', file], { asUser: true });
+    assertOneLineError(r, path.basename(file));
+    assert.match(r.stderr, want, show(r));
+    assert.equal(sha256File(file), sha);
+    assert.deepEqual(listDir(s.userWork), dirBefore, `${path.basename(file)}: nothing left behind`);
+  }
+  assert.equal(fs.readFileSync(path.join(s.userWork, 'exists.img'), 'utf8'), 'mine\n', 'an existing file is never overwritten by default');
+});

@@ -41,6 +41,8 @@ export interface TargetOptions {
   additionalSpace?: string;
   /** --dont-check-arch: inject images the device's architecture cannot run (warned). */
   dontCheckArch?: boolean;
+  /** Internal: --disk is a private work copy of the user's image (disk/compressed-image.ts), written in place. */
+  adoptDisk?: { shownAs: string };
 }
 
 export interface InjectCommandOptions extends TargetOptions {
@@ -120,6 +122,14 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
   const given = [opts.resinData, opts.engineRoot, opts.disk].filter((x) => x !== undefined);
   if (given.length !== 1) throw new UsageError('give exactly one target: --resin-data <dir>, --engine-root <dir> or --disk <image>');
   if (opts.output && !opts.disk) throw new UsageError('--output goes with --disk');
+  if (opts.disk && !opts.adoptDisk) {
+    // A compressed image, or a compressed --output: written on a private work copy (disk/compressed-image.ts).
+    const { needsTranscoding, openTranscoded } = await import('../../disk/compressed-image.js');
+    const shownAs = opts.disk;
+    if (needsTranscoding(opts.disk, opts.dryRun ? undefined : opts.output)) {
+      return openTranscoded({ disk: opts.disk, output: opts.output, dryRun: opts.dryRun }, (work) => openTarget({ ...opts, disk: work, output: undefined, adoptDisk: { shownAs } }, notify));
+    }
+  }
   const additional = opts.additionalSpace !== undefined ? parseByteSize(opts.additionalSpace, '--additional-space') : 0;
   if (opts.additionalSpace !== undefined && !opts.disk) throw new UsageError('--additional-space goes with --disk (resin-data of a disk image is grown for it)');
   if (opts.disk) {
@@ -148,7 +158,7 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
     let disk;
     let boot: BootLocation;
     try {
-      disk = await openDiskTarget(opts.disk, { output: opts.output });
+      disk = await openDiskTarget(opts.disk, { output: opts.output, adopt: opts.adoptDisk !== undefined, shownAs: opts.adoptDisk?.shownAs });
     } catch (err) {
       lock.release();
       throw err;
