@@ -422,6 +422,12 @@ test('pinning: --pin-device / --pin-device-to-release / -p / --no-pin-device nee
   const twoImages = transplant(['preload', img, '--disk', path.join(s.userWork, 'other.img'), '--from', s.bundle, '--apps', appsFile], { asUser: true });
   assertOneLineError(twoImages, 'positional image and another --disk');
   assert.match(twoImages.stderr, /two disk images given/);
+  // balena preload's --fleet / --commit (-f / -c) fetch a release from balenaCloud: refused, saying what to give instead.
+  for (const flag of [['--fleet', 'myorg/myfleet'], ['-c', 'e1f2592fc6ee949e68756d4f4a48e49bff8d72a0']]) {
+    const r = transplant(['preload', img, '--from', s.bundle, ...flag], { asUser: true });
+    assertOneLineError(r, flag[0] as string);
+    assert.match(r.stderr, /transplant does not fetch a release from balenaCloud; give the release's target state with --apps <file>/);
+  }
 
   const readApps = (image: string): Record<string, unknown> => {
     const p = dataPartition(image);

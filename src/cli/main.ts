@@ -2,7 +2,7 @@
  * The command line: argument parsing, output and exit codes only (0 ok, 1 failure with one
  * `error: …` line, 2 bad usage). The work is done by the modules it calls.
  */
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { VERSION } from '../version.js';
 import { UsageError } from './errors.js';
 import { InterruptedError, exitCodeOf, installInterruptHandlers, interruptedBy } from './interrupt.js';
@@ -89,6 +89,8 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .command('preload')
     .description('Extract and inject in one pass, from a source straight into a target, with no bundle in between.')
     .argument('[image]', 'the balenaOS disk image to write (as balena preload takes it), the same as --disk <image>')
+    .addOption(new Option('-f, --fleet <fleet>', 'balena preload\'s; refused with what to give instead').hideHelp())
+    .addOption(new Option('-c, --commit <release>', 'balena preload\'s; refused with what to give instead').hideHelp())
     .requiredOption('--from <source>', "any source extract takes: an engine data root, a data-root tarball, ssh://…, a docker save archive, a bundle, docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] or 'registry'")
     .option('--image <ref-or-id>', 'an image to take (as for extract); repeatable', collect, []);
   registryOptions(targetOptions(sshOptions(preload))).action(async (image: string | undefined, opts: PreloadOptions & BalenaFlagNames) => {
