@@ -361,6 +361,15 @@ test('--additional-space leaves that much free in resin-data, growing the image 
   assertE2fsckClean(b, s.work);
   assert.deepEqual(tableProblems(b, 'mbr'), []);
   assert.ok(lsJson(b).some((i) => i.id === s.fx.images.appA.id));
+  // Nothing left to copy: still grown for the space asked for.
+  const sizeB2 = fs.statSync(b).size;
+  r = transplant(['inject', s.bundle, '--disk', b, '--additional-space', '128MiB', '--json'], { asUser: true });
+  assert.equal(r.code, 0, show(r));
+  const again = JSON.parse(r.stdout) as { changed: boolean; imageGrowthBytes: number };
+  assert.equal(again.changed, false, 'the image already held everything');
+  assert.equal(again.imageGrowthBytes, fs.statSync(b).size - sizeB2);
+  assert.ok(dataFree(b, s.work) >= 128 * MiB, 'resin-data has at least 128 MiB free');
+  assertE2fsckClean(b, s.work);
 
   // Plain bytes as balena takes them; a dry run counts the space too.
   const c = buildImage(s, 'space-dry.img', { table: 'mbr', dataMiB: 8, deviceType: AMD64 });

@@ -77,6 +77,8 @@ export interface OpenTarget {
   flasherBoot?: BootLocation;
   /** Bytes the disk image grew by (after beforeWrite). */
   grewBy?: () => number;
+  /** Before commit: the room --additional-space asks for, also when there was nothing to copy. */
+  ensureAdditionalSpace?: () => Promise<void>;
   commit(): Promise<void>;
   abort(): Promise<void>;
 }
@@ -172,6 +174,7 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
       throw err;
     }
     let grewBy = 0;
+    let sized = false;
     return releasingOnEnd({
       writer: disk.writer,
       prefix: 'docker',
@@ -181,6 +184,12 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
       grewBy: () => grewBy,
       beforeWrite: async (plan) => {
         grewBy = (await disk.ensureRoom(plan.bytes + additional, plan.inodes)).grewBy;
+        sized = true;
+      },
+      ensureAdditionalSpace: async () => {
+        if (sized || additional === 0) return;
+        grewBy = (await disk.ensureRoom(additional, 0)).grewBy;
+        sized = true;
       },
       commit: () => disk.commit(),
       abort: () => disk.abort(),
@@ -344,6 +353,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       return;
     }
     checkInterrupted();
+    await target.ensureAdditionalSpace?.();
     await target.commit();
     done = true;
     phase.leave(true);
