@@ -124,6 +124,8 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
   const given = [opts.resinData, opts.engineRoot, opts.disk].filter((x) => x !== undefined);
   if (given.length !== 1) throw new UsageError('give exactly one target: --resin-data <dir>, --engine-root <dir> or --disk <image>');
   if (opts.output && !opts.disk) throw new UsageError('--output goes with --disk');
+  const additional = opts.additionalSpace !== undefined ? parseByteSize(opts.additionalSpace, '--additional-space') : 0;
+  if (opts.additionalSpace !== undefined && !opts.disk) throw new UsageError('--additional-space goes with --disk (resin-data of a disk image is grown for it)');
   if (opts.disk && !opts.adoptDisk) {
     // A compressed image, or a compressed --output: written on a private work copy (disk/compressed-image.ts).
     const { needsTranscoding, openTranscoded } = await import('../../disk/compressed-image.js');
@@ -132,8 +134,6 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
       return openTranscoded({ disk: opts.disk, output: opts.output, dryRun: opts.dryRun }, (work) => openTarget({ ...opts, disk: work, output: undefined, adoptDisk: { shownAs } }, notify));
     }
   }
-  const additional = opts.additionalSpace !== undefined ? parseByteSize(opts.additionalSpace, '--additional-space') : 0;
-  if (opts.additionalSpace !== undefined && !opts.disk) throw new UsageError('--additional-space goes with --disk (resin-data of a disk image is grown for it)');
   if (opts.disk) {
     const { openDiskTarget, readDeviceArch, estimateRoom, flasherRootA, realImagePath } = await import('../../disk/disk-target.js');
     const device = await readDeviceArch(opts.disk);
