@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32, deflateSync } from 'node:zlib';
 import { buildBalenaImage, extractPartition, type BalenaImageOptions } from './harness/balena-image.js';
-import { assertOneLineError, giveToUser, lsJson, show, transplant, userDir } from './harness/cli.js';
+import { assertOneLineError, giveToUser, lsJson, show, spawnTransplant, transplant, userDir } from './harness/cli.js';
 import { assertE2fsckClean, dataPartition, listDir, sha256File, tableProblems } from './harness/disk-judge.js';
 import { requireTools, run, runOk } from './harness/exec.js';
 import { copyTree, getFixtures, tempDir, type Fixtures } from './harness/fixtures.js';
@@ -391,7 +391,7 @@ test('--additional-space leaves that much free in resin-data, growing the image 
   assert.match(e.stderr, /--additional-space goes with --disk/);
 });
 
-test('--dont-check-arch (balena\'s name) injects into an image of another architecture; the refusal names it; --force still works', T, async () => {
+test('--dont-check-arch (balena\'s name) injects into an image of another architecture; the refusal names it (its older alias --force: disk.test.ts)', T, async () => {
   const s = await getSetup();
   const arm = buildImage(s, 'arch-arm.img', { table: 'mbr', dataMiB: 8, deviceType: AARCH64 });
   const sha = sha256File(arm);
@@ -556,4 +556,52 @@ test('compressed images: damaged or unusable ones are refused with one line, lea
     assert.deepEqual(listDir(s.userWork), dirBefore, `${path.basename(file)}: nothing left behind`);
   }
   assert.equal(fs.readFileSync(path.join(s.userWork, 'exists.img'), 'utf8'), 'mine\n', 'an existing file is never overwritten by default');
+});
+
+test('compressed images: SIGINT while the image is being decompressed leaves nothing behind; after SIGKILL the next run removes the stale work copy', T, async () => {
+  requireTools('gzip');
+  const s = await getSetup();
+  // A 160 MiB file of random bytes in resin-data makes decompression take a while.
+  const tree = path.join(s.work, 'sig-tree');
+  copyTree(s.fx.targetResinData, tree);
+  runOk('dd', ['if=/dev/urandom', `of=${path.join(tree, 'resin-data', 'random.bin')}`, 'bs=1M', 'count=160', 'status=none']);
+  const base = buildImage(s, 'compsig-base.img', { table: 'mbr', dataMiB: 200, deviceType: AMD64, dataDir: tree });
+  fs.rmSync(tree, { recursive: true, force: true });
+  const gz = path.join(s.userWork, 'sig.img.gz');
+  runOk('sh', ['-c', `gzip -1 -c "${base}" > "${gz}"`]);
+  giveToUser(gz);
+  fs.rmSync(base);
+  const sha = sha256File(gz);
+  for (const signal of ['SIGINT', 'SIGKILL'] as const) {
+    const dirBefore = listDir(s.userWork);
+    const child = spawnTransplant(['inject', s.bundle, '--disk', gz], { asUser: true });
+    let stderr = '';
+    child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.stdout?.resume();
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    let sent = false;
+    for (let i = 0; i < 30_000 && !sent; i++) {
+      if (fs.readdirSync(s.userWork).some((f) => f.startsWith('.sig.img.transplant-'))) {
+        child.kill(signal);
+        sent = true;
+      } else await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.ok(sent, 'the work copy appeared');
+    const code = await exited;
+    assert.equal(sha256File(gz), sha, 'the compressed input is unchanged');
+    assert.ok(!fs.existsSync(path.join(s.userWork, 'sig.img')), 'no result was made');
+    if (signal === 'SIGINT') {
+      assert.equal(code, 130, `exit 130 after SIGINT\n${stderr}`);
+      assert.match(stderr, /^error: interrupted by SIGINT/m);
+      assert.deepEqual(leftovers(s.userWork, dirBefore), [], 'nothing left behind after SIGINT');
+    } else {
+      const left = leftovers(s.userWork, dirBefore);
+      assert.ok(left.length >= 1 && left.every((f) => f.startsWith('.sig.img.transplant-')), `SIGKILL leaves only the work copy: ${left.join(', ')}`);
+      // The next run (here one that completes) removes the dead run's work copy.
+      const r = transplant(['inject', s.bundle, '--disk', gz], { asUser: true });
+      assert.equal(r.code, 0, show(r));
+      assert.deepEqual(leftovers(s.userWork, dirBefore), ['sig.img'], 'the stale work copy is gone; only the result was added');
+      assertE2fsckClean(path.join(s.userWork, 'sig.img'), s.work);
+    }
+  }
 });
