@@ -280,6 +280,21 @@ test('--splash-image refuses what is not a PNG, a missing file, and a run with n
     assert.equal(sha256File(img), sha, 'the image is unchanged');
     assert.deepEqual(listDir(s.userWork), dirBefore, 'nothing left beside it');
   }
+  // splash/ taken by a file, or the logo's name by a directory: refused before the images are written.
+  for (const [what, craft, want] of [
+    ['a file named splash', (i: string, off: number) => fatPut(i, off, 'splash', 'not a directory\n', s.work), /:resin-boot\/splash exists and is not a directory/],
+    ['a directory named balena-logo.png', (i: string, off: number) => runOk('mmd', ['-i', `${i}@@${off}`, '::/splash', '::/splash/balena-logo.png'], { env: MTOOLS_ENV }), /:resin-boot\/splash\/balena-logo\.png exists and is a directory/],
+  ] as const) {
+    const odd = buildImage(s, `splash-odd-${what.length}.img`, { table: 'mbr', dataMiB: 8, deviceType: AMD64 });
+    craft(odd, partitionOf(odd, 'resin-boot').offset);
+    const oddSha = sha256File(odd);
+    const before = listDir(s.userWork);
+    const r = transplant(['inject', s.bundle, '--disk', odd, '--splash-image', s.logo], { asUser: true });
+    assertOneLineError(r, what);
+    assert.match(r.stderr, want, show(r));
+    assert.equal(sha256File(odd), oddSha, `${what}: the image is unchanged`);
+    assert.deepEqual(listDir(s.userWork), before, `${what}: nothing left beside it`);
+  }
   const root = path.join(s.work, 'rd-nosplash');
   copyTree(s.fx.targetResinData, root);
   const r = transplant(['inject', s.bundle, '--resin-data', root, '--splash-image', s.logo]);

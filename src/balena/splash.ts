@@ -8,7 +8,7 @@
  * are written.
  */
 import { promises as fsp } from 'node:fs';
-import { readBootFile, writeBootFile, checkBootFile, describeBoot, type BootLocation } from './boot-partition.js';
+import { bootPathKind, readBootFile, writeBootFile, checkBootFile, describeBoot, type BootLocation } from './boot-partition.js';
 import type { UndoSteps } from '../inject/apply.js';
 import * as path from 'node:path';
 
@@ -70,6 +70,8 @@ export interface SplashPlan {
  * else balena-logo.png. Checks, without writing, that it can be written.
  */
 export async function planSplash(loc: BootLocation, png: Buffer, shownAs: string = describeBoot(loc)): Promise<SplashPlan> {
+  // Refused here, before anything is written, rather than when the logo is written last.
+  if ((await bootPathKind(loc, SPLASH_DIR)) === 'file') throw new Error(`${shownAs}/${SPLASH_DIR} exists and is not a directory; the splash logo goes in it`);
   const current = `${SPLASH_DIR}/${SPLASH_NAME}`;
   const old = `${SPLASH_DIR}/${OLD_SPLASH_NAME}`;
   let previous = await readBootFile(loc, current);
@@ -81,6 +83,7 @@ export async function planSplash(loc: BootLocation, png: Buffer, shownAs: string
       previous = oldContent;
     }
   }
+  if ((await bootPathKind(loc, rel)) === 'directory') throw new Error(`${shownAs}/${rel} exists and is a directory`);
   await checkBootFile(loc, rel, png, { overwrite: true });
   return { loc, rel, png, previous, shownAs };
 }
