@@ -173,7 +173,7 @@ test('inject --disk --dry-run prints the plan and changes nothing', T, async () 
   assert.deepEqual(listDir(s.userWork), dirBefore, 'nothing was added beside it');
 });
 
-test('inject --disk refuses what is not a balenaOS image, a flasher image without an inner image, and another architecture (unless --force), with one line, changing nothing', T, async () => {
+test('inject --disk refuses what is not a balenaOS image, a flasher image without an inner image, and another architecture (unless --dont-check-arch, or its older alias --force), with one line, changing nothing', T, async () => {
   const s = await getSetup();
   const dir = s.userWork;
   const random = path.join(dir, 'random.img');
@@ -199,7 +199,7 @@ test('inject --disk refuses what is not a balenaOS image, a flasher image withou
     [s.bundle, /is not a balenaOS disk image/],
     // A flasher image without the inner /opt/*.balenaos-img.
     [flasher, /flasher/],
-    [arm, /amd64.*aarch64.*--force|aarch64.*amd64.*--force/],
+    [arm, /amd64.*aarch64.*--dont-check-arch|aarch64.*amd64.*--dont-check-arch/],
   ];
   for (const [file, want] of cases) {
     const sha = sha256File(file);

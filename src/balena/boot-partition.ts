@@ -122,6 +122,16 @@ export async function readBootFile(loc: BootLocation, rel: string): Promise<Buff
   return withBootFat(loc, false, (fat) => fat.readFile(parts.join('/')));
 }
 
+/** What is at `rel` in resin-boot: a file, a directory (anything else in a mounted one counts as a file), or nothing. */
+export async function bootPathKind(loc: BootLocation, rel: string): Promise<'file' | 'directory' | undefined> {
+  const parts = checkRelative(rel);
+  if (loc.kind === 'directory') {
+    const st = await fsp.lstat(path.join(loc.path, ...parts)).catch(() => undefined);
+    return st === undefined ? undefined : st.isDirectory() ? 'directory' : 'file';
+  }
+  return withBootFat(loc, false, (fat) => fat.kind(parts.join('/')));
+}
+
 export interface WriteBootOptions {
   /** Replace an existing file with different content (otherwise refused). */
   overwrite?: boolean;

@@ -2,7 +2,7 @@
  * The command line: argument parsing, output and exit codes only (0 ok, 1 failure with one
  * `error: …` line, 2 bad usage). The work is done by the modules it calls.
  */
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { VERSION } from '../version.js';
 import { UsageError } from './errors.js';
 import { InterruptedError, exitCodeOf, installInterruptHandlers, interruptedBy } from './interrupt.js';
@@ -13,6 +13,7 @@ import { preloadCommand, type PreloadOptions } from './commands/preload.js';
 import { lsCommand } from './commands/ls.js';
 import { verifyCommand } from './commands/verify.js';
 import { registryOptions, type RegistryCliOptions } from './registry-options.js';
+import { withBalenaNames, type BalenaFlagNames } from '../preload/balena-flags.js';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
@@ -31,14 +32,20 @@ function targetOptions(command: Command): Command {
     .option('--disk <image>', 'target: a balenaOS disk image, written without mounting and grown when too small')
     .option('--output <image>', 'with --disk: write the result here and leave the input image untouched')
     .option('--apps <file>', 'write this target state as apps.json at the root of resin-data (a v3 apps.json, the API device state or the dashboard copy), after checking every service image will resolve')
-    .option('--pin-device', 'set pinDevice in apps.json')
+    .option('-p, --pin-device', 'with --apps: set pinDevice in apps.json (the supervisor pins the device to the preloaded release); balena\'s name --pin-device-to-release is accepted')
+    .option('--no-pin-device', 'with --apps: set pinDevice to false in apps.json (also --no-pin-device-to-release)')
+    .option('--pin-device-to-release', 'the same as --pin-device (balena preload\'s name)')
+    .option('--no-pin-device-to-release', 'the same as --no-pin-device')
+    .option('-s, --splash-image <png>', 'a PNG boot logo written to resin-boot/splash/balena-logo.png (resin-logo.png where the image has only that name; also flash-boot of a flasher image), inside the image or into --resin-boot <dir>')
+    .option('--additional-space <bytes>', 'with --disk: keep this much free in resin-data beyond what the images need, growing the image for it (bytes, or with a unit: 512M, 2G, 1GiB)')
+    .option('--dont-check-arch', 'inject images whose architecture the device (device-type.json of the image or of --resin-boot) cannot run, with a warning')
     .option('--static-ip <address/prefix[,gateway]>', 'a static address for the device (a NetworkManager keyfile in resin-boot/system-connections/); one per IP family', collect, [])
     .option('--interface <name>', 'with --static-ip: the interface (default eth0)')
     .option('--dns <address>', 'with --static-ip: a DNS server; repeatable', collect, [])
     .option('--network-file <keyfile>', 'a NetworkManager keyfile to put into resin-boot/system-connections/ (checked first)')
     .option('--resin-boot <dir>', 'a mounted resin-boot partition for the network settings (with --disk, the image\'s own is written)')
     .option('--verify', 'after writing, rebuild every injected layer from what was written and check it against its DiffID; undo the run on a mismatch')
-    .option('--force', 'write even though an engine seems to be running on the target')
+    .option('--force', 'write even though an engine seems to be running on the target (also skips the architecture check, as --dont-check-arch)')
     .option('--no-wait', 'when another run holds the target (it is locked for the whole run), fail at once with "in use by pid N" instead of waiting for it')
     .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing')
     .option('--json', 'print results as JSON');
@@ -74,17 +81,20 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .description('Write the images of a bundle into a target: a mounted resin-data, an engine data root, or a balenaOS disk image.')
     .argument('<bundle>', "the bundle file ('-' for standard input), or an engine data root to copy from")
     .option('--image <ref-or-id>', 'inject only these images of the bundle; repeatable', collect, []);
-  targetOptions(inject).action(async (bundle: string, opts: InjectCommandOptions) => {
-    await run((out) => injectCommand(bundle, opts, out), opts.json);
+  targetOptions(inject).action(async (bundle: string, opts: InjectCommandOptions & BalenaFlagNames) => {
+    await run((out) => injectCommand(bundle, withBalenaNames(opts), out), opts.json);
   });
 
   const preload = program
     .command('preload')
     .description('Extract and inject in one pass, from a source straight into a target, with no bundle in between.')
+    .argument('[image]', 'the balenaOS disk image to write (as balena preload takes it), the same as --disk <image>')
+    .addOption(new Option('-f, --fleet <fleet>', 'balena preload\'s; refused with what to give instead').hideHelp())
+    .addOption(new Option('-c, --commit <release>', 'balena preload\'s; refused with what to give instead').hideHelp())
     .requiredOption('--from <source>', "any source extract takes: an engine data root, a data-root tarball, ssh://…, a docker save archive, a bundle, docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] or 'registry'")
     .option('--image <ref-or-id>', 'an image to take (as for extract); repeatable', collect, []);
-  registryOptions(targetOptions(sshOptions(preload))).action(async (opts: PreloadOptions) => {
-    await run((out) => preloadCommand(opts, out), opts.json);
+  registryOptions(targetOptions(sshOptions(preload))).action(async (image: string | undefined, opts: PreloadOptions & BalenaFlagNames) => {
+    await run((out) => preloadCommand(withBalenaNames(opts, image), out), opts.json);
   });
 
   const ls = program

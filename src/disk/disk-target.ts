@@ -16,6 +16,13 @@ export interface DiskTargetOptions {
   output?: string;
   /** In place: the owner and mode the image has, given to the result (set by openDiskTarget). */
   keep?: FileOwnership;
+  /**
+   * The image is already a private work copy (a decompressed input, compressed-image.ts):
+   * written in place without another copy; commit leaves it where it is.
+   */
+  adopt?: boolean;
+  /** The name messages give the image (the user's file, when the image is a work copy of it). */
+  shownAs?: string;
 }
 
 /** What an image replaced in place keeps: its owner and permission bits. */
@@ -163,7 +170,7 @@ function removeStaleWorkFiles(dir: string, base: string): void {
     return;
   }
   for (const name of names) {
-    const m = /^(\d+)-[0-9a-f]{8}(\.inner|\.resize-\d+)?$/.exec(name.slice(prefix.length));
+    const m = /^(\d+)-[0-9a-f]{8}(\.inner|\.out|\.resize-\d+)?$/.exec(name.slice(prefix.length));
     if (!m) continue;
     const pid = Number(m[1]);
     let alive = true;
@@ -194,6 +201,15 @@ export function flasherRootA(imagePath: string): { rootA: Partition } | undefine
 export async function openDiskTarget(imagePath: string, options: DiskTargetOptions = {}): Promise<DiskTarget> {
   if (options.output && path.resolve(options.output) === path.resolve(imagePath)) {
     throw new Error(`--output ${options.output} is the input image; leave --output out to write the image in place`);
+  }
+  if (options.adopt) {
+    const flasher = flasherRootA(imagePath);
+    if (flasher) {
+      const { openFlasherTarget } = await import('./flasher.js');
+      return openFlasherTarget(imagePath, flasher.rootA, { adopt: true, shownAs: options.shownAs });
+    }
+    const { table, data } = inspectBalenaImage(imagePath);
+    return new DiskTargetImpl(imagePath, imagePath, imagePath, table, data, undefined, options.shownAs);
   }
   // In place, a symlink named as the image is written through: the real file is replaced.
   const real = realImagePath(imagePath);
@@ -237,10 +253,11 @@ export class DiskTargetImpl implements DiskTarget {
     private table: PartitionTable,
     public partition: Partition,
     private readonly keep?: FileOwnership,
+    shownAs?: string,
   ) {
     this.bootImagePath = workPath;
     this.tableKind = table.kind;
-    this.writer = new Ext4TreeWriter(workPath, partition.offset, { description: `${path.basename(imagePath)}:${DATA_LABEL}` });
+    this.writer = new Ext4TreeWriter(workPath, partition.offset, { description: `${path.basename(shownAs ?? imagePath)}:${DATA_LABEL}` });
   }
 
   private assertOpen(): void {
@@ -327,6 +344,11 @@ export class DiskTargetImpl implements DiskTarget {
     await this.writer.discard();
     fs.rmSync(this.workPath, { force: true });
     this.forgetCleanup();
+  }
+
+  /** For an adopted work copy: nothing to rename on commit. */
+  get adopted(): boolean {
+    return this.workPath === this.destination;
   }
 }
 

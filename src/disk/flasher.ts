@@ -25,7 +25,8 @@ const INNER_SUFFIX = '.balenaos-img';
  */
 export async function openFlasherTarget(imagePath: string, rootA: Partition, options: DiskTargetOptions): Promise<DiskTarget> {
   const destination = options.output ?? imagePath;
-  const workPath = workPathFor(destination);
+  // An adopted image is already a private work copy: written in place (compressed-image.ts).
+  const workPath = options.adopt ? imagePath : workPathFor(destination);
   const innerPath = `${workPath}.inner`;
   let rootWriter: Ext4TreeWriter | undefined;
   const forget = onInterrupt(() => {
@@ -33,8 +34,9 @@ export async function openFlasherTarget(imagePath: string, rootA: Partition, opt
     fs.rmSync(innerPath, { force: true });
   });
   try {
-    await copyImageFile(imagePath, workPath);
-    rootWriter = new Ext4TreeWriter(workPath, rootA.offset, { description: `${path.basename(imagePath)}:flash-rootA` });
+    if (!options.adopt) await copyImageFile(imagePath, workPath);
+    const shown = path.basename(options.shownAs ?? imagePath);
+    rootWriter = new Ext4TreeWriter(workPath, rootA.offset, { description: `${shown}:flash-rootA` });
     const names = ((await rootWriter.readdir(INNER_DIR)) ?? []).filter((n) => n.endsWith(INNER_SUFFIX));
     if (names.length !== 1) {
       throw new Error(
@@ -51,7 +53,7 @@ export async function openFlasherTarget(imagePath: string, rootA: Partition, opt
     } catch (err) {
       throw new Error(`${imagePath}: the image inside the flasher (${innerRel}) is not usable: ${(err as Error).message.replace(innerPath, innerRel)}`);
     }
-    const inner = new DiskTargetImpl(`${imagePath}:${innerRel}`, innerPath, innerPath, inspected.table, inspected.data);
+    const inner = new DiskTargetImpl(`${imagePath}:${innerRel}`, innerPath, innerPath, inspected.table, inspected.data, undefined, `${shown}:${innerRel}`);
     return new FlasherTarget(imagePath, destination, workPath, innerPath, innerRel, old, rootA, rootWriter, inner, forget, options.keep);
   } catch (err) {
     forget();

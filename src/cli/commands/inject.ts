@@ -15,9 +15,13 @@ import { TargetLock, lockFile, lockFiles } from '../../targets/target-lock.js';
 import type { UndoSteps } from '../../inject/apply.js';
 import { existsSync } from 'node:fs';
 import { ReadOnlyTreeWriter } from '../../targets/read-only.js';
-import { SYSTEM_CONNECTIONS, bootLocation, checkSystemConnection, writeSystemConnection, type BootLocation } from '../../balena/boot-partition.js';
+import { FLASHER_BOOT_LABELS, SYSTEM_CONNECTIONS, bootLocation, checkSystemConnection, writeSystemConnection, type BootLocation } from '../../balena/boot-partition.js';
 import { checkKeyfile, staticIpKeyfile } from '../../balena/network.js';
 import { archMatches, platformOf } from '../../balena/arch.js';
+import { readSplashImage, planSplash, writeSplash, type SplashPlan } from '../../balena/splash.js';
+import { refuseSecureBoot, refuseSecureBootImage } from '../../balena/secure-boot.js';
+import { bootDeviceArch } from '../../balena/boot-device.js';
+import { parseByteSize } from '../../disk/size.js';
 import { checkAppsTarget, readApps, referencesForApps, writeApps } from '../../preload/apps.js';
 import type { AppsJson } from '../../balena/apps-json.js';
 import { LayerProgressLine } from '../progress.js';
@@ -33,6 +37,12 @@ export interface TargetOptions {
   force?: boolean;
   /** false (--no-wait): fail at once when another run holds the target, instead of waiting. */
   wait?: boolean;
+  /** --additional-space: bytes resin-data keeps free beyond what the images need (disk/size.ts syntax). */
+  additionalSpace?: string;
+  /** --dont-check-arch: inject images the device's architecture cannot run (warned). */
+  dontCheckArch?: boolean;
+  /** Internal: --disk is a private work copy of the user's image (disk/compressed-image.ts), written in place. */
+  adoptDisk?: { shownAs: string };
 }
 
 export interface InjectCommandOptions extends TargetOptions {
@@ -44,6 +54,8 @@ export interface InjectCommandOptions extends TargetOptions {
   dns?: string[];
   networkFile?: string;
   resinBoot?: string;
+  /** --splash-image: a PNG for resin-boot/splash/ (balena/splash.ts). */
+  splashImage?: string;
   verify?: boolean;
   dryRun?: boolean;
   json?: boolean;
@@ -61,6 +73,12 @@ export interface OpenTarget {
   boot?: BootLocation;
   /** For a dry run: what the plan means for the target's free space. */
   room?: (plan: InjectPlan) => string;
+  /** flash-boot of a flasher image's work copy (the installer's boot partition). */
+  flasherBoot?: BootLocation;
+  /** Bytes the disk image grew by (after beforeWrite). */
+  grewBy?: () => number;
+  /** Before commit: the room --additional-space asks for, also when there was nothing to copy. */
+  ensureAdditionalSpace?: () => Promise<void>;
   commit(): Promise<void>;
   abort(): Promise<void>;
 }
@@ -106,9 +124,20 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
   const given = [opts.resinData, opts.engineRoot, opts.disk].filter((x) => x !== undefined);
   if (given.length !== 1) throw new UsageError('give exactly one target: --resin-data <dir>, --engine-root <dir> or --disk <image>');
   if (opts.output && !opts.disk) throw new UsageError('--output goes with --disk');
+  const additional = opts.additionalSpace !== undefined ? parseByteSize(opts.additionalSpace, '--additional-space') : 0;
+  if (opts.additionalSpace !== undefined && !opts.disk) throw new UsageError('--additional-space goes with --disk (resin-data of a disk image is grown for it)');
+  if (opts.disk && !opts.adoptDisk) {
+    // A compressed image, or a compressed --output: written on a private work copy (disk/compressed-image.ts).
+    const { needsTranscoding, openTranscoded } = await import('../../disk/compressed-image.js');
+    const shownAs = opts.disk;
+    if (needsTranscoding(opts.disk, opts.dryRun ? undefined : opts.output)) {
+      return openTranscoded({ disk: opts.disk, output: opts.output, dryRun: opts.dryRun }, (work) => openTarget({ ...opts, disk: work, output: undefined, adoptDisk: { shownAs } }, notify));
+    }
+  }
   if (opts.disk) {
     const { openDiskTarget, readDeviceArch, estimateRoom, flasherRootA, realImagePath } = await import('../../disk/disk-target.js');
     const device = await readDeviceArch(opts.disk);
+    await refuseSecureBootImage(opts.disk);
     if (opts.dryRun && !flasherRootA(opts.disk)) {
       // Planning reads resin-data in place, through a disk that keeps writes in memory.
       const { DiskImageReader } = await import('../../disk/read-only.js');
@@ -119,7 +148,7 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
         prefix: 'docker',
         device,
         room: (plan) => {
-          const r = estimateRoom(disk, plan.bytes, plan.inodes);
+          const r = estimateRoom(disk, plan.bytes + additional, plan.inodes);
           return `resin-data has ${formatBytes(r.freeBytes)} and ${r.freeInodes} inodes free; ${r.growBy > 0 ? `the image would grow by ${formatBytes(r.growBy)}` : 'no growth needed'}`;
         },
         commit: () => writer.close(),
@@ -131,7 +160,7 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
     let disk;
     let boot: BootLocation;
     try {
-      disk = await openDiskTarget(opts.disk, { output: opts.output });
+      disk = await openDiskTarget(opts.disk, { output: opts.output, adopt: opts.adoptDisk !== undefined, shownAs: opts.adoptDisk?.shownAs });
     } catch (err) {
       lock.release();
       throw err;
@@ -144,13 +173,23 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
       lock.release();
       throw err;
     }
+    let grewBy = 0;
+    let sized = false;
     return releasingOnEnd({
       writer: disk.writer,
       prefix: 'docker',
       device,
       boot,
+      flasherBoot: disk.bootImagePath !== disk.workPath ? { kind: 'image', path: disk.workPath, labels: [...FLASHER_BOOT_LABELS] } : undefined,
+      grewBy: () => grewBy,
       beforeWrite: async (plan) => {
-        await disk.ensureRoom(plan.bytes, plan.inodes);
+        grewBy = (await disk.ensureRoom(plan.bytes + additional, plan.inodes)).grewBy;
+        sized = true;
+      },
+      ensureAdditionalSpace: async () => {
+        if (sized || additional === 0) return;
+        grewBy = (await disk.ensureRoom(additional, 0)).grewBy;
+        sized = true;
       },
       commit: () => disk.commit(),
       abort: () => disk.abort(),
@@ -179,14 +218,14 @@ export async function openTarget(opts: TargetOptions, notify: (message: string) 
   return releasingOnEnd({ writer, prefix, commit: () => writer.close(), abort: () => writer.close() }, lock);
 }
 
-/** Refuses images a device of this type cannot run, unless --force. */
+/** Refuses images a device of this type cannot run, unless --dont-check-arch (or its older alias --force). */
 function checkArchitecture(images: readonly SourceImage[], device: { arch: string; slug: string }, force: boolean, out: Output): void {
   for (const image of images) {
     const platform = platformOf(image.config);
     const ok = archMatches(device.arch, platform);
     const what = `${image.references[0] ?? image.id.slice(7, 19)} is ${platform.architecture}${platform.variant ? `/${platform.variant}` : ''}, the image is for ${device.slug} (${device.arch})`;
     if (ok === false) {
-      if (!force) throw new Error(`${what}: the device could not run it; pass --force to inject it anyway`);
+      if (!force) throw new Error(`${what}: the device could not run it; pass --dont-check-arch to inject it anyway`);
       out.warn(what);
     } else if (ok === undefined) out.warn(`unknown device architecture ${device.arch}; not checking ${image.references[0] ?? image.id}`);
   }
@@ -246,26 +285,40 @@ async function keyfileFrom(opts: InjectCommandOptions): Promise<{ fileName: stri
 export async function injectFrom(source: ImageSource, images: SourceImage[], opts: InjectCommandOptions, out: Output, apps?: AppsJson): Promise<void> {
   // Before the target is opened (a disk image may be copied to --output): nothing written for an image the engine cannot use.
   checkLayerDepths(images, source.description);
+  if (opts.pinDevice !== undefined && !opts.apps) throw new UsageError(`--${opts.pinDevice ? '' : 'no-'}pin-device sets pinDevice in the apps.json it writes: it needs --apps <file>`);
   if (apps && opts.engineRoot) throw new UsageError('--apps writes apps.json at the root of resin-data: use --resin-data or --disk');
   if (opts.resinBoot && opts.disk) throw new UsageError('--resin-boot goes with --resin-data or --engine-root; with --disk, resin-boot inside the image is written');
   const keyfile = await keyfileFrom(opts);
+  if (opts.splashImage && !opts.resinBoot && !opts.disk) throw new UsageError('--splash-image goes into resin-boot: give --resin-boot <dir> or --disk <image>');
+  const splash = opts.splashImage ? await readSplashImage(opts.splashImage) : undefined;
   const resinBoot = opts.resinBoot ? await bootLocation(opts.resinBoot) : undefined;
+  if (resinBoot) await refuseSecureBoot(resinBoot);
+  // With --resin-data, the device type comes from the mounted resin-boot's device-type.json.
+  const bootDevice = resinBoot ? await bootDeviceArch(resinBoot).catch((e: unknown) => { if (opts.dontCheckArch) return undefined; throw e; }) : undefined;
   const notify = (m: string): void => out.warn(m);
   const target = await openTarget(opts, notify);
   let done = false;
   let bootLock: TargetLock | undefined;
   const phase = new WritePhase();
   try {
-    if (resinBoot?.kind === 'directory' && keyfile && !opts.dryRun) {
+    if (resinBoot?.kind === 'directory' && (keyfile || splash) && !opts.dryRun) {
       bootLock = await lockFile(resinBoot.path, resinBoot.path, { wait: opts.wait !== false, onWait: notify });
     }
-    if (target.device) checkArchitecture(images, target.device, opts.force === true, out);
+    const device = target.device ?? bootDevice;
+    if (device) checkArchitecture(images, device, opts.dontCheckArch === true || opts.force === true, out);
     const boot = resinBoot ?? target.boot;
+    const splashPlans: SplashPlan[] = [];
+    if (splash && target.flasherBoot) splashPlans.push(await planSplash(target.flasherBoot, splash, `${opts.disk}:flash-boot`));
+    if (splash && boot) splashPlans.push(await planSplash(boot, splash, boot.kind === 'directory' ? boot.path : `${opts.disk}:${target.flasherBoot ? 'inner image\'s ' : ''}resin-boot`));
     // Everything that can refuse is checked before the first write (the images included).
     if (apps) await checkAppsTarget(target.writer);
     if (keyfile && boot) await checkSystemConnection(boot, keyfile);
     const finish = async (writer: TreeWriter, undo: UndoSteps): Promise<void> => {
       if (apps) await writeApps(writer, apps, undo);
+      for (const plan of splashPlans) {
+        checkInterrupted();
+        splashWritten.push(await writeSplash(plan, undo));
+      }
       if (keyfile && boot) {
         checkInterrupted();
         const existedDir = boot.kind === 'directory' && (await fs.lstat(path.join(boot.path, SYSTEM_CONNECTIONS)).then(() => true, () => false));
@@ -281,6 +334,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       }
     };
     let network: string | undefined;
+    const splashWritten: string[] = [];
     const result = await injectImages(interruptible(source), images, interruptibleWriter(target.writer), target.prefix, {
       dryRun: opts.dryRun,
       verify: opts.verify,
@@ -288,7 +342,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       warn: (m) => out.warn(m),
       beforeWrite: target.beforeWrite,
       extraReferences: apps ? (store) => referencesForApps(apps, images, store) : undefined,
-      finish: apps || keyfile ? finish : undefined,
+      finish: apps || keyfile || splashPlans.length > 0 ? finish : undefined,
       startWriting: () => phase.enter(),
     });
     if (opts.dryRun) {
@@ -299,12 +353,20 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       return;
     }
     checkInterrupted();
+    await target.ensureAdditionalSpace?.();
     await target.commit();
     done = true;
     phase.leave(true);
     const copied = result.plan.layers.filter((l) => l.action === 'copy').length;
-    const extras = [apps ? 'apps.json written' : '', network ? `network settings in ${network}` : ''].filter(Boolean);
-    out.data({ ...(planJson(result.plan) as object), changed: result.changed, appsJson: apps !== undefined, network }, () =>
+    const grewBy = target.grewBy?.() ?? 0;
+    const extras = [
+      apps ? 'apps.json written' : '',
+      network ? `network settings in ${network}` : '',
+      splashWritten.length > 0 ? `splash logo in ${splashWritten.join(' and ')}` : '',
+      target.grewBy ? (grewBy > 0 ? `the image grew by ${formatBytes(grewBy)}` : 'the image did not need to grow') : '',
+    ].filter(Boolean);
+    const growth = target.grewBy ? { imageGrowthBytes: grewBy } : {};
+    out.data({ ...(planJson(result.plan) as object), changed: result.changed, appsJson: apps !== undefined, network, splash: splashWritten, ...growth }, () =>
       (result.changed
         ? `injected ${images.length} images into ${target.writer.description}: ${copied} layers copied, ${result.plan.layers.length - copied} reused, ${result.plan.references.added.length} references added`
         : `${target.writer.description} already holds every image and reference`) + (extras.length > 0 ? `; ${extras.join('; ')}` : ''),
