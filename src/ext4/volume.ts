@@ -58,6 +58,8 @@ export class Ext4Volume {
   /** Next-fit cursors of the allocators. */
   private blockGoal = 0;
   private inodeGoal = 0;
+  /** Per group: every inode below this index is in use (where allocInode looks first). */
+  private readonly inodeHint: number[] = [];
 
   private constructor(readonly image: ImageFile, readonly fsOffset: number, readonly where: string, readonly writable: boolean, limit: number | undefined) {
     const raw = image.read(fsOffset + SUPERBLOCK_OFFSET, 1024);
@@ -540,20 +542,27 @@ export class Ext4Volume {
   }
 
   private markBlocks(start: number, len: number, used: boolean): void {
-    for (let b = start; b < start + len; b++) {
-      const rel = b - this.sb.firstDataBlock;
-      const g = Math.floor(rel / this.sb.blocksPerGroup);
-      const i = rel % this.sb.blocksPerGroup;
+    const { firstDataBlock, blocksPerGroup } = this.sb;
+    // One group at a time: its bitmap, descriptor and counts are looked up once per run.
+    for (let b = start; b < start + len; ) {
+      const rel = b - firstDataBlock;
+      const g = Math.floor(rel / blocksPerGroup);
+      const first = rel % blocksPerGroup;
+      const n = Math.min(start + len - b, blocksPerGroup - first);
       const bm = this.loadBlockBitmap(g);
-      const bit = 1 << (i & 7);
-      const was = (bm[i >> 3] & bit) !== 0;
-      if (was === used) throw new Error(`${this.where}: block ${b} is already ${used ? 'in use' : 'free'} (allocator state damaged)`);
-      bm[i >> 3] ^= bit;
+      for (let i = first; i < first + n; i++) {
+        const bit = 1 << (i & 7);
+        if (((bm[i >> 3] & bit) !== 0) === used) {
+          throw new Error(`${this.where}: block ${b + (i - first)} is already ${used ? 'in use' : 'free'} (allocator state damaged)`);
+        }
+        bm[i >> 3] ^= bit;
+      }
       const d = this.groups[g];
-      d.freeBlocks += used ? -1 : 1;
+      d.freeBlocks += used ? -n : n;
       d.flags &= ~BG_BLOCK_UNINIT;
-      this.sb.freeBlocksCount += used ? -1 : 1;
+      this.sb.freeBlocksCount += used ? -n : n;
       this.dirtyGroups.add(g);
+      b += n;
     }
     this.sbDirty = true;
   }
@@ -605,7 +614,24 @@ export class Ext4Volume {
       }
       // A free block: extend the run as far as it goes (and need lasts).
       let len = 1;
-      while (len < need && b + len < blocksCount && !this.isBlockUsed(b + len)) len++;
+      let bits = bm;
+      let group = g;
+      while (len < need && b + len < blocksCount) {
+        const r = b + len - firstDataBlock;
+        const gr = Math.floor(r / blocksPerGroup);
+        if (gr !== group) {
+          group = gr;
+          bits = this.loadBlockBitmap(gr);
+        }
+        const k = r % blocksPerGroup;
+        // Eight free blocks at once where a whole bitmap byte is free.
+        if ((k & 7) === 0 && bits[k >> 3] === 0 && len + 8 <= need && k + 8 <= blocksPerGroup && b + len + 8 <= blocksCount) {
+          len += 8;
+          continue;
+        }
+        if (bits[k >> 3] & (1 << (k & 7))) break;
+        len++;
+      }
       this.markBlocks(b, len, true);
       runs.push({ start: b, len });
       need -= len;
@@ -641,7 +667,9 @@ export class Ext4Volume {
       const d = this.groups[g];
       if (d.freeInodes === 0) continue;
       const bm = this.loadInodeBitmap(g);
-      for (let i = 0; i < sb.inodesPerGroup; i++) {
+      // Below the hint every inode of the group is in use (next-fit: a layer's tens of
+      // thousands of inodes would otherwise each rescan the group from its start).
+      for (let i = this.inodeHint[g] ?? 0; i < sb.inodesPerGroup; i++) {
         if (bm[i >> 3] === 0xff && (i & 7) === 0) {
           i += 7;
           continue;
@@ -650,6 +678,7 @@ export class Ext4Volume {
         const ino = g * sb.inodesPerGroup + i + 1;
         if (ino < this.firstIno) continue;
         bm[i >> 3] |= 1 << (i & 7);
+        this.inodeHint[g] = i + 1;
         if (d.flags & BG_INODE_UNINIT) {
           d.flags &= ~BG_INODE_UNINIT;
           d.itableUnused = sb.inodesPerGroup; // nothing in this table is in use yet
@@ -673,6 +702,7 @@ export class Ext4Volume {
     const bm = this.loadInodeBitmap(g);
     if (!(bm[i >> 3] & (1 << (i & 7)))) throw new Error(`${this.where}: inode ${ino} is already free`);
     bm[i >> 3] &= ~(1 << (i & 7));
+    this.inodeHint[g] = Math.min(this.inodeHint[g] ?? 0, i);
     const d = this.groups[g];
     d.freeInodes++;
     if (isDir && d.usedDirs > 0) d.usedDirs--;
