@@ -477,7 +477,8 @@ async function main(): Promise<void> {
     // The same transplant commands from another build as the reference side.
     chosen = chosen.map((c) => {
       const withBin = c.a.with as (bin: string) => Sample;
-      return { ...c, setup: undefined, teardown: undefined, target: '(change)', check: () => true, b: { ...c.a, label: `baseline ${c.a.label}`, run: () => withBin(BASELINE) } };
+      // The case's setup stays: the registry cases need their registry for both builds.
+      return { ...c, target: '(change)', check: () => true, b: { ...c.a, label: `baseline ${c.a.label}`, run: () => withBin(BASELINE) } };
     });
   }
   const results: Result[] = [];
