@@ -1,7 +1,7 @@
 /**
  * npm run bench [-- case…] : transplant against the plain tools doing the same I/O.
  *
- * Cases (all by default): preload, bundle, disk, tarball, registry. Environment:
+ * Cases (all by default): preload, bundle, disk, tarball, registry, registry-disk. Environment:
  *   BENCH_DIR          where the workload and scratch space live (default /var/tmp/transplant-bench)
  *   BENCH_RUNS         runs per side (default 3), interleaved A B A B …
  *   BENCH_DROP_CACHES  '0' keeps the page cache warm; otherwise `sync; echo 3 > drop_caches`
@@ -146,6 +146,38 @@ function cases(w: Workload): Case[] {
   const runImg = path.join(scratch, 'run.img');
   const mnt = path.join(BENCH_DIR, 'mnt');
 
+  const pristineDisk = async (): Promise<void> => {
+    if (fs.existsSync(dataOffset)) return;
+    log('building the pristine balenaOS disk image');
+    fresh(diskDir);
+    const dataMiB = Math.ceil((w.bytes * 1.3) / 2 ** 20 + w.files * 8192 / 2 ** 20 / 4) + 256;
+    const img = buildBalenaImage(diskDir, 'pristine.img', { dataMiB, deviceType: { slug: 'genericx86-64-ext', arch: process.arch === 'arm64' ? 'aarch64' : 'amd64' } });
+    fs.writeFileSync(dataOffset, JSON.stringify(img.data));
+  };
+  const copyPristine = (): void => {
+    fresh(scratch);
+    runOk('cp', ['--sparse=always', pristine, runImg], { timeoutMs: 600_000 });
+  };
+
+  // Cases 5 and 6: the workload pushed once by a real dockerd to Debian's docker-registry on 127.0.0.1 (untimed).
+  const startBenchRegistry = async (): Promise<void> => {
+    requireTools('docker-registry');
+    fs.mkdirSync(clientConfig, { recursive: true });
+    registry = await startRegistry({ storage: path.join(BENCH_DIR, 'registry-storage'), dir: path.join(BENCH_DIR, 'registry') });
+    const pusher = await Dockerd.start({ dataRoot: w.engineRoot });
+    try {
+      for (const img of w.images) {
+        pusher.docker(['tag', img, `${registry.host}/${img}`]);
+        pusher.docker(['push', `${registry.host}/${img}`], { timeoutMs: 1_800_000 });
+        pusher.docker(['rmi', `${registry.host}/${img}`]);
+      }
+    } finally {
+      await pusher.stop();
+      pusher.cleanup();
+    }
+  };
+  const archiveOf = (img: string): string => path.join(scratch, `${img.replace(/[^A-Za-z0-9.-]/g, '_')}.tar`);
+
   const extractInject = (bin: string): Sample => {
     const bundle = path.join(dest, 'images.bundle');
     return both(
@@ -218,14 +250,7 @@ function cases(w: Workload): Case[] {
       target: '≤ 1.5×',
       check: (r) => r <= 1.5,
       rssLimitMB: 200,
-      setup: async () => {
-        if (fs.existsSync(dataOffset)) return;
-        log('building the pristine balenaOS disk image');
-        fresh(diskDir);
-        const dataMiB = Math.ceil((w.bytes * 1.3) / 2 ** 20 + w.files * 8192 / 2 ** 20 / 4) + 256;
-        const img = buildBalenaImage(diskDir, 'pristine.img', { dataMiB, deviceType: { slug: 'genericx86-64-ext', arch: process.arch === 'arm64' ? 'aarch64' : 'amd64' } });
-        fs.writeFileSync(dataOffset, JSON.stringify(img.data));
-      },
+      setup: pristineDisk,
       a: {
         label: 'transplant inject --disk',
         before: () => {
@@ -281,23 +306,7 @@ function cases(w: Workload): Case[] {
       what: 'loopback registry → engine root',
       target: '≤ 1.0×',
       check: (r) => r <= 1.0,
-      // Pushed once by a real dockerd to Debian's docker-registry on 127.0.0.1 (untimed).
-      setup: async () => {
-        requireTools('docker-registry');
-        fs.mkdirSync(clientConfig, { recursive: true });
-        registry = await startRegistry({ storage: path.join(BENCH_DIR, 'registry-storage'), dir: path.join(BENCH_DIR, 'registry') });
-        const pusher = await Dockerd.start({ dataRoot: w.engineRoot });
-        try {
-          for (const img of w.images) {
-            pusher.docker(['tag', img, `${registry.host}/${img}`]);
-            pusher.docker(['push', `${registry.host}/${img}`], { timeoutMs: 1_800_000 });
-            pusher.docker(['rmi', `${registry.host}/${img}`]);
-          }
-        } finally {
-          await pusher.stop();
-          pusher.cleanup();
-        }
-      },
+      setup: startBenchRegistry,
       teardown: async () => {
         await registry?.stop();
       },
@@ -320,6 +329,39 @@ function cases(w: Workload): Case[] {
           dst?.cleanup();
           clean();
         },
+      },
+    },
+    {
+      name: 'registry-disk',
+      what: 'loopback registry → balenaOS disk image',
+      // issue 11: against skopeo copy to a docker-archive + transplant inject --disk (reported).
+      target: '(reported)',
+      check: () => true,
+      setup: async () => {
+        requireTools('skopeo');
+        await pristineDisk();
+        await startBenchRegistry();
+      },
+      teardown: async () => {
+        await registry?.stop();
+      },
+      a: {
+        label: 'transplant preload --from docker:// --disk',
+        before: copyPristine,
+        run: () => transplant(['preload', '--from', `docker://${registry!.host}`, ...imageArgs, '--disk', runImg]),
+        with: (bin) => transplant(['preload', '--from', `docker://${registry!.host}`, ...imageArgs, '--disk', runImg], bin),
+        after: clean,
+      },
+      b: {
+        // skopeo writes one image per docker-archive: one copy and one inject per image.
+        label: 'skopeo copy to docker-archive + transplant inject --disk',
+        before: copyPristine,
+        run: () =>
+          both(
+            sh(w.images.map((i) => `skopeo copy --quiet --src-tls-verify=false docker://${registry!.host}/${i} docker-archive:${q(archiveOf(i))}:${q(i)}`).join('\n')),
+            ...w.images.map((i) => transplant(['inject', archiveOf(i), '--disk', runImg])),
+          ),
+        after: clean,
       },
     },
   ];
@@ -436,7 +478,8 @@ async function main(): Promise<void> {
     // The same transplant commands from another build as the reference side.
     chosen = chosen.map((c) => {
       const withBin = c.a.with as (bin: string) => Sample;
-      return { ...c, setup: undefined, teardown: undefined, target: '(change)', check: () => true, b: { ...c.a, label: `baseline ${c.a.label}`, run: () => withBin(BASELINE) } };
+      // The case's setup stays: the registry cases need their registry for both builds.
+      return { ...c, target: '(change)', check: () => true, b: { ...c.a, label: `baseline ${c.a.label}`, run: () => withBin(BASELINE) } };
     });
   }
   const results: Result[] = [];

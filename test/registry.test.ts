@@ -556,3 +556,86 @@ test('registry: a layer that cannot be converted in one pass (opaque marker afte
   const v = transplant(['verify', target]);
   assert.equal(v.code, 0, show(v));
 });
+
+test('registry: inject docker://… takes the registry options as preload does (--ca, --registry-auth, --registry-auth-file, --jobs, --platform, --insecure-registry)', T, async () => {
+  const s = await getSetup();
+  const tls = makeTls(path.join(s.work, 'tls-inject'));
+  const htpasswd = makeHtpasswd(path.join(s.work, 'htpasswd-inject'), 'carol', 'pa55word');
+  const basic = await startRegistry({ storage: s.storage, dir: path.join(s.work, 'basic-inject'), tls, htpasswd });
+  try {
+    const target = path.join(s.work, 'target-inject');
+    copyTree(s.fx.bareEngineRoot, target);
+    const untouched = snapshotTree(target);
+    const noCa = transplant(['inject', `docker://${basic.host}/fixture/app-c:2`, '--registry-auth', 'carol:pa55word', '--engine-root', target]);
+    assertOneLineError(noCa, 'inject: untrusted certificate');
+    assert.match(noCa.stderr, /--ca/);
+    const wrong = transplant(['inject', `docker://${basic.host}/fixture/app-c:2`, '--ca', tls.caCert, '--registry-auth', 'carol:nope', '--engine-root', target]);
+    assertOneLineError(wrong, 'inject: wrong password');
+    assert.match(wrong.stderr, /fixture\/app-c:2/);
+    assertUnchanged(target, untouched, 'inject refused');
+
+    const r = transplant(['inject', `docker://${basic.host}/fixture/app-c:2`, '--ca', tls.caCert, '--registry-auth', 'carol:pa55word', '--jobs', '1', '--engine-root', target]);
+    assert.equal(r.code, 0, show(r));
+    assert.equal(readRepositories(target).get(`${basic.host}/fixture/app-c:2`), s.fx.images.appC.id);
+    assert.deepEqual(storeDifferences(s.pulled, target, chainIds(s.fx.images.appC.diffIds)).filter((l) => !/repositories|distribution|image IDs/.test(l)), []);
+
+    // docker://HOST with --image (the images to pull), credentials from --registry-auth-file.
+    const authFile = path.join(s.work, 'auth-inject.json');
+    fs.writeFileSync(authFile, JSON.stringify({ auths: { [basic.host]: { auth: Buffer.from('carol:pa55word').toString('base64') } } }));
+    const f = transplant(['inject', `docker://${basic.host}`, '--image', 'fixture/app-a:1.0', '--ca', tls.caCert, '--registry-auth-file', authFile, '--engine-root', target]);
+    assert.equal(f.code, 0, show(f));
+    assert.equal(readRepositories(target).get(`${basic.host}/fixture/app-a:1.0`), s.fx.images.appA.id);
+
+    // --platform picks from the index; --insecure-registry is taken (plain HTTP).
+    const arm = path.join(s.work, 'target-inject-arm');
+    copyTree(s.fx.bareEngineRoot, arm);
+    const p = transplant(['inject', `docker://${s.anon.host}/multi/app:latest`, '--platform', 'linux/arm/v7', '--insecure-registry', s.anon.host, '--engine-root', arm]);
+    assert.equal(p.code, 0, show(p));
+    assert.equal(readRepositories(arm).get(`${s.anon.host}/multi/app:latest`), s.fx.images.appB.id);
+  } finally {
+    await basic.stop();
+  }
+});
+
+test('registry → bundle → engine root writes the distribution/ metadata registry → engine root writes (the bundle carries it); a malformed one is refused', T, async () => {
+  const s = await getSetup();
+  const refs = ['fixture/app-a:1.0', 'fixture/app-c:2', 'multi/app:latest'];
+  const bundle = path.join(s.work, 'dist.bundle');
+  const x = transplant(['extract', '--from', `docker://${s.anon.host}`, ...refs.flatMap((r) => ['--image', r]), '--platform', 'linux/amd64', '-o', bundle]);
+  assert.equal(x.code, 0, show(x));
+  const viaBundle = path.join(s.work, 'target-dist-bundle');
+  copyTree(s.fx.bareEngineRoot, viaBundle);
+  const i = transplant(['inject', bundle, '--engine-root', viaBundle]);
+  assert.equal(i.code, 0, show(i));
+  const direct = path.join(s.work, 'target-dist-direct');
+  copyTree(s.fx.bareEngineRoot, direct);
+  const d = transplant(['preload', '--from', `docker://${s.anon.host}`, ...refs.flatMap((r) => ['--image', r]), '--platform', 'linux/amd64', '--engine-root', direct]);
+  assert.equal(d.code, 0, show(d));
+  const dist = (root: string): Map<string, Buffer> => files(path.join(root, 'image/overlay2/distribution'));
+  const want = dist(direct);
+  const got = dist(viaBundle);
+  assert.ok(want.size > 0, 'registry → engine root wrote distribution/ metadata');
+  assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort(), 'the same distribution/ files');
+  for (const [p, data] of want) assert.equal(got.get(p)?.toString('utf8'), data.toString('utf8'), `distribution/${p}`);
+  // Every layer of app-a (base and its own) maps to what docker pull recorded for it.
+  for (const diffId of s.fx.images.appA.diffIds) {
+    assert.equal(got.get(`v2metadata-by-diffid/sha256/${diffId.slice(7)}`) !== undefined, true, `v2metadata for ${diffId}`);
+  }
+  const pulledDist = dist(s.pulled);
+  for (const [p, data] of got) if (p.startsWith('diffid-by-digest/')) assert.equal(data.toString('utf8'), pulledDist.get(p)?.toString('utf8'), `docker pull's ${p}`);
+
+  // A manifest whose distribution does not line up with its layers is refused by name.
+  const { validateManifest } = await import('../src/bundle/format.js');
+  const m = {
+    format: 'balena-transplant-bundle', version: 1, createdBy: 't', createdAt: 't',
+    layers: [{ chainId: `sha256:${'1'.repeat(64)}`, diffId: `sha256:${'1'.repeat(64)}`, size: 0, hasTarSplit: false, entries: 1, bytes: 0 }],
+    images: [{ id: `sha256:${'2'.repeat(64)}`, references: [], chainIds: [`sha256:${'1'.repeat(64)}`], architecture: 'amd64', os: 'linux', distribution: [] as unknown[] }],
+  };
+  assert.throws(() => validateManifest(m, 'b'), /images\[0\]\.distribution has 0 entries for 1 layers/);
+  m.images[0]!.distribution = [{ digest: 'nope', sourceRepository: 'x' }];
+  assert.throws(() => validateManifest(m, 'b'), /images\[0\]\.distribution\[0\]\.digest must be a sha256 digest/);
+  m.images[0]!.distribution = [{ digest: `sha256:${'3'.repeat(64)}`, sourceRepository: '127.0.0.1:5000/x' }];
+  assert.deepEqual(validateManifest(m, 'b').images[0]!.distribution, [{ digest: `sha256:${'3'.repeat(64)}`, sourceRepository: '127.0.0.1:5000/x' }]);
+  delete (m.images[0] as { distribution?: unknown }).distribution;
+  assert.equal(validateManifest(m, 'b').images[0]!.distribution, undefined, 'a bundle without distribution (older) is read as before');
+});

@@ -28,6 +28,12 @@ export interface BundleImage {
   architecture: string;
   os: string;
   lastUpdated?: string;
+  /**
+   * Pulled from a registry: each layer's blob digest and repository, aligned with chainIds
+   * (SourceImage.distribution), so that inject writes the distribution/ metadata docker pull
+   * would have. Optional: bundles without it (older ones, other sources) stay readable.
+   */
+  distribution?: { digest: string; sourceRepository: string }[];
 }
 
 export interface BundleLayer {
@@ -152,6 +158,16 @@ export function validateManifest(json: unknown, where: string): BundleManifest {
       lastUpdated: str(img, 'lastUpdated', `${f}.lastUpdated`, { optional: true, max: 64, re: LAST_UPDATED_RE, what: 'an RFC 3339 time' }),
     };
     if (image.lastUpdated === undefined) delete image.lastUpdated;
+    if (img.distribution !== undefined) {
+      const d = img.distribution;
+      if (!Array.isArray(d)) return fail(`${f}.distribution must be an array, found ${kind(d)}`);
+      if (d.length !== chainIds.length) fail(`${f}.distribution has ${d.length} entries for ${chainIds.length} layers`);
+      image.distribution = d.map((x: unknown, j) => {
+        const field = `${f}.distribution[${j}]`;
+        if (!isObject(x)) return fail(`${field} must be an object, found ${kind(x)}`);
+        return { digest: str(x, 'digest', `${field}.digest`, digest) as string, sourceRepository: str(x, 'sourceRepository', `${field}.sourceRepository`, { max: 1024 }) as string };
+      });
+    }
     images.push(image);
   });
   return { format: FORMAT, version: FORMAT_VERSION, createdBy: json.createdBy as string, createdAt: json.createdAt as string, images, layers };

@@ -200,6 +200,7 @@ export class BundleSource implements ImageSource {
       architecture: img.architecture,
       os: img.os,
       lastUpdated: img.lastUpdated,
+      distribution: img.distribution,
     }));
   }
 

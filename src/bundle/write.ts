@@ -82,6 +82,7 @@ export async function planBundle(source: ImageSource, images: readonly SourceIma
       architecture: img.architecture,
       os: img.os,
       lastUpdated: img.lastUpdated,
+      distribution: img.distribution?.map((d) => ({ digest: d.digest, sourceRepository: d.sourceRepository })),
     })),
     layers: manifestLayers,
   };

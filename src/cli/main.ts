@@ -79,9 +79,9 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
   const inject = program
     .command('inject')
     .description('Write the images of a bundle into a target: a mounted resin-data, an engine data root, or a balenaOS disk image.')
-    .argument('<bundle>', "the bundle file ('-' for standard input), or an engine data root to copy from")
-    .option('--image <ref-or-id>', 'inject only these images of the bundle; repeatable', collect, []);
-  targetOptions(inject).action(async (bundle: string, opts: InjectCommandOptions & BalenaFlagNames) => {
+    .argument('<bundle>', "the bundle file ('-' for standard input), or any source extract takes: an engine data root, a docker save archive, a data-root tarball, docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] or 'registry'")
+    .option('--image <ref-or-id>', 'inject only these images of the bundle (with docker://HOST or registry: the images to pull); repeatable', collect, []);
+  registryOptions(targetOptions(inject)).action(async (bundle: string, opts: InjectCommandOptions & BalenaFlagNames & RegistryCliOptions) => {
     await run((out) => injectCommand(bundle, withBalenaNames(opts), out), opts.json);
   });
 

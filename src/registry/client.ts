@@ -290,8 +290,17 @@ export class RegistryClient {
           if (res.statusCode === 404) throw new RegistryError(`${what} is not in the registry (HTTP 404${errorCode(body)})`, 404);
           throw new RegistryError(`${what}: HTTP ${res.statusCode}${errorCode(body)}`, res.statusCode);
         }
-        for await (const c of res) {
-          let chunk = c as Buffer;
+        // The idle timer runs only while waiting for the registry: a consumer that holds the
+        // stream (a read-ahead buffer that is full, a layer still being written) pauses the
+        // socket, which must not count as a dead connection.
+        const socket = res.socket;
+        const chunks = res[Symbol.asyncIterator]();
+        for (;;) {
+          socket?.setTimeout(SOCKET_IDLE_MS);
+          const next = await chunks.next();
+          socket?.setTimeout(0);
+          if (next.done) break;
+          let chunk = next.value as Buffer;
           if (skip > 0) {
             const n = Math.min(skip, chunk.length);
             skip -= n;
@@ -305,15 +314,20 @@ export class RegistryClient {
           pending = chunk;
         }
         if (got < size) throw new DroppedError(`connection closed after ${got} of ${size} bytes`);
+        res = undefined;
         break;
       } catch (e) {
         res?.destroy();
+        res = undefined;
         if (!isDropped(e) || attempt >= this.retries) {
           if (isDropped(e)) throw new RegistryError(`${what}: connection dropped after ${got} of ${size} bytes, ${this.retries} retries failed (${(e as Error).message})`);
           throw e;
         }
         await this.backoff(attempt, `${what}: connection dropped after ${got} of ${size} bytes (${(e as Error).message}); resuming`);
         attempt++;
+      } finally {
+        // A consumer that stops early (the generator returned at a yield) closes the response.
+        res?.destroy();
       }
     }
     const actual = `sha256:${hash.digest('hex')}`;

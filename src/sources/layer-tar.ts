@@ -46,8 +46,17 @@ export interface LayerTarScan {
   linkHeaders: Map<string, TarHeader>;
 }
 
+/**
+ * The last few names turned into paths, with their paths. One entry's name is turned into a
+ * path by each stage it passes (the scanner, the one-pass ordering, the conversion), and each
+ * keeps the path in its own set: handing out the same string keeps one copy per entry in
+ * memory instead of one per stage (a layer of 40,000 files holds every path for its duration).
+ */
+const recentPaths: [string, string][] = [];
+
 /** The layer-relative path of a tar name ('.' for the root); throws for names that leave the layer. */
 export function layerPath(name: string, where: string): string {
+  for (const [n, p] of recentPaths) if (n === name) return p;
   // Unpack: Clean the name, join it to the layer root, refuse what lands outside it.
   const clean = cleanTarPath(name);
   if (clean === '..' || clean.startsWith('../')) {
@@ -55,7 +64,10 @@ export function layerPath(name: string, where: string): string {
   }
   if (clean.includes('\0')) throw new Error(`${where}: entry ${JSON.stringify(name)} has a NUL byte in its name`);
   const rel = clean.replace(/^\/+/, '');
-  return rel === '' || rel === '.' ? '.' : rel;
+  const path = rel === '' || rel === '.' ? '.' : rel;
+  recentPaths.unshift([name, path]);
+  if (recentPaths.length > 4) recentPaths.pop();
+  return path;
 }
 
 function parentOf(p: string): string {

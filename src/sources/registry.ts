@@ -55,7 +55,7 @@ interface Scanned {
 
 const MANIFEST_LIMIT = 4 << 20;
 /** Bytes of a blob read ahead of the writer, per open blob. */
-const READ_AHEAD = 16 << 20;
+const READ_AHEAD = 8 << 20;
 const CONFIG_LIMIT = 16 << 20;
 
 export class RegistrySource implements ImageSource {

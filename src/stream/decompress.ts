@@ -6,7 +6,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { pipeline, type Readable } from 'node:stream';
-import { constants as zlibConstants, createGunzip, gunzipSync } from 'node:zlib';
+import { constants as zlibConstants, createGunzip, gunzipSync, type ZlibOptions } from 'node:zlib';
 
 export type Compression = 'none' | 'gzip' | 'zstd' | 'xz' | 'bzip2';
 
@@ -71,11 +71,19 @@ function missingTool(c: Exclude<Compression, 'none' | 'gzip'>): string {
   return `reading ${c}-compressed input needs the ${TOOLS[c].cmd} command: install it (Debian/Ubuntu: apt-get install ${TOOLS[c].pkg}; macOS: brew install ${TOOLS[c].cmd})`;
 }
 
+const GUNZIP_CHUNK = 1 << 20;
+
 /** Decompresses a byte stream; errors (corrupt data, a missing tool) are thrown from the iteration. */
 export function decompress(input: Readable, compression: Compression): AsyncIterable<Buffer> {
   if (compression === 'none') return input as AsyncIterable<Buffer>;
   if (compression === 'gzip') {
-    const gunzip = createGunzip();
+    // Output in 1 MiB pieces instead of zlib's 16 KiB: a 64th of the chunks for every stage
+    // after it (hashing, tar parsing, the async iterators between them); measured on the
+    // registry bench, it roughly halves the CPU spent around decompression. Up to 4 pieces
+    // wait for the reader, so that inflating (on the thread pool) goes on while the reader
+    // works: with the default 16 KiB mark zlib stops after each piece until it is read.
+    // (ZlibBase passes its options on to Transform; @types/node's ZlibOptions lacks the mark.)
+    const gunzip = createGunzip({ chunkSize: GUNZIP_CHUNK, ...({ readableHighWaterMark: 4 * GUNZIP_CHUNK } as ZlibOptions) });
     pipeline(input, gunzip, () => {
       /* errors surface through gunzip */
     });

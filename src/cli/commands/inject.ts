@@ -27,6 +27,7 @@ import type { AppsJson } from '../../balena/apps-json.js';
 import { LayerProgressLine } from '../progress.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
+import { isRegistrySource, type RegistryCliOptions } from '../registry-options.js';
 
 export interface TargetOptions {
   dryRun?: boolean;
@@ -378,16 +379,24 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
   }
 }
 
-export async function injectCommand(bundle: string, opts: InjectCommandOptions, out: Output): Promise<void> {
-  const source = await openSource(bundle, { spoolStdin: opts.disk !== undefined });
+export async function injectCommand(bundle: string, opts: InjectCommandOptions & RegistryCliOptions, out: Output): Promise<void> {
+  // docker://… (or `registry`) takes the registry options as preload does: --image names the
+  // images to pull, and a multi-platform image is resolved for the disk image's device type.
+  const registry = isRegistrySource(bundle);
+  let deviceArch: string | undefined;
+  if (registry && opts.disk && !opts.platform) {
+    const { readDeviceArch } = await import('../../disk/disk-target.js');
+    deviceArch = (await readDeviceArch(opts.disk)).arch;
+  }
+  const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
+  const source = await openSource(bundle, { spoolStdin: opts.disk !== undefined, registry: registry ? { ...opts, images: opts.image, apps, deviceArch } : undefined });
   try {
     const all = await source.images();
     if (all.length === 0) {
       // An engine root's image whose config is missing or does not match its ID is left out (as the engine does).
       throw new Error(`${bundle} holds no image to inject (none has a config that matches its image ID)`);
     }
-    const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
-    const images = opts.image.length > 0 ? selectImages(opts.image, all, bundle) : all;
+    const images = registry || opts.image.length === 0 ? all : selectImages(opts.image, all, bundle);
     await injectFrom(source, images, opts, out, apps);
   } finally {
     await source.close();
