@@ -1,11 +1,14 @@
 /**
  * The command line: argument parsing, output and exit codes only (0 ok, 1 failure with one
- * `error: …` line, 2 bad usage). The work is done by the modules it calls.
+ * `error: …` line — with --json, a JSON object with a stable `code` on stderr — 2 bad usage;
+ * verify: 1 a store that does not hold, 2 a check that could not run). The work is done by
+ * the library (src/api/), which the CLI gives an AbortSignal that SIGINT/SIGTERM abort.
  */
 import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version.js';
-import { UsageError } from './errors.js';
-import { InterruptedError, exitCodeOf, installInterruptHandlers, interruptedBy } from './interrupt.js';
+import { TransplantError, toTransplantError } from '../errors.js';
+import { exitCodeOf, installInterruptHandlers, interruptedBy } from './interrupt.js';
+import { StoreInvalid } from './commands/verify.js';
 import { Output } from './output.js';
 import { extractCommand, type ExtractOptions } from './commands/extract.js';
 import { injectCommand, type InjectCommandOptions } from './commands/inject.js';
@@ -110,10 +113,19 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
   return program;
 }
 
+/** The exit status of a failure: 2 for usage (and for a verify that could not run), 1 otherwise. */
+function exitStatus(err: TransplantError, command: string | undefined): number {
+  if (err.code === 'USAGE') return 2;
+  if (command === 'verify') return err instanceof StoreInvalid ? 1 : 2;
+  return 1;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes('--debug');
+  const json = argv.includes('--json');
   installInterruptHandlers();
   let failure: unknown;
+  let command: string | undefined;
   const run = async (work: (out: Output) => Promise<void>, json?: boolean): Promise<void> => {
     try {
       await work(new Output(json === true));
@@ -122,6 +134,9 @@ export async function main(argv: string[]): Promise<number> {
     }
   };
   const program = build(run);
+  program.hook('preAction', (_root, action) => {
+    command = action.name();
+  });
   try {
     await program.parseAsync(argv);
   } catch (e) {
@@ -132,27 +147,26 @@ export async function main(argv: string[]): Promise<number> {
     failure = e;
   }
   if (failure === undefined) return 0;
-  if (failure instanceof InterruptedError) {
-    process.stderr.write(`error: ${failure.message}\n`);
-    return failure.exitCode;
-  }
+  const err = toTransplantError(failure);
   const signal = interruptedBy();
+  let status = exitStatus(err, command);
+  let message = err.message;
   if (signal !== undefined) {
+    status = exitCodeOf(signal);
     // The run failed on its way out after a signal (not at a checkpoint): still the signal's status.
-    process.stderr.write(`error: interrupted by ${signal}; what this run had written was undone (${(failure as Error)?.message?.split('\n')[0] ?? String(failure)})\n`);
-    return exitCodeOf(signal);
+    if (err.code !== 'ABORTED') message = `interrupted by ${signal}; what this run had written was undone (${err.message.split('\n')[0]})`;
   }
-  if (failure instanceof UsageError) {
-    process.stderr.write(`error: ${failure.message}\n(run with --help for usage)\n`);
-    return 2;
-  }
-  const err = failure instanceof Error ? failure : new Error(String(failure));
-  if (debug) process.stderr.write(`${err.stack ?? err.message}\n`);
-  else {
-    const [first, ...rest] = err.message.split('\n');
+  if (json) {
+    process.stderr.write(JSON.stringify({ error: { code: signal !== undefined ? 'ABORTED' : err.code, message, exitCode: status } }) + '\n');
+  } else if (debug && signal === undefined) {
+    const cause = err.cause instanceof Error ? err.cause : err;
+    process.stderr.write(`${cause.stack ?? message}\n`);
+  } else {
+    const [first, ...rest] = message.split('\n');
     process.stderr.write(`error: ${first}\n${rest.length > 0 ? rest.join('\n') + '\n' : ''}`);
+    if (err.code === 'USAGE') process.stderr.write('(run with --help for usage)\n');
   }
-  return 1;
+  return status;
 }
 
 /**

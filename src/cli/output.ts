@@ -1,6 +1,6 @@
 /** Data on stdout: JSON with --json, text otherwise. Messages go to stderr. */
 export class Output {
-  constructor(private readonly json: boolean) {}
+  constructor(readonly json: boolean) {}
 
   data(value: unknown, text: () => string): void {
     if (this.json) process.stdout.write(JSON.stringify(value, null, 2) + '\n');
@@ -10,4 +10,9 @@ export class Output {
   warn(message: string): void {
     process.stderr.write(`warning: ${message}\n`);
   }
+}
+
+/** "1 image", "2 layers": a count with its noun, singular or plural. */
+export function count(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : plural}`;
 }

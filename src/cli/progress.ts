@@ -1,47 +1,47 @@
 /**
- * Progress on stderr when it is a terminal (bytes and files per layer, with a rate); quiet
- * otherwise, so scripts and logs stay clean.
+ * Progress on stderr when it is a terminal: one line redrawn in place with the bytes done of
+ * the plan's total, the rate, the ETA and the current layer; quiet otherwise, so scripts and
+ * logs stay clean. It draws the library's ProgressEvents.
  */
-import type { LayerEntry } from '../layer/entry.js';
 import { formatBytes } from '../inject/inject.js';
+import type { ProgressEvent } from '../api/options.js';
 
-export class LayerProgressLine {
-  private files = 0;
-  private bytes = 0;
+export class ProgressLine {
   private started = 0;
-  private label = '';
   private lastDraw = 0;
+  private drawn = false;
+  private layer: string | null = null;
 
-  constructor(
-    private readonly verb: string,
-    private readonly enabled: boolean = process.stderr.isTTY === true,
-  ) {}
+  constructor(private readonly enabled: boolean = process.stderr.isTTY === true) {}
 
-  layerStarted(layer: { chainId: string }, index: number, total: number): void {
-    this.files = 0;
-    this.bytes = 0;
-    this.started = Date.now();
-    this.label = `${this.verb} layer ${index + 1}/${total} ${layer.chainId.slice(7, 19)}`;
-    this.draw(true);
+  /** The callback to give the library, or undefined when nothing is drawn. */
+  get listener(): ((e: ProgressEvent) => void) | undefined {
+    return this.enabled ? (e) => this.update(e) : undefined;
   }
 
-  entryWritten(entry: LayerEntry): void {
-    this.files++;
-    this.bytes += entry.size;
-    this.draw(false);
-  }
-
-  layerDone(): void {
-    this.draw(true);
-    if (this.enabled) process.stderr.write('\n');
-  }
-
-  private draw(force: boolean): void {
-    if (!this.enabled) return;
+  update(e: ProgressEvent): void {
     const now = Date.now();
-    if (!force && now - this.lastDraw < 100) return;
+    if (this.started === 0) this.started = now;
+    const newLayer = e.layer !== this.layer;
+    this.layer = e.layer;
+    if (!newLayer && now - this.lastDraw < 100) return;
     this.lastDraw = now;
     const secs = Math.max((now - this.started) / 1000, 0.001);
-    process.stderr.write(`\r\x1b[K${this.label}: ${this.files} files, ${formatBytes(this.bytes)} (${formatBytes(this.bytes / secs)}/s)`);
+    const rate = e.bytes / secs;
+    let done = formatBytes(e.bytes);
+    if (e.totalBytes !== null && e.totalBytes > 0) {
+      const left = Math.max(e.totalBytes - e.bytes, 0);
+      const eta = rate > 0 && e.bytes > 0 ? `, ${Math.ceil(left / rate)} s left` : '';
+      done = `${done} of ${formatBytes(e.totalBytes)} (${Math.min(100, Math.floor((e.bytes / e.totalBytes) * 100))}%)${eta}`;
+    }
+    const layer = e.layer ? ` layer ${e.layerIndex + 1}/${e.layerCount} ${e.layer.slice(7, 19)}` : '';
+    process.stderr.write(`\r\x1b[K${e.phase}${layer}: ${done}, ${e.fileCount} files, ${formatBytes(rate)}/s`);
+    this.drawn = true;
+  }
+
+  /** Ends the line (after the run, whether it succeeded or not). */
+  end(): void {
+    if (this.drawn) process.stderr.write('\n');
+    this.drawn = false;
   }
 }

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { checkAborted } from '../run/abort.js';
 import { dataRanges } from '../fsx/index.js';
 import { ImageFile } from '../ext4/image-file.js';
 import { growExt4InPlace, imagePartitionIo } from '../ext4/resize.js';
@@ -15,8 +16,11 @@ function isZero(buf: Buffer, length: number): boolean {
 async function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number): Promise<void> {
   const a = Buffer.allocUnsafe(CHUNK);
   for (let done = 0; done < length; ) {
-    // Every 16 MiB the event loop runs: a signal stops a copy of gigabytes promptly (cli/interrupt.ts).
-    if (done % (16 * CHUNK) === 0 && done > 0) await new Promise((resolve) => setImmediate(resolve));
+    // Every 16 MiB the event loop runs: an abort stops a copy of gigabytes promptly (run/abort.ts).
+    if (done % (16 * CHUNK) === 0 && done > 0) {
+      await new Promise((resolve) => setImmediate(resolve));
+      checkAborted();
+    }
     const n = Math.min(CHUNK, length - done);
     let got = 0;
     while (got < n) {

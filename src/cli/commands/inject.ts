@@ -1,39 +1,12 @@
 /** transplant inject: images from a bundle (or any source) into a target engine data root. */
-import * as path from 'node:path';
-import { promises as fs } from 'node:fs';
-import { formatBytes, injectImages } from '../../inject/inject.js';
-import type { InjectPlan } from '../../inject/plan.js';
-import { selectImages } from '../../selection/select.js';
-import { checkLayerDepths } from '../../engine/limits.js';
-import type { ImageSource, SourceImage } from '../../sources/source.js';
-import { findLiveEngine } from '../../targets/live-engine.js';
-import { HostTreeWriter } from '../../targets/host-fs.js';
-import type { TreeWriter } from '../../targets/tree-writer.js';
-import { openSource } from '../open-source.js';
-import { WritePhase, checkInterrupted, interruptible, interruptibleWriter, quietly } from '../interrupt.js';
-import { TargetLock, lockFile, lockFiles } from '../../targets/target-lock.js';
-import type { UndoSteps } from '../../inject/apply.js';
-import { existsSync } from 'node:fs';
-import { ReadOnlyTreeWriter } from '../../targets/read-only.js';
-import { SYSTEM_CONNECTIONS, bootLocation, checkSystemConnection, writeSystemConnection, type BootLocation } from '../../balena/boot-partition.js';
-import { checkKeyfile, staticIpKeyfile } from '../../balena/network.js';
-import { archMatches, platformOf } from '../../balena/arch.js';
-import { checkAppsTarget, readApps, referencesForApps, writeApps } from '../../preload/apps.js';
-import type { AppsJson } from '../../balena/apps-json.js';
-import { LayerProgressLine } from '../progress.js';
-import { UsageError } from '../errors.js';
-import type { Output } from '../output.js';
+import { formatBytes } from '../../inject/inject.js';
+import { inject, type InjectResult } from '../../api/inject.js';
+import type { TargetOptions } from '../../api/target.js';
+import { interruptSignal } from '../interrupt.js';
+import { ProgressLine } from '../progress.js';
+import { count, type Output } from '../output.js';
 
-export interface TargetOptions {
-  dryRun?: boolean;
-  resinData?: string;
-  engineRoot?: string;
-  disk?: string;
-  output?: string;
-  force?: boolean;
-  /** false (--no-wait): fail at once when another run holds the target, instead of waiting. */
-  wait?: boolean;
-}
+export type { TargetOptions } from '../../api/target.js';
 
 export interface InjectCommandOptions extends TargetOptions {
   image: string[];
@@ -49,285 +22,45 @@ export interface InjectCommandOptions extends TargetOptions {
   json?: boolean;
 }
 
-/** A target opened for writing: commit() makes the result final, abort() leaves the target as it was. */
-export interface OpenTarget {
-  writer: TreeWriter;
-  /** The engine data root inside the writer's root. */
-  prefix: string;
-  beforeWrite?: (plan: InjectPlan) => Promise<void>;
-  /** The device type of a disk image (resin-boot's device-type.json). */
-  device?: { arch: string; slug: string };
-  /** Where resin-boot is written (the disk image's work copy), for network keyfiles. */
-  boot?: BootLocation;
-  /** For a dry run: what the plan means for the target's free space. */
-  room?: (plan: InjectPlan) => string;
-  commit(): Promise<void>;
-  abort(): Promise<void>;
-}
-
-async function assertDirectory(dir: string, option: string): Promise<void> {
-  let st;
-  try {
-    st = await fs.stat(dir);
-  } catch {
-    throw new Error(`${option} ${dir}: no such directory`);
-  }
-  if (!st.isDirectory()) throw new Error(`${option} ${dir} is not a directory`);
-}
-
-/** Ties a target's lock to its end: released once it is committed or aborted. */
-function releasingOnEnd(target: OpenTarget, lock: TargetLock): OpenTarget {
-  return {
-    ...target,
-    commit: async () => {
-      try {
-        await target.commit();
-      } finally {
-        lock.release();
-      }
-    },
-    abort: async () => {
-      try {
-        await target.abort();
-      } finally {
-        lock.release();
-      }
-    },
-  };
-}
-
-/**
- * Opens the target for writing, holding an exclusive lock on it for the whole run
- * (targets/target-lock.ts): the disk image file, or the resin-data / engine root directory.
- * A dry run takes no lock.
- */
-export async function openTarget(opts: TargetOptions, notify: (message: string) => void = () => undefined): Promise<OpenTarget> {
-  const lockOptions = { wait: opts.wait !== false, onWait: notify };
-  const given = [opts.resinData, opts.engineRoot, opts.disk].filter((x) => x !== undefined);
-  if (given.length !== 1) throw new UsageError('give exactly one target: --resin-data <dir>, --engine-root <dir> or --disk <image>');
-  if (opts.output && !opts.disk) throw new UsageError('--output goes with --disk');
-  if (opts.disk) {
-    const { openDiskTarget, readDeviceArch, estimateRoom, flasherRootA, realImagePath } = await import('../../disk/disk-target.js');
-    const device = await readDeviceArch(opts.disk);
-    if (opts.dryRun && !flasherRootA(opts.disk)) {
-      // Planning reads resin-data in place, through a disk that keeps writes in memory.
-      const { DiskImageReader } = await import('../../disk/read-only.js');
-      const writer = new ReadOnlyTreeWriter(await DiskImageReader.open(opts.disk));
-      const disk = opts.disk;
-      return {
-        writer,
-        prefix: 'docker',
-        device,
-        room: (plan) => {
-          const r = estimateRoom(disk, plan.bytes, plan.inodes);
-          return `resin-data has ${formatBytes(r.freeBytes)} and ${r.freeInodes} inodes free; ${r.growBy > 0 ? `the image would grow by ${formatBytes(r.growBy)}` : 'no growth needed'}`;
-        },
-        commit: () => writer.close(),
-        abort: () => writer.close(),
-      };
-    }
-    // The real file a symlink names: an in-place run replaces it (disk-target.ts).
-    const lock = existsSync(opts.disk) ? await lockFile(realImagePath(opts.disk), opts.disk, lockOptions) : new TargetLock([]);
-    let disk;
-    let boot: BootLocation;
-    try {
-      disk = await openDiskTarget(opts.disk, { output: opts.output });
-    } catch (err) {
-      lock.release();
-      throw err;
-    }
-    try {
-      // For a flasher image, resin-boot of the inner image (the one the device will boot).
-      boot = await bootLocation(disk.bootImagePath);
-    } catch (err) {
-      await disk.abort();
-      lock.release();
-      throw err;
-    }
-    return releasingOnEnd({
-      writer: disk.writer,
-      prefix: 'docker',
-      device,
-      boot,
-      beforeWrite: async (plan) => {
-        await disk.ensureRoom(plan.bytes, plan.inodes);
-      },
-      commit: () => disk.commit(),
-      abort: () => disk.abort(),
-    }, lock);
-  }
-  const dir = (opts.resinData ?? opts.engineRoot) as string;
-  const option = opts.resinData ? '--resin-data' : '--engine-root';
-  await assertDirectory(dir, option);
-  const prefix = opts.resinData ? 'docker' : '';
-  const engineRoot = path.join(dir, prefix);
-  // resin-data, then its engine root when it has one (every run locks in this order, and a
-  // run given that engine root as --engine-root meets the same lock).
-  const locked = [{ file: dir, what: dir }];
-  if (prefix && existsSync(engineRoot)) locked.push({ file: engineRoot, what: engineRoot });
-  const lock = opts.dryRun ? new TargetLock([]) : await lockFiles(locked, lockOptions);
-  try {
-    const pid = await findLiveEngine(engineRoot);
-    if (pid !== undefined && !opts.force) {
-      throw new Error(`an engine (pid ${pid}) is running on ${engineRoot}; stop it first (writing under a live engine corrupts it), or pass --force`);
-    }
-  } catch (err) {
-    lock.release();
-    throw err;
-  }
-  const writer = new HostTreeWriter(dir);
-  return releasingOnEnd({ writer, prefix, commit: () => writer.close(), abort: () => writer.close() }, lock);
-}
-
-/** Refuses images a device of this type cannot run, unless --force. */
-function checkArchitecture(images: readonly SourceImage[], device: { arch: string; slug: string }, force: boolean, out: Output): void {
-  for (const image of images) {
-    const platform = platformOf(image.config);
-    const ok = archMatches(device.arch, platform);
-    const what = `${image.references[0] ?? image.id.slice(7, 19)} is ${platform.architecture}${platform.variant ? `/${platform.variant}` : ''}, the image is for ${device.slug} (${device.arch})`;
-    if (ok === false) {
-      if (!force) throw new Error(`${what}: the device could not run it; pass --force to inject it anyway`);
-      out.warn(what);
-    } else if (ok === undefined) out.warn(`unknown device architecture ${device.arch}; not checking ${image.references[0] ?? image.id}`);
-  }
-}
-
-export function describePlan(plan: InjectPlan): string {
+export function describePlan(r: InjectResult): string {
   const lines: string[] = [];
-  for (const { image, present } of plan.images) {
-    lines.push(`image ${image.id.slice(7, 19)} ${image.references.join(', ') || '<none>'}${present ? ' (already present)' : ''}`);
+  for (const image of r.images) {
+    lines.push(`image ${image.id.slice(7, 19)} ${image.references.join(', ') || '<none>'}${image.present ? ' (already present)' : ''}`);
   }
-  for (const l of plan.layers) {
-    const files = l.source.entries ?? 0;
+  for (const l of r.layers) {
     lines.push(
       l.action === 'reuse'
         ? `layer ${l.chainId.slice(7, 19)}: reuse (target already has it)`
-        : `layer ${l.chainId.slice(7, 19)}: copy ${files} files, ${formatBytes(l.source.bytes ?? l.source.size)} into overlay2/${l.cacheId.slice(0, 12)}…`,
+        : `layer ${l.chainId.slice(7, 19)}: copy ${count(l.fileCount ?? 0, 'file')}, ${formatBytes(l.bytes ?? 0)} into overlay2/${l.cacheId.slice(0, 12)}…`,
     );
   }
-  for (const key of plan.references.added) lines.push(`reference ${key}: add`);
-  for (const m of plan.references.moved) lines.push(`reference ${m.key}: move from ${m.from.slice(7, 19)}`);
-  const copies = plan.layers.filter((l) => l.action === 'copy').length;
-  lines.push(`total: ${copies} layers to copy, ${plan.layers.length - copies} to reuse, ${plan.filesToCopy} files, about ${formatBytes(plan.bytes)} and ${plan.inodes} inodes`);
+  for (const key of r.references.added) lines.push(`reference ${key}: add`);
+  for (const m of r.references.moved) lines.push(`reference ${m.key}: move from ${m.from.slice(7, 19)}`);
+  lines.push(
+    `total: ${count(r.copiedLayerCount, 'layer')} to copy, ${r.reusedLayerCount} to reuse, ${count(r.fileCount, 'file')}, about ${formatBytes(r.bytes)} and ${count(r.inodeCount, 'inode')}`,
+  );
   return lines.join('\n');
 }
 
-export function planJson(plan: InjectPlan): unknown {
-  return {
-    images: plan.images.map(({ image, present }) => ({ id: image.id, references: image.references, present })),
-    layers: plan.layers.map((l) => ({ chainId: l.chainId, action: l.action, cacheId: l.cacheId, link: l.link, entries: l.source.entries, bytes: l.source.bytes })),
-    references: { added: plan.references.added, moved: plan.references.moved },
-    bytes: plan.bytes,
-    inodes: plan.inodes,
-  };
-}
-
-/** The NetworkManager keyfile the options ask for, checked before anything is written. */
-async function keyfileFrom(opts: InjectCommandOptions): Promise<{ fileName: string; content: string } | undefined> {
-  const staticIp = opts.staticIp ?? [];
-  if (staticIp.length > 0 && opts.networkFile) throw new UsageError('give --static-ip or --network-file, not both');
-  if (staticIp.length === 0 && !opts.networkFile) {
-    if (opts.interface || (opts.dns ?? []).length > 0) throw new UsageError('--interface and --dns go with --static-ip');
-    return undefined;
+/** The result line (or the plan of a dry run); the same object as JSON with --json. */
+export function showInjectResult(r: InjectResult, out: Output): void {
+  if (r.dryRun) {
+    out.data(r, () => describePlan(r) + (r.room ? `\n${r.room}` : ''));
+    return;
   }
-  if (!opts.resinBoot && !opts.disk) throw new UsageError('network settings go into resin-boot: give --resin-boot <dir> or --disk <image>');
-  if (opts.networkFile) {
-    let text: string;
-    try {
-      text = await fs.readFile(opts.networkFile, 'utf8');
-    } catch {
-      throw new Error(`--network-file ${opts.networkFile}: cannot read it`);
-    }
-    return checkKeyfile(text, opts.networkFile);
-  }
-  return staticIpKeyfile({ specs: staticIp, interfaceName: opts.interface, dns: opts.dns });
-}
-
-export async function injectFrom(source: ImageSource, images: SourceImage[], opts: InjectCommandOptions, out: Output, apps?: AppsJson): Promise<void> {
-  // Before the target is opened (a disk image may be copied to --output): nothing written for an image the engine cannot use.
-  checkLayerDepths(images, source.description);
-  if (apps && opts.engineRoot) throw new UsageError('--apps writes apps.json at the root of resin-data: use --resin-data or --disk');
-  if (opts.resinBoot && opts.disk) throw new UsageError('--resin-boot goes with --resin-data or --engine-root; with --disk, resin-boot inside the image is written');
-  const keyfile = await keyfileFrom(opts);
-  const resinBoot = opts.resinBoot ? await bootLocation(opts.resinBoot) : undefined;
-  const notify = (m: string): void => out.warn(m);
-  const target = await openTarget(opts, notify);
-  let done = false;
-  let bootLock: TargetLock | undefined;
-  const phase = new WritePhase();
-  try {
-    if (resinBoot?.kind === 'directory' && keyfile && !opts.dryRun) {
-      bootLock = await lockFile(resinBoot.path, resinBoot.path, { wait: opts.wait !== false, onWait: notify });
-    }
-    if (target.device) checkArchitecture(images, target.device, opts.force === true, out);
-    const boot = resinBoot ?? target.boot;
-    // Everything that can refuse is checked before the first write (the images included).
-    if (apps) await checkAppsTarget(target.writer);
-    if (keyfile && boot) await checkSystemConnection(boot, keyfile);
-    const finish = async (writer: TreeWriter, undo: UndoSteps): Promise<void> => {
-      if (apps) await writeApps(writer, apps, undo);
-      if (keyfile && boot) {
-        checkInterrupted();
-        const existedDir = boot.kind === 'directory' && (await fs.lstat(path.join(boot.path, SYSTEM_CONNECTIONS)).then(() => true, () => false));
-        const written = await writeSystemConnection(boot, keyfile);
-        // Inside a disk image the work copy holds it (discarded on failure); a directory is undone here.
-        if (boot.kind === 'directory' && !written.unchanged) {
-          undo.step(async () => {
-            await fs.rm(path.join(boot.path, SYSTEM_CONNECTIONS, keyfile.fileName), { force: true });
-            if (!existedDir) await fs.rmdir(path.join(boot.path, SYSTEM_CONNECTIONS)).catch(() => undefined);
-          });
-        }
-        network = `${boot.kind === 'directory' ? boot.path : 'resin-boot'}/${SYSTEM_CONNECTIONS}/${keyfile.fileName}`;
-      }
-    };
-    let network: string | undefined;
-    const result = await injectImages(interruptible(source), images, interruptibleWriter(target.writer), target.prefix, {
-      dryRun: opts.dryRun,
-      verify: opts.verify,
-      progress: new LayerProgressLine('inject'),
-      warn: (m) => out.warn(m),
-      beforeWrite: target.beforeWrite,
-      extraReferences: apps ? (store) => referencesForApps(apps, images, store) : undefined,
-      finish: apps || keyfile ? finish : undefined,
-      startWriting: () => phase.enter(),
-    });
-    if (opts.dryRun) {
-      await target.abort();
-      done = true;
-      const room = target.room?.(result.plan);
-      out.data({ ...(planJson(result.plan) as object), room }, () => describePlan(result.plan) + (room ? `\n${room}` : ''));
-      return;
-    }
-    checkInterrupted();
-    await target.commit();
-    done = true;
-    phase.leave(true);
-    const copied = result.plan.layers.filter((l) => l.action === 'copy').length;
-    const extras = [apps ? 'apps.json written' : '', network ? `network settings in ${network}` : ''].filter(Boolean);
-    out.data({ ...(planJson(result.plan) as object), changed: result.changed, appsJson: apps !== undefined, network }, () =>
-      (result.changed
-        ? `injected ${images.length} images into ${target.writer.description}: ${copied} layers copied, ${result.plan.layers.length - copied} reused, ${result.plan.references.added.length} references added`
-        : `${target.writer.description} already holds every image and reference`) + (extras.length > 0 ? `; ${extras.join('; ')}` : ''),
-    );
-  } finally {
-    if (!done) await quietly(() => target.abort());
-    phase.leave(false);
-    bootLock?.release();
-  }
+  const extras = [r.appsJsonWritten ? 'apps.json written' : '', r.network ? `network settings in ${r.network}` : ''].filter(Boolean);
+  out.data(r, () =>
+    (r.changed
+      ? `injected ${count(r.imageCount, 'image')} into ${r.target}: ${count(r.copiedLayerCount, 'layer')} copied, ${r.reusedLayerCount} reused, ${count(r.references.added.length, 'reference')} added`
+      : `${r.target} already holds every image and reference`) + (extras.length > 0 ? `; ${extras.join('; ')}` : ''),
+  );
 }
 
 export async function injectCommand(bundle: string, opts: InjectCommandOptions, out: Output): Promise<void> {
-  const source = await openSource(bundle, { spoolStdin: opts.disk !== undefined });
+  const progress = new ProgressLine();
   try {
-    const all = await source.images();
-    if (all.length === 0) {
-      // An engine root's image whose config is missing or does not match its ID is left out (as the engine does).
-      throw new Error(`${bundle} holds no image to inject (none has a config that matches its image ID)`);
-    }
-    const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
-    const images = opts.image.length > 0 ? selectImages(opts.image, all, bundle) : all;
-    await injectFrom(source, images, opts, out, apps);
+    showInjectResult(await inject(bundle, { ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) }), out);
   } finally {
-    await source.close();
+    progress.end();
   }
 }

@@ -10,11 +10,11 @@ import { pipeline } from 'node:stream/promises';
 import { describeKind } from '../fsx/beneath.js';
 import { BundleSource } from '../bundle/read.js';
 import { MANIFEST_NAME } from '../bundle/format.js';
-import { EngineRootSource } from '../sources/engine-root.js';
-import { RootfsTarballSource } from '../sources/rootfs-tarball.js';
-import { DockerArchiveSource, isImageArchiveDir, isImageArchiveEntry } from '../sources/docker-archive.js';
-import type { ImageSource } from '../sources/source.js';
-import { isRegistrySource, openRegistrySource } from './registry-options.js';
+import { EngineRootSource } from './engine-root.js';
+import { RootfsTarballSource } from './rootfs-tarball.js';
+import { DockerArchiveSource, isImageArchiveDir, isImageArchiveEntry } from './docker-archive.js';
+import type { ImageSource } from './source.js';
+import { isRegistrySource, openRegistrySource } from './open-registry.js';
 import { TarParser } from '../tar/parse.js';
 import { decompressFilePrefix, decompressHead, detectCompression } from '../stream/decompress.js';
 
@@ -32,6 +32,8 @@ export interface OpenSourceOptions {
   spoolStdin?: boolean;
   /** `--from registry` / docker://…: the images to pull and how. */
   registry?: Parameters<typeof openRegistrySource>[1];
+  /** Where a source's warnings go (a spooled standard input, a registry's retries). */
+  warn?: (message: string) => void;
 }
 
 /** Copies standard input to a private temp directory; returns the file and the directory. */
@@ -155,7 +157,7 @@ export async function openSource(file: string, options: OpenSourceOptions = {}):
       }
     }
     case 'docker-archive':
-      return DockerArchiveSource.open(file);
+      return DockerArchiveSource.open(file, { warn: options.warn });
     case 'data-root-tarball':
       return RootfsTarballSource.open(file);
     case 'device': {
@@ -163,7 +165,7 @@ export async function openSource(file: string, options: OpenSourceOptions = {}):
       return SshDeviceSource.open(file, options);
     }
     case 'registry':
-      return openRegistrySource(file, options.registry ?? {});
+      return openRegistrySource(file, { ...options.registry, warn: options.registry?.warn ?? options.warn });
     case 'disk-image':
       throw new Error(`${file} is a disk image; use it as a target (--disk) or list it with transplant ls`);
     default:

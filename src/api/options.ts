@@ -1,0 +1,38 @@
+/** What every library call takes, and the progress events it reports. */
+import type { RegistryOptions } from '../sources/open-registry.js';
+
+/** Where a run is: `extract` writes a bundle, `inject` writes a target. */
+export type ProgressPhase = 'extract' | 'inject';
+
+/**
+ * One progress report. `bytes` is the content written so far in this phase, `totalBytes` the
+ * plan's total (null while unknown); `layer` the ChainID being written.
+ */
+export interface ProgressEvent {
+  phase: ProgressPhase;
+  bytes: number;
+  totalBytes: number | null;
+  layer: string | null;
+  /** 0-based index of `layer` among the layers written in this phase, and how many there are. */
+  layerIndex: number;
+  layerCount: number;
+  /** Files (layer entries) written so far in this phase. */
+  fileCount: number;
+}
+
+export interface RunOptions {
+  /** Cancels the run: before anything is written it stops at once; after, what it wrote is undone. */
+  signal?: AbortSignal;
+  /** Called as layers are written (synchronously: keep it cheap). */
+  onProgress?: (event: ProgressEvent) => void;
+  /** Things worth saying that do not stop the run (a moved tag, a wait for a lock). */
+  onWarning?: (message: string) => void;
+}
+
+/** How to read a source: a device over SSH, a registry. */
+export interface SourceOptions extends RegistryOptions {
+  /** ssh://…: the private key file to log in with (default: the ssh-agent, then ~/.ssh/id_*). */
+  identity?: string;
+  /** ssh://…: do not check the host key against ~/.ssh/known_hosts. */
+  insecureHostKey?: boolean;
+}
