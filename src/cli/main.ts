@@ -113,10 +113,14 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
   return program;
 }
 
-/** The exit status of a failure: 2 for usage (and for a verify that could not run), 1 otherwise. */
+/**
+ * The exit status of a failure: 2 for usage; for verify also 2 when the check could not run
+ * (the target is missing or unreadable), 1 when what it names does not hold (a store with
+ * problems, or something that is no store at all); 1 for every other failure.
+ */
 function exitStatus(err: TransplantError, command: string | undefined): number {
   if (err.code === 'USAGE') return 2;
-  if (command === 'verify') return err instanceof StoreInvalid ? 1 : 2;
+  if (command === 'verify' && !(err instanceof StoreInvalid) && (err.code === 'NOT_FOUND' || err.code === 'PERMISSION_DENIED')) return 2;
   return 1;
 }
 
