@@ -65,7 +65,8 @@ export interface InjectResult {
   target: string;
   images: InjectImage[];
   layers: InjectLayer[];
-  references: { added: string[]; moved: { key: string; from: string; to: string }[] };
+  /** References added to repositories.json, and tags moved from another image (as docker tag does). */
+  referenceChanges: { added: string[]; moved: { key: string; from: string; to: string }[] };
   imageCount: number;
   layerCount: number;
   copiedLayerCount: number;
@@ -91,7 +92,7 @@ function result(plan: InjectPlan, target: string, extra: Pick<InjectResult, 'dry
     target,
     images: plan.images.map(({ image, present }) => ({ id: image.id, references: image.references, present })),
     layers: plan.layers.map((l) => ({ chainId: l.chainId, action: l.action, cacheId: l.cacheId, link: l.link, fileCount: l.source.entries ?? null, bytes: l.source.bytes ?? null })),
-    references: { added: plan.references.added, moved: plan.references.moved.map((m) => ({ key: m.key, from: m.from, to: m.to })) },
+    referenceChanges: { added: plan.references.added, moved: plan.references.moved.map((m) => ({ key: m.key, from: m.from, to: m.to })) },
     imageCount: plan.images.length,
     layerCount: plan.layers.length,
     copiedLayerCount: copied,

@@ -34,8 +34,8 @@ export function describePlan(r: InjectResult): string {
         : `layer ${l.chainId.slice(7, 19)}: copy ${count(l.fileCount ?? 0, 'file')}, ${formatBytes(l.bytes ?? 0)} into overlay2/${l.cacheId.slice(0, 12)}…`,
     );
   }
-  for (const key of r.references.added) lines.push(`reference ${key}: add`);
-  for (const m of r.references.moved) lines.push(`reference ${m.key}: move from ${m.from.slice(7, 19)}`);
+  for (const key of r.referenceChanges.added) lines.push(`reference ${key}: add`);
+  for (const m of r.referenceChanges.moved) lines.push(`reference ${m.key}: move from ${m.from.slice(7, 19)}`);
   lines.push(
     `total: ${count(r.copiedLayerCount, 'layer')} to copy, ${r.reusedLayerCount} to reuse, ${count(r.fileCount, 'file')}, about ${formatBytes(r.bytes)} and ${count(r.inodeCount, 'inode')}`,
   );
@@ -51,7 +51,7 @@ export function showInjectResult(r: InjectResult, out: Output): void {
   const extras = [r.appsJsonWritten ? 'apps.json written' : '', r.network ? `network settings in ${r.network}` : ''].filter(Boolean);
   out.data(r, () =>
     (r.changed
-      ? `injected ${count(r.imageCount, 'image')} into ${r.target}: ${count(r.copiedLayerCount, 'layer')} copied, ${r.reusedLayerCount} reused, ${count(r.references.added.length, 'reference')} added`
+      ? `injected ${count(r.imageCount, 'image')} into ${r.target}: ${count(r.copiedLayerCount, 'layer')} copied, ${r.reusedLayerCount} reused, ${count(r.referenceChanges.added.length, 'reference')} added`
       : `${r.target} already holds every image and reference`) + (extras.length > 0 ? `; ${extras.join('; ')}` : ''),
   );
 }
