@@ -8,6 +8,8 @@ import { Command, CommanderError } from 'commander';
 import { VERSION } from '../version.js';
 import { TransplantError, toTransplantError } from '../errors.js';
 import { exitCodeOf, installInterruptHandlers, interruptedBy } from './interrupt.js';
+
+export { interruptedBy };
 import { StoreInvalid } from './commands/verify.js';
 import { Output } from './output.js';
 import { extractCommand, type ExtractOptions } from './commands/extract.js';
