@@ -100,9 +100,11 @@ function codeOf(err: Error): ErrorCode {
 
 /**
  * Any error as a TransplantError (the library's boundary): the message kept, the original
- * as `cause`. A raw system error (ENOENT, EACCES, …) gets a sentence instead of its errno text.
+ * as `cause`. A raw system error (ENOENT, EACCES, …) gets a sentence instead of its errno
+ * text, naming `subject` (what the caller named) when the error's own path is one of the
+ * descriptors the beneath-opening walks through (/proc/self/fd/N/…).
  */
-export function toTransplantError(e: unknown): TransplantError {
+export function toTransplantError(e: unknown, subject?: string): TransplantError {
   if (e instanceof TransplantError) return e;
   const err = e instanceof Error ? e : new Error(String(e));
   const code = codeOf(err);
@@ -110,8 +112,8 @@ export function toTransplantError(e: unknown): TransplantError {
   let message = err.message;
   if (typeof errno.code === 'string' && typeof errno.syscall === 'string') {
     // Node's own text ("EACCES: permission denied, open '/x'"): said as a sentence.
-    const where = errno.path ?? '';
-    if (code === 'PERMISSION_DENIED') message = `${where}: permission denied; run as root (or as a user who can ${errno.syscall === 'open' || errno.syscall === 'scandir' ? 'read' : 'write'} it)`;
+    const where = errno.path === undefined || errno.path.startsWith('/proc/self/fd/') ? (subject ?? errno.path ?? '') : errno.path;
+    if (code === 'PERMISSION_DENIED') message = `${where}: permission denied: run as root (or as a user who can ${errno.syscall === 'open' || errno.syscall === 'scandir' ? 'read' : 'write'} it)`;
     else if (code === 'NOT_FOUND') message = `${where}: no such file or directory`;
     else if (code === 'NO_SPACE') message = `${where}: no space left on its file system`;
   }

@@ -166,6 +166,6 @@ export async function extract(options: ExtractOptions): Promise<ExtractResult> {
   try {
     return await runAbortable(options.signal, () => extractIn(options));
   } catch (e) {
-    throw toTransplantError(e);
+    throw toTransplantError(e, options.from);
   }
 }

@@ -77,6 +77,6 @@ export async function ls(target: string, options: LsOptions = {}): Promise<LsRes
   try {
     return await runAbortable(options.signal, () => lsIn(target, options));
   } catch (e) {
-    throw toTransplantError(e);
+    throw toTransplantError(e, target);
   }
 }

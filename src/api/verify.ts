@@ -56,7 +56,7 @@ async function verifyIn(target: string, images: string[]): Promise<VerifyReport>
   try {
     st = await fs.stat(target);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EACCES') throw new TransplantError('PERMISSION_DENIED', `${target}: permission denied; run as root`);
+    if ((e as NodeJS.ErrnoException).code === 'EACCES') throw new TransplantError('PERMISSION_DENIED', `${target}: permission denied: run as root`);
     throw new TransplantError('NOT_FOUND', `${target}: no such file or directory`);
   }
   if (st.isDirectory()) return verifyDirectory(target, images);
@@ -78,6 +78,6 @@ export async function verify(target: string, options: VerifyOptions = {}): Promi
   try {
     return result(await runAbortable(options.signal, () => verifyIn(target, options.image ?? [])));
   } catch (e) {
-    throw toTransplantError(e);
+    throw toTransplantError(e, target);
   }
 }

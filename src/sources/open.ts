@@ -120,7 +120,7 @@ export async function sniff(file: string): Promise<SourceKind> {
     try {
       st = await fs.stat(file);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EACCES') throw new Error(`${file}: permission denied; run as a user who can read it (an engine data root is readable by root only)`);
+      if ((e as NodeJS.ErrnoException).code === 'EACCES') throw new Error(`${file}: permission denied: run as root (or as a user who can read it)`);
       throw new Error(`${file}: no such file or directory`);
     }
     if (st.isDirectory()) return (await isImageArchiveDir(file)) ? 'docker-archive' : 'engine-root';

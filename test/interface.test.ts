@@ -1,0 +1,80 @@
+/**
+ * Messages a new user meets (issue 12, "Interface"): an unreadable data root says
+ * "permission denied: run as root" (not "does not hold an engine data root", never a raw
+ * EACCES/ENOENT or an internal /proc/self/fd path); an ID prefix shorter than 12 says so;
+ * counts in messages agree with their nouns ("1 image", "2 layers").
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { repoRoot, runOk, requireTools, type RunResult } from './harness/exec.js';
+import { tempDir } from './harness/fixtures.js';
+import { transplant, show } from './harness/cli.js';
+
+const T = { timeout: 300_000 };
+const SAMPLE = path.join(repoRoot(), 'sample');
+const TARBALL = path.join(SAMPLE, 'device-docker.tar.gz');
+
+function oneLine(r: RunResult, code: number, what: string): string {
+  assert.equal(r.code, code, `${what}\n${show(r)}`);
+  const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+  assert.equal(lines.length, 1, `${what}: one line\n${r.stderr}`);
+  assert.doesNotMatch(lines[0]!, /EACCES|ENOENT|EPERM|\/proc\/self\/fd|does not hold an engine data root/, `${what}: ${lines[0]}`);
+  return lines[0]!;
+}
+
+test('an unreadable data root says "permission denied: run as root" in ls, verify and extract; missing paths say so without errno text', T, () => {
+  requireTools('tar');
+  const work = tempDir('tp-iface-');
+  fs.chmodSync(work, 0o755);
+  const device = path.join(work, 'device');
+  fs.mkdirSync(device, { mode: 0o755 });
+  runOk('tar', ['--xattrs', '--xattrs-include=*', '-xzf', TARBALL, '-C', device]);
+  // As on a device: /var/lib/docker is readable by root only.
+  fs.chmodSync(path.join(device, 'var', 'lib', 'docker'), 0o700);
+  const root = path.join(device, 'var', 'lib', 'docker');
+  for (const [args, target] of [
+    [['ls', root], root],
+    [['ls', device], device],
+    [['verify', root], root],
+    [['extract', '--from', root, '--image', 'sample/base:1.0', '--output', path.join(work, 'x.bundle')], root],
+  ] as const) {
+    const r = transplant([...args], { asUser: true });
+    const line = oneLine(r, args[0] === 'verify' ? 2 : 1, args.join(' '));
+    assert.match(line, /^error: .*permission denied: run as root|needs root.*run as root/, `${args.join(' ')}: ${line}`);
+    if (args[0] !== 'extract') assert.ok(line.includes(target), `${args.join(' ')} names ${target}: ${line}`);
+  }
+  const missing = path.join(work, 'nothing-here');
+  for (const args of [['ls', missing], ['verify', missing], ['inject', TARBALL, '--resin-data', missing], ['extract', '--from', missing, '--image', 'a:1', '-o', path.join(work, 'y.bundle')]]) {
+    const r = transplant(args);
+    const line = oneLine(r, args[0] === 'verify' ? 2 : 1, args.join(' '));
+    assert.match(line, /no such (file or )?directory/, line);
+  }
+});
+
+test('an image ID prefix shorter than 12 hex digits says so; 12 digits select the image', T, () => {
+  const list = JSON.parse(transplant(['ls', TARBALL, '--json']).stdout) as { images: { id: string; references: string[] }[] };
+  const id = list.images.find((i) => i.references.includes('sample/base:1.0'))!.id.slice(7);
+  const short = transplant(['extract', '--from', TARBALL, '--image', id.slice(0, 8), '--dry-run']);
+  assert.match(oneLine(short, 1, 'short prefix'), /image ID prefix [0-9a-f]{8} is too short: give at least 12 hex digits/);
+  const ok = transplant(['extract', '--from', TARBALL, '--image', id.slice(0, 12), '--dry-run']);
+  assert.equal(ok.code, 0, show(ok));
+  assert.match(ok.stdout, /\(1 layer\)/, 'one layer, singular');
+});
+
+test('messages count in words: "1 image", "2 layers"', T, () => {
+  const work = tempDir('tp-iface-');
+  const bundle = path.join(work, 'a.bundle');
+  const x = transplant(['extract', '--from', TARBALL, '--image', 'sample/hello:2.0', '--output', bundle]);
+  assert.equal(x.code, 0, show(x));
+  assert.match(x.stdout, /: 1 image, 2 layers, /, x.stdout);
+  const rd = path.join(work, 'rd');
+  fs.mkdirSync(rd);
+  const i = transplant(['inject', bundle, '--resin-data', rd]);
+  assert.equal(i.code, 0, show(i));
+  assert.match(i.stdout, /^injected 1 image into .*: 2 layers copied, 0 reused, 2 references added$/m, i.stdout);
+  const v = transplant(['verify', rd]);
+  assert.match(v.stdout, /: 1 image, 2 layers checked: OK$/m, v.stdout);
+  assert.doesNotMatch(x.stdout + i.stdout + v.stdout, /\b1 (images|layers|files|references)\b|\(s\)/);
+});
