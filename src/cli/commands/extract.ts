@@ -1,21 +1,15 @@
 /** transplant extract: images from a source into a bundle file. */
 import { formatBytes } from '../../inject/inject.js';
-import { extract } from '../../api/extract.js';
+import { extract, type ExtractOptions as LibraryExtractOptions } from '../../api/extract.js';
+import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
 import { ProgressLine } from '../progress.js';
 import { count, type Output } from '../output.js';
-import type { RegistryCliOptions } from '../registry-options.js';
 
-export interface ExtractOptions extends RegistryCliOptions {
-  from: string;
+/** The options commander parses: the library's (src/api/extract.ts declares them), plus output. */
+export interface ExtractOptions extends Omit<LibraryExtractOptions, keyof RunOptions | 'stream'> {
   image: string[];
-  apps?: string;
-  output?: string;
-  dryRun?: boolean;
   json?: boolean;
-  /** --from ssh://…: private key file, and whether to skip the known_hosts check. */
-  identity?: string;
-  insecureHostKey?: boolean;
 }
 
 export async function extractCommand(opts: ExtractOptions, out: Output): Promise<void> {

@@ -1,24 +1,16 @@
 /** transplant inject: images from a bundle (or any source) into a target engine data root. */
 import { formatBytes } from '../../inject/inject.js';
-import { inject, type InjectResult } from '../../api/inject.js';
-import type { TargetOptions } from '../../api/target.js';
+import { inject, type InjectOptions, type InjectResult } from '../../api/inject.js';
+import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
 import { ProgressLine } from '../progress.js';
 import { count, type Output } from '../output.js';
 
 export type { TargetOptions } from '../../api/target.js';
 
-export interface InjectCommandOptions extends TargetOptions {
+/** The options commander parses: the library's (src/api/inject.ts declares them), plus output. */
+export interface InjectCommandOptions extends Omit<InjectOptions, keyof RunOptions> {
   image: string[];
-  apps?: string;
-  pinDevice?: boolean;
-  staticIp?: string[];
-  interface?: string;
-  dns?: string[];
-  networkFile?: string;
-  resinBoot?: string;
-  verify?: boolean;
-  dryRun?: boolean;
   json?: boolean;
 }
 

@@ -2,17 +2,17 @@
  * transplant preload: extract and inject in one pass, streaming from the source to the
  * target with no intermediate bundle on disk.
  */
-import { preload } from '../../api/preload.js';
+import { preload, type PreloadOptions as LibraryPreloadOptions } from '../../api/preload.js';
+import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
 import { ProgressLine } from '../progress.js';
 import type { Output } from '../output.js';
-import { showInjectResult, type InjectCommandOptions } from './inject.js';
-import type { RegistryCliOptions } from '../registry-options.js';
+import { showInjectResult } from './inject.js';
 
-export interface PreloadOptions extends InjectCommandOptions, RegistryCliOptions {
-  from: string;
-  identity?: string;
-  insecureHostKey?: boolean;
+/** The options commander parses: the library's (src/api/preload.ts declares them), plus output. */
+export interface PreloadOptions extends Omit<LibraryPreloadOptions, keyof RunOptions> {
+  image: string[];
+  json?: boolean;
 }
 
 export async function preloadCommand(opts: PreloadOptions, out: Output): Promise<void> {
