@@ -78,3 +78,44 @@ test('messages count in words: "1 image", "2 layers"', T, () => {
   assert.match(v.stdout, /: 1 image, 2 layers checked: OK$/m, v.stdout);
   assert.doesNotMatch(x.stdout + i.stdout + v.stdout, /\b1 (images|layers|files|references)\b|\(s\)/);
 });
+
+test('every command\'s --help has examples and fits in 80 columns', T, () => {
+  for (const c of ['extract', 'inject', 'preload', 'ls', 'verify']) {
+    const r = transplant([c, '--help']);
+    assert.equal(r.code, 0, show(r));
+    assert.match(r.stdout, /\nExamples:\n( {2}#[^\n]*\n)? {2}transplant /, `${c} --help has examples`);
+    const wide = r.stdout.split('\n').filter((l) => l.length > 80);
+    assert.deepEqual(wide, [], `${c} --help: lines over 80 columns`);
+  }
+});
+
+test('--progress plain prints progress lines for logs, tty redraws one line on a terminal, none and --quiet print nothing; a bad mode is bad usage', T, () => {
+  requireTools('script');
+  const work = tempDir('tp-iface-');
+  const args = (mode: string[]): string[] => ['extract', '--from', TARBALL, '--image', 'sample/hello:2.0', '-o', path.join(work, 'p.bundle'), ...mode];
+  const plain = transplant(args(['--progress', 'plain']));
+  assert.equal(plain.code, 0, show(plain));
+  const lines = plain.stderr.split('\n').filter((l) => l !== '');
+  assert.ok(lines.length >= 2, `a line per layer at least\n${plain.stderr}`);
+  assert.ok(lines.every((l) => /^extract layer \d\/2 [0-9a-f]{12}: \S+ B of 112 B \(\d+%\)/.test(l)), plain.stderr);
+  assert.match(lines[lines.length - 1]!, /112 B of 112 B \(100%\)/);
+  assert.doesNotMatch(plain.stderr, /\r|\x1b/, 'no terminal control in plain mode');
+  // A pipe (auto): nothing but the result.
+  const auto = transplant(args([]));
+  assert.equal(auto.stderr, '', 'auto on a pipe prints no progress');
+  for (const quiet of [['--quiet'], ['-q'], ['--progress', 'none', '-q']]) {
+    const q = transplant(args(quiet));
+    assert.equal(q.code, 0, show(q));
+    assert.equal(q.stdout + q.stderr, '', `${quiet.join(' ')} prints nothing`);
+  }
+  const qj = transplant(args(['--quiet', '--json']));
+  assert.equal((JSON.parse(qj.stdout) as { imageCount: number }).imageCount, 1, '--json output is still printed with --quiet');
+  const bad = transplant(args(['--progress', 'fancy']));
+  assert.equal(bad.code, 2, show(bad));
+  assert.match(bad.stderr, /--progress fancy: give one of auto, tty, plain, none/);
+  // On a terminal (script(1) gives one): one line redrawn in place, ending at 100%.
+  const cli = path.join(repoRoot(), 'bin', 'transplant');
+  const tty = runOk('script', ['-qec', [process.execPath, cli, ...args([])].map((a) => `'${a}'`).join(' '), '/dev/null'], { timeoutMs: 120_000 });
+  assert.match(tty.stdout, /\r\x1b\[Kextract layer 1\/2 /, tty.stdout);
+  assert.match(tty.stdout, /\r\x1b\[Kextract layer 2\/2 [0-9a-f]{12}: 112 B of 112 B \(100%\)[^\n]*\r?\n/, tty.stdout);
+});

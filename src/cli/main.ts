@@ -45,11 +45,76 @@ function targetOptions(command: Command): Command {
     .option('--verify', 'after writing, rebuild every injected layer from what was written and check it against its DiffID; undo the run on a mismatch')
     .option('--force', 'write even though an engine seems to be running on the target')
     .option('--no-wait', 'when another run holds the target (it is locked for the whole run), fail at once with "in use by pid N" instead of waiting for it')
-    .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing')
-    .option('--json', 'print results as JSON');
+    .option('--dry-run', 'print the plan (layers to copy and to reuse, bytes, files) and write nothing');
+  return outputOptions(command);
 }
 
-function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Promise<void>): Command {
+/** How a command that writes reports: --json, --progress, --quiet. */
+function outputOptions(command: Command): Command {
+  return command
+    .option('--json', 'print the result as JSON (schemas/<command>.schema.json); errors as JSON on stderr')
+    .option('--progress <mode>', 'progress on stderr: auto (tty on a terminal, else none), tty, plain (lines for logs) or none', 'auto')
+    .option('-q, --quiet', 'print no progress, warnings or result line (errors still; --json output still)');
+}
+
+/** Examples under each command's --help (kept within 80 columns: test/interface.test.ts). */
+const EXAMPLES = {
+  extract: `
+Examples:
+  # two images of a mounted resin-data into a bundle
+  transplant extract --from /mnt/resin-data --image myapp:v2 \\
+    --image 3f1c2a9b8e7d --output apps.bundle
+  # every service image a dashboard state names, from a data-root tarball
+  transplant extract --from device-docker.tar.gz --apps state.json \\
+    -o apps.bundle
+  # from a live device over SSH, or a registry
+  transplant extract --from ssh://root@10.0.0.5 --image myapp:v2 -o apps.bundle
+  transplant extract --from docker://registry.example.com/org/app:1.2 \\
+    -o app.bundle
+`,
+  inject: `
+Examples:
+  transplant inject apps.bundle --resin-data /mnt/resin-data --apps apps.json
+  transplant inject apps.bundle --engine-root /var/lib/docker --dry-run
+  transplant inject apps.bundle --disk balena.img --output out.img --verify
+  transplant inject - --disk balena.img < apps.bundle
+`,
+  preload: `
+Examples:
+  # a device's images, from a tarball of its /var/lib/docker, into a disk image
+  transplant preload --from device-docker.tar.gz --apps state.json \\
+    --disk balena.img --static-ip 10.0.0.1/24
+  # straight from a registry, for the disk image's device type
+  transplant preload --from docker://registry.example.com/org/app:1.2 \\
+    --disk balena.img
+  # from an engine root into a mounted resin-data
+  transplant preload --from /var/lib/docker --image myapp:v2 \\
+    --resin-data /mnt/resin-data
+`,
+  ls: `
+Examples:
+  transplant ls /var/lib/docker
+  transplant ls apps.bundle
+  transplant ls balena.img --json
+  transplant ls docker://registry.example.com/org/app:1.2
+`,
+  verify: `
+Exit status: 0 all holds, 1 the store does not hold (each problem listed),
+2 the check could not run (the target is missing or unreadable).
+
+Examples:
+  transplant verify balena-preloaded.img
+  transplant verify /mnt/resin-data --image myapp:v2
+  transplant verify apps.bundle --json
+`,
+};
+
+interface OutputFlags {
+  json?: boolean;
+  quiet?: boolean;
+}
+
+function build(run: (work: (out: Output) => Promise<void>, flags: OutputFlags) => Promise<void>): Command {
   const program = new Command('transplant')
     .description('Move container images between engine data roots, bundles and balenaOS disk images at the file level.')
     .version(VERSION)
@@ -57,6 +122,9 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  // 80 columns unless the terminal says otherwise, and descriptions wrapped even beside the
+  // long option names (commander gives up wrapping below a 40-column description).
+  program.configureHelp({ helpWidth: process.stdout.isTTY ? Math.max(60, process.stdout.columns ?? 80) : 80, minWidthToWrap: 20 });
 
   const extract = program
     .command('extract')
@@ -68,28 +136,30 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .option('--image <ref-or-id>', 'an image to take: name[:tag], name@sha256:<digest>, an image ID or a unique ID prefix (12+ hex); repeatable', collect, [])
     .option('--apps <file>', 'also take every service image of the first release of every app in this apps.json / device state')
     .option('-o, --output <bundle>', "the bundle file to write ('-' for standard output)")
-    .option('--dry-run', 'print what would go into the bundle and write nothing')
-    .option('--json', 'print results as JSON');
-  registryOptions(sshOptions(extract)).action(async (opts: ExtractOptions) => {
-    await run((out) => extractCommand(opts, out), opts.json);
+    .option('--dry-run', 'print what would go into the bundle and write nothing');
+  extract.addHelpText('after', EXAMPLES.extract);
+  registryOptions(sshOptions(outputOptions(extract))).action(async (opts: ExtractOptions) => {
+    await run((out) => extractCommand(opts, out), opts);
   });
 
   const inject = program
     .command('inject')
     .description('Write the images of a bundle into a target: a mounted resin-data, an engine data root, or a balenaOS disk image.')
-    .argument('<bundle>', "the bundle file ('-' for standard input), or an engine data root to copy from")
+    .argument('<bundle>', "the bundle file ('-' for standard input), or any source extract takes: an engine data root, a data-root tarball, a docker save / OCI archive")
     .option('--image <ref-or-id>', 'inject only these images of the bundle; repeatable', collect, []);
+  inject.addHelpText('after', EXAMPLES.inject);
   targetOptions(inject).action(async (bundle: string, opts: InjectCommandOptions) => {
-    await run((out) => injectCommand(bundle, opts, out), opts.json);
+    await run((out) => injectCommand(bundle, opts, out), opts);
   });
 
   const preload = program
     .command('preload')
     .description('Extract and inject in one pass, from a source straight into a target, with no bundle in between.')
-    .requiredOption('--from <source>', "any source extract takes: an engine data root, a data-root tarball, ssh://…, a docker save archive, a bundle, docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] or 'registry'")
+    .requiredOption('--from <source>', "any source extract takes: an engine data root, a data-root tarball, ssh://…, an image archive (docker save, OCI), a bundle, a registry image (docker://HOST/REPO:TAG) or 'registry'")
     .option('--image <ref-or-id>', 'an image to take (as for extract); repeatable', collect, []);
+  preload.addHelpText('after', EXAMPLES.preload);
   registryOptions(targetOptions(sshOptions(preload))).action(async (opts: PreloadOptions) => {
-    await run((out) => preloadCommand(opts, out), opts.json);
+    await run((out) => preloadCommand(opts, out), opts);
   });
 
   const ls = program
@@ -98,8 +168,9 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .argument('<target>', 'a directory, a bundle, a data-root tarball, ssh://…, a docker save archive, a disk image, or a registry image: docker://HOST[:PORT]/REPO[:TAG|@DIGEST]')
     .option('--image <ref>', 'with docker://HOST: an image on that registry to list; repeatable', collect, [])
     .option('--json', 'print the listing as JSON');
+  ls.addHelpText('after', EXAMPLES.ls);
   registryOptions(sshOptions(ls)).action(async (target: string, opts: { json?: boolean; identity?: string; insecureHostKey?: boolean; image: string[] } & RegistryCliOptions) => {
-    await run((out) => lsCommand(target, opts, out), opts.json);
+    await run((out) => lsCommand(target, opts, out), opts);
   });
 
   program
@@ -107,9 +178,10 @@ function build(run: (work: (out: Output) => Promise<void>, json?: boolean) => Pr
     .description('Check an engine data root, resin-data, balenaOS disk image or bundle as the engine would use it: configs, layer metadata, links, and every layer rebuilt and hashed against its DiffID.')
     .argument('<target>', 'an engine data root or resin-data directory, a disk image, or a bundle')
     .option('--image <ref-or-id>', 'check only these images and their layers; repeatable', collect, [])
-    .option('--json', 'print the report as JSON')
+    .option('--json', 'print the report as JSON (schemas/verify.schema.json)')
+    .addHelpText('after', EXAMPLES.verify)
     .action(async (target: string, opts: { image: string[]; json?: boolean }) => {
-      await run((out) => verifyCommand(target, opts, out), opts.json);
+      await run((out) => verifyCommand(target, opts, out), opts);
     });
 
   return program;
@@ -132,9 +204,9 @@ export async function main(argv: string[]): Promise<number> {
   installInterruptHandlers();
   let failure: unknown;
   let command: string | undefined;
-  const run = async (work: (out: Output) => Promise<void>, json?: boolean): Promise<void> => {
+  const run = async (work: (out: Output) => Promise<void>, flags: OutputFlags): Promise<void> => {
     try {
-      await work(new Output(json === true));
+      await work(new Output(flags.json === true, flags.quiet === true));
     } catch (e) {
       failure = e;
     }

@@ -1,14 +1,17 @@
-/** Data on stdout: JSON with --json, text otherwise. Messages go to stderr. */
+/** Data on stdout: JSON with --json, text otherwise (none with --quiet). Messages go to stderr. */
 export class Output {
-  constructor(readonly json: boolean) {}
+  constructor(
+    readonly json: boolean,
+    readonly quiet = false,
+  ) {}
 
   data(value: unknown, text: () => string): void {
     if (this.json) process.stdout.write(JSON.stringify(value, null, 2) + '\n');
-    else process.stdout.write(text() + '\n');
+    else if (!this.quiet) process.stdout.write(text() + '\n');
   }
 
   warn(message: string): void {
-    process.stderr.write(`warning: ${message}\n`);
+    if (!this.quiet) process.stderr.write(`warning: ${message}\n`);
   }
 }
 

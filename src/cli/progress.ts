@@ -1,47 +1,88 @@
 /**
- * Progress on stderr when it is a terminal: one line redrawn in place with the bytes done of
- * the plan's total, the rate, the ETA and the current layer; quiet otherwise, so scripts and
- * logs stay clean. It draws the library's ProgressEvents.
+ * Progress on stderr, drawn from the library's ProgressEvents, in the modes docker buildx
+ * names: `tty` one line redrawn in place (bytes done of the plan's total, percentage, time
+ * left, files, rate, the current layer); `plain` a line per layer and every few seconds,
+ * for logs; `none`. `auto` (the default) is `tty` when stderr is a terminal, else `none`,
+ * so scripts reading stderr get only errors and warnings.
  */
 import { formatBytes } from '../inject/inject.js';
 import type { ProgressEvent } from '../api/options.js';
+import { UsageError } from '../errors.js';
+
+export type ProgressMode = 'tty' | 'plain' | 'none';
+
+export const PROGRESS_MODES = ['auto', 'tty', 'plain', 'none'] as const;
+
+/** The mode of `--progress` and `--quiet`. */
+export function progressMode(opts: { progress?: string; quiet?: boolean }): ProgressMode {
+  const given = opts.progress ?? 'auto';
+  if (!(PROGRESS_MODES as readonly string[]).includes(given)) throw new UsageError(`--progress ${given}: give one of ${PROGRESS_MODES.join(', ')}`);
+  if (opts.quiet) {
+    if (opts.progress !== undefined && opts.progress !== 'auto' && opts.progress !== 'none') throw new UsageError(`--quiet and --progress ${opts.progress} contradict each other`);
+    return 'none';
+  }
+  if (given === 'auto') return process.stderr.isTTY === true ? 'tty' : 'none';
+  return given as ProgressMode;
+}
+
+const PLAIN_EVERY_MS = 5000;
 
 export class ProgressLine {
   private started = 0;
   private lastDraw = 0;
   private drawn = false;
   private layer: string | null = null;
+  private last: ProgressEvent | undefined;
 
-  constructor(private readonly enabled: boolean = process.stderr.isTTY === true) {}
+  constructor(private readonly mode: ProgressMode = process.stderr.isTTY === true ? 'tty' : 'none') {}
 
   /** The callback to give the library, or undefined when nothing is drawn. */
   get listener(): ((e: ProgressEvent) => void) | undefined {
-    return this.enabled ? (e) => this.update(e) : undefined;
+    return this.mode === 'none' ? undefined : (e) => this.update(e);
   }
 
-  update(e: ProgressEvent): void {
-    const now = Date.now();
-    if (this.started === 0) this.started = now;
-    const newLayer = e.layer !== this.layer;
-    this.layer = e.layer;
-    if (!newLayer && now - this.lastDraw < 100) return;
-    this.lastDraw = now;
+  private describe(e: ProgressEvent, now: number): string {
     const secs = Math.max((now - this.started) / 1000, 0.001);
     const rate = e.bytes / secs;
     let done = formatBytes(e.bytes);
     if (e.totalBytes !== null && e.totalBytes > 0) {
       const left = Math.max(e.totalBytes - e.bytes, 0);
-      const eta = rate > 0 && e.bytes > 0 ? `, ${Math.ceil(left / rate)} s left` : '';
+      const eta = rate > 0 && e.bytes > 0 && left > 0 ? `, ${Math.ceil(left / rate)} s left` : '';
       done = `${done} of ${formatBytes(e.totalBytes)} (${Math.min(100, Math.floor((e.bytes / e.totalBytes) * 100))}%)${eta}`;
     }
     const layer = e.layer ? ` layer ${e.layerIndex + 1}/${e.layerCount} ${e.layer.slice(7, 19)}` : '';
-    process.stderr.write(`\r\x1b[K${e.phase}${layer}: ${done}, ${e.fileCount} files, ${formatBytes(rate)}/s`);
+    return `${e.phase}${layer}: ${done}, ${e.fileCount} ${e.fileCount === 1 ? 'file' : 'files'}, ${formatBytes(rate)}/s`;
+  }
+
+  update(e: ProgressEvent): void {
+    const now = Date.now();
+    if (this.started === 0) this.started = now;
+    this.last = e;
+    const newLayer = e.layer !== this.layer;
+    this.layer = e.layer;
+    if (this.mode === 'plain') {
+      if (!newLayer && now - this.lastDraw < PLAIN_EVERY_MS) return;
+      this.lastDraw = now;
+      process.stderr.write(`${this.describe(e, now)}\n`);
+      return;
+    }
+    if (!newLayer && now - this.lastDraw < 100) return;
+    this.lastDraw = now;
+    process.stderr.write(`\r\x1b[K${this.describe(e, now)}`);
     this.drawn = true;
   }
 
-  /** Ends the line (after the run, whether it succeeded or not). */
+  /** Ends the output (after the run, whether it succeeded or not). */
   end(): void {
-    if (this.drawn) process.stderr.write('\n');
+    if (this.mode === 'plain' && this.last && this.lastDraw !== 0) {
+      process.stderr.write(`${this.describe(this.last, Date.now())}\n`);
+      this.lastDraw = 0;
+    }
+    if (this.drawn) {
+      // The last state (the whole plan once it completed), then the line is left as it is.
+      if (this.last) process.stderr.write(`\r\x1b[K${this.describe(this.last, Date.now())}`);
+      process.stderr.write('\n');
+    }
     this.drawn = false;
   }
 }

@@ -3,17 +3,20 @@ import { formatBytes } from '../../inject/inject.js';
 import { extract, type ExtractOptions as LibraryExtractOptions } from '../../api/extract.js';
 import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
-import { ProgressLine } from '../progress.js';
+import { ProgressLine, progressMode } from '../progress.js';
 import { count, type Output } from '../output.js';
 
 /** The options commander parses: the library's (src/api/extract.ts declares them), plus output. */
 export interface ExtractOptions extends Omit<LibraryExtractOptions, keyof RunOptions | 'stream'> {
   image: string[];
   json?: boolean;
+  /** --progress auto|tty|plain|none, --quiet */
+  progress?: string;
+  quiet?: boolean;
 }
 
 export async function extractCommand(opts: ExtractOptions, out: Output): Promise<void> {
-  const progress = new ProgressLine();
+  const progress = new ProgressLine(progressMode(opts));
   const toStdout = opts.output === '-';
   let result;
   try {

@@ -3,7 +3,7 @@ import { formatBytes } from '../../inject/inject.js';
 import { inject, type InjectOptions, type InjectResult } from '../../api/inject.js';
 import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
-import { ProgressLine } from '../progress.js';
+import { ProgressLine, progressMode } from '../progress.js';
 import { count, type Output } from '../output.js';
 
 export type { TargetOptions } from '../../api/target.js';
@@ -12,6 +12,9 @@ export type { TargetOptions } from '../../api/target.js';
 export interface InjectCommandOptions extends Omit<InjectOptions, keyof RunOptions> {
   image: string[];
   json?: boolean;
+  /** --progress auto|tty|plain|none, --quiet */
+  progress?: string;
+  quiet?: boolean;
 }
 
 export function describePlan(r: InjectResult): string {
@@ -49,7 +52,7 @@ export function showInjectResult(r: InjectResult, out: Output): void {
 }
 
 export async function injectCommand(bundle: string, opts: InjectCommandOptions, out: Output): Promise<void> {
-  const progress = new ProgressLine();
+  const progress = new ProgressLine(progressMode(opts));
   try {
     showInjectResult(await inject(bundle, { ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) }), out);
   } finally {

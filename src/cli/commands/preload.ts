@@ -5,7 +5,7 @@
 import { preload, type PreloadOptions as LibraryPreloadOptions } from '../../api/preload.js';
 import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
-import { ProgressLine } from '../progress.js';
+import { ProgressLine, progressMode } from '../progress.js';
 import type { Output } from '../output.js';
 import { showInjectResult } from './inject.js';
 
@@ -13,10 +13,13 @@ import { showInjectResult } from './inject.js';
 export interface PreloadOptions extends Omit<LibraryPreloadOptions, keyof RunOptions> {
   image: string[];
   json?: boolean;
+  /** --progress auto|tty|plain|none, --quiet */
+  progress?: string;
+  quiet?: boolean;
 }
 
 export async function preloadCommand(opts: PreloadOptions, out: Output): Promise<void> {
-  const progress = new ProgressLine();
+  const progress = new ProgressLine(progressMode(opts));
   try {
     showInjectResult(await preload({ ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) }), out);
   } finally {
