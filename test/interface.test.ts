@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { repoRoot, runOk, requireTools, type RunResult } from './harness/exec.js';
+import { repoRoot, run, runOk, requireTools, type RunResult } from './harness/exec.js';
 import { tempDir } from './harness/fixtures.js';
 import { transplant, show } from './harness/cli.js';
 
@@ -118,4 +118,18 @@ test('--progress plain prints progress lines for logs, tty redraws one line on a
   const tty = runOk('script', ['-qec', [process.execPath, cli, ...args([])].map((a) => `'${a}'`).join(' '), '/dev/null'], { timeoutMs: 120_000 });
   assert.match(tty.stdout, /\r\x1b\[Kextract layer 1\/2 /, tty.stdout);
   assert.match(tty.stdout, /\r\x1b\[Kextract layer 2\/2 [0-9a-f]{12}: 112 B of 112 B \(100%\)[^\n]*\r?\n/, tty.stdout);
+});
+
+test('a bundle is never written to a terminal nor read from one (as docker save and load refuse): bad usage, nothing written', T, () => {
+  requireTools('script');
+  const cli = path.join(repoRoot(), 'bin', 'transplant');
+  const onTerminal = (args: string[]): string =>
+    run('script', ['-qec', [process.execPath, cli, ...args].map((a) => `'${a}'`).join(' '), '/dev/null'], { timeoutMs: 120_000 }).stdout;
+  const out = onTerminal(['extract', '--from', TARBALL, '--image', 'sample/hello:2.0', '--output', '-']);
+  assert.match(out, /error: refusing to write a bundle to a terminal/, out);
+  assert.ok(out.length < 2000, 'no bundle bytes on the terminal');
+  for (const args of [['inject', '-', '--engine-root', '/nonexistent'], ['ls', '-'], ['extract', '--from', '-', '--image', 'a:1', '-o', '/nonexistent/x'], ['preload', '--from', '-', '--image', 'a:1', '--engine-root', '/nonexistent']]) {
+    const o = onTerminal(args);
+    assert.match(o, /error: refusing to read from a terminal/, `${args.join(' ')}: ${o}`);
+  }
 });

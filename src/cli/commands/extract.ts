@@ -4,7 +4,7 @@ import { extract, type ExtractOptions as LibraryExtractOptions } from '../../api
 import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
 import { ProgressLine, progressMode } from '../progress.js';
-import { count, type Output } from '../output.js';
+import { count, refuseTerminal, type Output } from '../output.js';
 
 /** The options commander parses: the library's (src/api/extract.ts declares them), plus output. */
 export interface ExtractOptions extends Omit<LibraryExtractOptions, keyof RunOptions | 'stream'> {
@@ -16,6 +16,7 @@ export interface ExtractOptions extends Omit<LibraryExtractOptions, keyof RunOpt
 }
 
 export async function extractCommand(opts: ExtractOptions, out: Output): Promise<void> {
+  refuseTerminal({ input: opts.from, output: opts.dryRun ? undefined : opts.output });
   const progress = new ProgressLine(progressMode(opts));
   const toStdout = opts.output === '-';
   let result;

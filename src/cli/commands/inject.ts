@@ -4,7 +4,7 @@ import { inject, type InjectOptions, type InjectResult } from '../../api/inject.
 import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
 import { ProgressLine, progressMode } from '../progress.js';
-import { count, type Output } from '../output.js';
+import { count, refuseTerminal, type Output } from '../output.js';
 
 export type { TargetOptions } from '../../api/target.js';
 
@@ -52,6 +52,7 @@ export function showInjectResult(r: InjectResult, out: Output): void {
 }
 
 export async function injectCommand(bundle: string, opts: InjectCommandOptions, out: Output): Promise<void> {
+  refuseTerminal({ input: bundle });
   const progress = new ProgressLine(progressMode(opts));
   try {
     showInjectResult(await inject(bundle, { ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) }), out);

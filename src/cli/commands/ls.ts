@@ -3,7 +3,7 @@ import { formatBytes } from '../../inject/inject.js';
 import { formatAppsStatus } from '../../preload/apps.js';
 import { ls, type LsImage } from '../../api/ls.js';
 import { interruptSignal } from '../interrupt.js';
-import type { Output } from '../output.js';
+import { refuseTerminal, type Output } from '../output.js';
 import type { RegistryCliOptions } from '../registry-options.js';
 
 export interface LsCommandOptions extends RegistryCliOptions {
@@ -23,6 +23,7 @@ export function formatListing(images: readonly LsImage[]): string {
 
 /** Text: the table, then the apps.json status when there is one. JSON: always `{ images, appsJson }` (appsJson null when absent). */
 export async function lsCommand(target: string, opts: LsCommandOptions, out: Output): Promise<void> {
+  refuseTerminal({ input: target });
   const result = await ls(target, { ...opts, signal: interruptSignal, onWarning: (m) => out.warn(m) });
   out.data(result, () => (result.appsJson === null ? formatListing(result.images) : `${formatListing(result.images)}\n\n${formatAppsStatus(result.appsJson)}`));
 }

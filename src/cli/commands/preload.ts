@@ -6,7 +6,7 @@ import { preload, type PreloadOptions as LibraryPreloadOptions } from '../../api
 import type { RunOptions } from '../../api/options.js';
 import { interruptSignal } from '../interrupt.js';
 import { ProgressLine, progressMode } from '../progress.js';
-import type { Output } from '../output.js';
+import { refuseTerminal, type Output } from '../output.js';
 import { showInjectResult } from './inject.js';
 
 /** The options commander parses: the library's (src/api/preload.ts declares them), plus output. */
@@ -19,6 +19,7 @@ export interface PreloadOptions extends Omit<LibraryPreloadOptions, keyof RunOpt
 }
 
 export async function preloadCommand(opts: PreloadOptions, out: Output): Promise<void> {
+  refuseTerminal({ input: opts.from });
   const progress = new ProgressLine(progressMode(opts));
   try {
     showInjectResult(await preload({ ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) }), out);
