@@ -100,6 +100,14 @@ test('--progress plain prints progress lines for logs, tty redraws one line on a
   assert.ok(lines.every((l) => /^extract layer \d\/2 [0-9a-f]{12}: \S+ B of 112 B \(\d+%\)/.test(l)), plain.stderr);
   assert.match(lines[lines.length - 1]!, /112 B of 112 B \(100%\)/);
   assert.doesNotMatch(plain.stderr, /\r|\x1b/, 'no terminal control in plain mode');
+  // Into a disk image: the work copy is reported too (a copy of data ranges; /tmp does not reflink).
+  const img = path.join(work, 'balena.img');
+  fs.writeFileSync(img, runOk('gzip', ['-dc', path.join(SAMPLE, 'balena-sample.img.gz')], { timeoutMs: 120_000 }).stdoutBytes);
+  const disk = transplant(['inject', path.join(work, 'p.bundle'), '--disk', img, '--output', path.join(work, 'out.img'), '--progress', 'plain']);
+  assert.equal(disk.code, 0, show(disk));
+  assert.match(disk.stderr, /^copying the disk image: \S+ [kMG]?B of \S+ [kMG]?B \(100%\)/m, disk.stderr);
+  assert.match(disk.stderr, /^inject layer 2\/2 [0-9a-f]{12}: 112 B of 112 B \(100%\), 15 files/m, disk.stderr);
+  assert.match(disk.stdout, /^injected 1 image into /, disk.stdout);
   // A pipe (auto): nothing but the result.
   const auto = transplant(args([]));
   assert.equal(auto.stderr, '', 'auto on a pipe prints no progress');

@@ -164,7 +164,7 @@ async function extractIn(opts: ExtractOptions): Promise<ExtractResult> {
 /** Writes the selected images of a source into a bundle file (what `transplant extract --json` prints). */
 export async function extract(options: ExtractOptions): Promise<ExtractResult> {
   try {
-    return await runAbortable(options.signal, () => extractIn(options));
+    return await runAbortable(options.signal, () => extractIn(options), options.onProgress);
   } catch (e) {
     throw toTransplantError(e, options.from);
   }

@@ -231,7 +231,7 @@ async function injectIn(bundle: string, opts: InjectOptions): Promise<InjectResu
  */
 export async function inject(bundle: string, options: InjectOptions): Promise<InjectResult> {
   try {
-    return await runAbortable(options.signal, () => injectIn(bundle, options));
+    return await runAbortable(options.signal, () => injectIn(bundle, options), options.onProgress);
   } catch (e) {
     throw toTransplantError(e);
   }

@@ -75,7 +75,7 @@ async function lsIn(target: string, opts: LsOptions): Promise<LsResult> {
 /** Lists the images of `target` (what `transplant ls --json` prints). */
 export async function ls(target: string, options: LsOptions = {}): Promise<LsResult> {
   try {
-    return await runAbortable(options.signal, () => lsIn(target, options));
+    return await runAbortable(options.signal, () => lsIn(target, options), options.onProgress);
   } catch (e) {
     throw toTransplantError(e, target);
   }

@@ -1,24 +1,8 @@
 /** What every library call takes, and the progress events it reports. */
 import type { RegistryOptions } from '../sources/open-registry.js';
+import type { ProgressEvent } from '../run/progress.js';
 
-/** Where a run is: `extract` writes a bundle, `inject` writes a target. */
-export type ProgressPhase = 'extract' | 'inject';
-
-/**
- * One progress report. `bytes` is the content written so far in this phase, `totalBytes` the
- * plan's total (null while unknown); `layer` the ChainID being written.
- */
-export interface ProgressEvent {
-  phase: ProgressPhase;
-  bytes: number;
-  totalBytes: number | null;
-  layer: string | null;
-  /** 0-based index of `layer` among the layers written in this phase, and how many there are. */
-  layerIndex: number;
-  layerCount: number;
-  /** Files (layer entries) written so far in this phase. */
-  fileCount: number;
-}
+export type { ProgressEvent, ProgressPhase } from '../run/progress.js';
 
 export interface RunOptions {
   /** Cancels the run: before anything is written it stops at once; after, what it wrote is undone. */

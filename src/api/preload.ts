@@ -51,7 +51,7 @@ async function preloadIn(opts: PreloadOptions): Promise<PreloadResult> {
 /** Takes images from a source straight into a target (what `transplant preload --json` prints). */
 export async function preload(options: PreloadOptions): Promise<PreloadResult> {
   try {
-    return await runAbortable(options.signal, () => preloadIn(options));
+    return await runAbortable(options.signal, () => preloadIn(options), options.onProgress);
   } catch (e) {
     throw toTransplantError(e);
   }

@@ -76,7 +76,7 @@ async function verifyIn(target: string, images: string[]): Promise<VerifyReport>
 /** Checks `target` as the engine would use it (what `transplant verify --json` prints). */
 export async function verify(target: string, options: VerifyOptions = {}): Promise<VerifyResult> {
   try {
-    return result(await runAbortable(options.signal, () => verifyIn(target, options.image ?? [])));
+    return result(await runAbortable(options.signal, () => verifyIn(target, options.image ?? []), options.onProgress));
   } catch (e) {
     throw toTransplantError(e, target);
   }

@@ -30,7 +30,7 @@ function sshOptions(command: Command): Command {
 
 /** Options every command that writes into a target shares. */
 function targetOptions(command: Command): Command {
-  return command
+  command
     .option('--resin-data <dir>', 'target: a mounted balenaOS data partition (its engine root is docker/)')
     .option('--engine-root <dir>', 'target: an engine data root (e.g. /var/lib/docker) whose engine is stopped')
     .option('--disk <image>', 'target: a balenaOS disk image, written without mounting and grown when too small')

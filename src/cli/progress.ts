@@ -33,6 +33,7 @@ export class ProgressLine {
   private drawn = false;
   private layer: string | null = null;
   private last: ProgressEvent | undefined;
+  private lastShown: ProgressEvent | undefined;
 
   constructor(private readonly mode: ProgressMode = process.stderr.isTTY === true ? 'tty' : 'none') {}
 
@@ -51,18 +52,25 @@ export class ProgressLine {
       done = `${done} of ${formatBytes(e.totalBytes)} (${Math.min(100, Math.floor((e.bytes / e.totalBytes) * 100))}%)${eta}`;
     }
     const layer = e.layer ? ` layer ${e.layerIndex + 1}/${e.layerCount} ${e.layer.slice(7, 19)}` : '';
-    return `${e.phase}${layer}: ${done}, ${e.fileCount} ${e.fileCount === 1 ? 'file' : 'files'}, ${formatBytes(rate)}/s`;
+    const files = e.phase === 'copy' ? '' : `, ${e.fileCount} ${e.fileCount === 1 ? 'file' : 'files'}`;
+    return `${e.phase === 'copy' ? 'copying the disk image' : e.phase}${layer}: ${done}${files}, ${formatBytes(Math.round(rate))}/s`;
   }
 
   update(e: ProgressEvent): void {
     const now = Date.now();
     if (this.started === 0) this.started = now;
+    const newPhase = e.phase !== this.last?.phase;
+    // A phase ends with its last state (plain: a line, so logs show it complete).
+    if (newPhase && this.last && this.mode === 'plain' && this.lastShown !== this.last) process.stderr.write(`${this.describe(this.last, now)}\n`);
+    // Rates and time left are per phase (a work copy runs at disk speed, layers at their own).
+    if (newPhase) this.started = now;
+    const newLayer = newPhase || e.layer !== this.layer;
     this.last = e;
-    const newLayer = e.layer !== this.layer;
     this.layer = e.layer;
     if (this.mode === 'plain') {
       if (!newLayer && now - this.lastDraw < PLAIN_EVERY_MS) return;
       this.lastDraw = now;
+      this.lastShown = e;
       process.stderr.write(`${this.describe(e, now)}\n`);
       return;
     }
@@ -74,9 +82,9 @@ export class ProgressLine {
 
   /** Ends the output (after the run, whether it succeeded or not). */
   end(): void {
-    if (this.mode === 'plain' && this.last && this.lastDraw !== 0) {
+    if (this.mode === 'plain' && this.last && this.lastShown !== this.last) {
       process.stderr.write(`${this.describe(this.last, Date.now())}\n`);
-      this.lastDraw = 0;
+      this.lastShown = this.last;
     }
     if (this.drawn) {
       // The last state (the whole plan once it completed), then the line is left as it is.

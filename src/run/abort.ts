@@ -18,6 +18,7 @@ import type { LayerItem } from '../layer/entry.js';
 import type { ImageSource } from '../sources/source.js';
 import type { TreeWriter } from '../targets/tree-writer.js';
 import { AbortedError } from '../errors.js';
+import type { ProgressEvent, ProgressPhase } from './progress.js';
 
 /** What an abort is called in messages: the signal's name when the CLI aborted on one. */
 export function abortedBy(reason: unknown): string {
@@ -30,7 +31,10 @@ export class Run {
   quiet = 0;
   readonly cleanups = new Set<() => void>();
 
-  constructor(readonly signal: AbortSignal | undefined) {}
+  constructor(
+    readonly signal: AbortSignal | undefined,
+    readonly onProgress?: (event: ProgressEvent) => void,
+  ) {}
 
   get aborted(): boolean {
     return this.signal?.aborted === true;
@@ -59,8 +63,8 @@ const current = new AsyncLocalStorage<Run>();
  * Runs `work` as one run cancelled by `signal`. Aborted outside a write phase, it rejects at
  * once (after the cleanups); inside one, when the work has undone what it wrote.
  */
-export async function runAbortable<T>(signal: AbortSignal | undefined, work: () => Promise<T>): Promise<T> {
-  const run = new Run(signal);
+export async function runAbortable<T>(signal: AbortSignal | undefined, work: () => Promise<T>, onProgress?: (event: ProgressEvent) => void): Promise<T> {
+  const run = new Run(signal, onProgress);
   if (run.aborted) throw run.error('nothing was changed');
   return current.run(run, () => {
     const done = work();
@@ -97,6 +101,11 @@ export function onAbort(cleanup: () => void): () => void {
   return () => {
     run.cleanups.delete(cleanup);
   };
+}
+
+/** Reports progress of a phase that is not about layers (a disk image's work copy) to the run's listener. */
+export function reportProgress(phase: ProgressPhase, bytes: number, totalBytes: number | null): void {
+  current.getStore()?.onProgress?.({ phase, bytes, totalBytes, layer: null, layerIndex: 0, layerCount: 0, fileCount: 0 });
 }
 
 /** A checkpoint: throws once the run's signal is aborted (not while undoing `quietly`). */

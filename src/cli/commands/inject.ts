@@ -54,9 +54,12 @@ export function showInjectResult(r: InjectResult, out: Output): void {
 export async function injectCommand(bundle: string, opts: InjectCommandOptions, out: Output): Promise<void> {
   refuseTerminal({ input: bundle });
   const progress = new ProgressLine(progressMode(opts));
+  let result;
   try {
-    showInjectResult(await inject(bundle, { ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) }), out);
+    result = await inject(bundle, { ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) });
   } finally {
+    // The progress line ends before the result is printed.
     progress.end();
   }
+  showInjectResult(result, out);
 }

@@ -21,9 +21,12 @@ export interface PreloadOptions extends Omit<LibraryPreloadOptions, keyof RunOpt
 export async function preloadCommand(opts: PreloadOptions, out: Output): Promise<void> {
   refuseTerminal({ input: opts.from });
   const progress = new ProgressLine(progressMode(opts));
+  let result;
   try {
-    showInjectResult(await preload({ ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) }), out);
+    result = await preload({ ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) });
   } finally {
+    // The progress line ends before the result is printed.
     progress.end();
   }
+  showInjectResult(result, out);
 }
