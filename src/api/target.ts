@@ -16,16 +16,21 @@ import { TransplantError, UsageError } from '../errors.js';
 
 /** Where a run writes (exactly one of resinData, engineRoot, disk). */
 export interface TargetOptions {
+  /** Plan only: say what would be written, write nothing (and take no lock). */
   dryRun?: boolean;
+  /** A mounted balenaOS data partition (its engine root is docker/). */
   resinData?: string;
+  /** An engine data root (e.g. /var/lib/docker) whose engine is stopped. */
   engineRoot?: string;
+  /** A balenaOS disk image, written without mounting (through a work copy) and grown when too small. */
   disk?: string;
+  /** With disk: write the result here and leave the input image untouched. */
   output?: string;
+  /** Write even though an engine seems to be running on the target; inject images of another architecture. */
   force?: boolean;
-  /** false (--no-wait): fail at once when another run holds the target, instead of waiting. */
+  /** false: fail at once (TARGET_BUSY) when another run holds the target, instead of waiting. */
   wait?: boolean;
 }
-
 
 /** A target opened for writing: commit() makes the result final, abort() leaves the target as it was. */
 export interface OpenTarget {
