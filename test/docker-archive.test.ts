@@ -125,7 +125,7 @@ test('docker save archive: inject equals docker load, the engine runs it, docker
   assert.equal(x.code, 0, show(x));
   const vb = transplant(['verify', bundle, '--json']);
   assert.equal(vb.code, 0, show(vb));
-  assert.equal((JSON.parse(vb.stdout) as { layers: number }).layers, s.fx.images.appC.diffIds.length);
+  assert.equal((JSON.parse(vb.stdout) as { layerCount: number }).layerCount, s.fx.images.appC.diffIds.length);
 
   const problems = (
     await verifyInjectedEngineRoot({ engineRoot: target, sourceRoot: s.loaded, injected: s.images, scratchDir: s.work })

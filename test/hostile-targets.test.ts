@@ -21,7 +21,7 @@ import { diffSnapshots, snapshotTree, readRepositories } from './harness/judge.j
 import { Dockerd } from './harness/dockerd.js';
 import { requireTools, run, runOk } from './harness/exec.js';
 import { HostTreeWriter } from '../src/targets/host-fs.js';
-import { openSource } from '../src/cli/open-source.js';
+import { openSource } from '../src/sources/open.js';
 import { injectImages } from '../src/inject/inject.js';
 import { writeApps } from '../src/preload/apps.js';
 import { normalizeTargetState } from '../src/balena/apps-json.js';

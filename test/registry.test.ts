@@ -476,7 +476,7 @@ test('registry: --from registry --apps takes exactly the images apps.json names,
   assert.equal(x.code, 0, show(x));
   const vb = transplant(['verify', bundle, '--json']);
   assert.equal(vb.code, 0, show(vb));
-  assert.equal((JSON.parse(vb.stdout) as { layers: number }).layers, s.fx.images.appC.diffIds.length);
+  assert.equal((JSON.parse(vb.stdout) as { layerCount: number }).layerCount, s.fx.images.appC.diffIds.length);
 });
 
 test('registry references resolve as docker does; challenges, platforms and v2metadata follow the engine', () => {

@@ -219,10 +219,10 @@ test('ssh: the ssh-agent logs in when no --identity is given; the dry run counts
   runOk('ssh-add', ['-q', s.key], { env: { SSH_AUTH_SOCK: sock } });
   const r = transplant(['extract', '--from', s.url, ...s.imageArgs, '--dry-run', '--json'], env(s, { SSH_AUTH_SOCK: sock }));
   assert.equal(r.code, 0, `extract --dry-run with the agent failed\n${show(r)}`);
-  const manifest = JSON.parse(r.stdout) as { layers: { chainId: string; entries: number; bytes: number }[] };
+  const manifest = JSON.parse(r.stdout) as { layers: { chainId: string; fileCount: number; bytes: number }[] };
   const expected = s.reference.layers.map((l) => JSON.parse(l) as { chainId: string; entries: number; bytes: number });
   assert.deepEqual(
-    manifest.layers.map((l) => `${l.chainId} ${l.entries} ${l.bytes}`).sort(),
+    manifest.layers.map((l) => `${l.chainId} ${l.fileCount} ${l.bytes}`).sort(),
     expected.map((l) => `${l.chainId} ${l.entries} ${l.bytes}`).sort(),
     'layers, entry and byte counts as the directory gives them',
   );

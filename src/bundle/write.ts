@@ -22,6 +22,8 @@ import {
 } from './format.js';
 
 export interface LayerProgress {
+  /** The content bytes the whole run will write, once planned. */
+  planned?(totalBytes: number): void;
   layerStarted(layer: SourceLayer, index: number, total: number): void;
   entryWritten(entry: LayerEntry): void;
   layerDone(layer: SourceLayer): void;
@@ -104,6 +106,7 @@ export async function writeBundle(
   progress?: LayerProgress,
 ): Promise<BundleManifest> {
   const { manifest, layers } = await planBundle(source, images);
+  progress?.planned?.(manifest.layers.reduce((n, l) => n + l.bytes, 0));
   const tar = new TarPacker(out);
   const manifestBytes = Buffer.from(JSON.stringify(manifest, null, 2));
   await tar.add(metaHeader(MANIFEST_NAME, manifestBytes.length), manifestBytes);

@@ -1,2 +1,2 @@
-/** Errors the CLI maps to exit codes: usage mistakes exit 2, everything else 1. */
-export class UsageError extends Error {}
+/** Errors the CLI maps to exit codes: usage mistakes (code USAGE) exit 2, everything else 1. */
+export { UsageError } from '../errors.js';

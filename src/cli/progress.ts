@@ -1,47 +1,96 @@
 /**
- * Progress on stderr when it is a terminal (bytes and files per layer, with a rate); quiet
- * otherwise, so scripts and logs stay clean.
+ * Progress on stderr, drawn from the library's ProgressEvents, in the modes docker buildx
+ * names: `tty` one line redrawn in place (bytes done of the plan's total, percentage, time
+ * left, files, rate, the current layer); `plain` a line per layer and every few seconds,
+ * for logs; `none`. `auto` (the default) is `tty` when stderr is a terminal, else `none`,
+ * so scripts reading stderr get only errors and warnings.
  */
-import type { LayerEntry } from '../layer/entry.js';
 import { formatBytes } from '../inject/inject.js';
+import type { ProgressEvent } from '../api/options.js';
+import { UsageError } from '../errors.js';
 
-export class LayerProgressLine {
-  private files = 0;
-  private bytes = 0;
+export type ProgressMode = 'tty' | 'plain' | 'none';
+
+export const PROGRESS_MODES = ['auto', 'tty', 'plain', 'none'] as const;
+
+/** The mode of `--progress` and `--quiet`. */
+export function progressMode(opts: { progress?: string; quiet?: boolean }): ProgressMode {
+  const given = opts.progress ?? 'auto';
+  if (!(PROGRESS_MODES as readonly string[]).includes(given)) throw new UsageError(`--progress ${given}: give one of ${PROGRESS_MODES.join(', ')}`);
+  if (opts.quiet) {
+    if (opts.progress !== undefined && opts.progress !== 'auto' && opts.progress !== 'none') throw new UsageError(`--quiet and --progress ${opts.progress} contradict each other`);
+    return 'none';
+  }
+  if (given === 'auto') return process.stderr.isTTY === true ? 'tty' : 'none';
+  return given as ProgressMode;
+}
+
+const PLAIN_EVERY_MS = 5000;
+
+export class ProgressLine {
   private started = 0;
-  private label = '';
   private lastDraw = 0;
+  private drawn = false;
+  private layer: string | null = null;
+  private last: ProgressEvent | undefined;
+  private lastShown: ProgressEvent | undefined;
 
-  constructor(
-    private readonly verb: string,
-    private readonly enabled: boolean = process.stderr.isTTY === true,
-  ) {}
+  constructor(private readonly mode: ProgressMode = process.stderr.isTTY === true ? 'tty' : 'none') {}
 
-  layerStarted(layer: { chainId: string }, index: number, total: number): void {
-    this.files = 0;
-    this.bytes = 0;
-    this.started = Date.now();
-    this.label = `${this.verb} layer ${index + 1}/${total} ${layer.chainId.slice(7, 19)}`;
-    this.draw(true);
+  /** The callback to give the library, or undefined when nothing is drawn. */
+  get listener(): ((e: ProgressEvent) => void) | undefined {
+    return this.mode === 'none' ? undefined : (e) => this.update(e);
   }
 
-  entryWritten(entry: LayerEntry): void {
-    this.files++;
-    this.bytes += entry.size;
-    this.draw(false);
-  }
-
-  layerDone(): void {
-    this.draw(true);
-    if (this.enabled) process.stderr.write('\n');
-  }
-
-  private draw(force: boolean): void {
-    if (!this.enabled) return;
-    const now = Date.now();
-    if (!force && now - this.lastDraw < 100) return;
-    this.lastDraw = now;
+  private describe(e: ProgressEvent, now: number): string {
     const secs = Math.max((now - this.started) / 1000, 0.001);
-    process.stderr.write(`\r\x1b[K${this.label}: ${this.files} files, ${formatBytes(this.bytes)} (${formatBytes(this.bytes / secs)}/s)`);
+    const rate = e.bytes / secs;
+    let done = formatBytes(e.bytes);
+    if (e.totalBytes !== null && e.totalBytes > 0) {
+      const left = Math.max(e.totalBytes - e.bytes, 0);
+      const eta = rate > 0 && e.bytes > 0 && left > 0 ? `, ${Math.ceil(left / rate)} s left` : '';
+      done = `${done} of ${formatBytes(e.totalBytes)} (${Math.min(100, Math.floor((e.bytes / e.totalBytes) * 100))}%)${eta}`;
+    }
+    const layer = e.layer ? ` layer ${e.layerIndex + 1}/${e.layerCount} ${e.layer.slice(7, 19)}` : '';
+    const files = e.phase === 'copy' ? '' : `, ${e.fileCount} ${e.fileCount === 1 ? 'file' : 'files'}`;
+    return `${e.phase === 'copy' ? 'copying the disk image' : e.phase}${layer}: ${done}${files}, ${formatBytes(Math.round(rate))}/s`;
+  }
+
+  update(e: ProgressEvent): void {
+    const now = Date.now();
+    if (this.started === 0) this.started = now;
+    const newPhase = e.phase !== this.last?.phase;
+    // A phase ends with its last state (plain: a line, so logs show it complete).
+    if (newPhase && this.last && this.mode === 'plain' && this.lastShown !== this.last) process.stderr.write(`${this.describe(this.last, now)}\n`);
+    // Rates and time left are per phase (a work copy runs at disk speed, layers at their own).
+    if (newPhase) this.started = now;
+    const newLayer = newPhase || e.layer !== this.layer;
+    this.last = e;
+    this.layer = e.layer;
+    if (this.mode === 'plain') {
+      if (!newLayer && now - this.lastDraw < PLAIN_EVERY_MS) return;
+      this.lastDraw = now;
+      this.lastShown = e;
+      process.stderr.write(`${this.describe(e, now)}\n`);
+      return;
+    }
+    if (!newLayer && now - this.lastDraw < 100) return;
+    this.lastDraw = now;
+    process.stderr.write(`\r\x1b[K${this.describe(e, now)}`);
+    this.drawn = true;
+  }
+
+  /** Ends the output (after the run, whether it succeeded or not). */
+  end(): void {
+    if (this.mode === 'plain' && this.last && this.lastShown !== this.last) {
+      process.stderr.write(`${this.describe(this.last, Date.now())}\n`);
+      this.lastShown = this.last;
+    }
+    if (this.drawn) {
+      // The last state (the whole plan once it completed), then the line is left as it is.
+      if (this.last) process.stderr.write(`\r\x1b[K${this.describe(this.last, Date.now())}`);
+      process.stderr.write('\n');
+    }
+    this.drawn = false;
   }
 }

@@ -18,7 +18,7 @@ import { readSingleZipEntry, zipEntryContent } from '../stream/zip-entry.js';
 import { compressFile, compressionForName } from '../stream/compress.js';
 import { copyImageFile } from './grow.js';
 import { workPathFor } from './disk-target.js';
-import { checkInterrupted, onInterrupt } from '../cli/interrupt.js';
+import { checkAborted as checkInterrupted, onAbort as onInterrupt } from '../run/abort.js';
 
 export type DiskCompression = Compression | 'zip';
 

@@ -7,7 +7,7 @@ import { Ext4TreeWriter } from '../targets/ext4-tree-writer.js';
 import { findPartition, growLastPartition, readPartitionTable, type Partition, type PartitionTable } from './partition-table.js';
 import { copyImageFile, growExt4 } from './grow.js';
 import { readFatFile } from './fat-read.js';
-import { checkInterrupted, onInterrupt } from '../cli/interrupt.js';
+import { checkAborted as checkInterrupted, onAbort as onInterrupt } from '../run/abort.js';
 
 export const DATA_LABEL = 'resin-data';
 

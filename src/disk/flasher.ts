@@ -7,7 +7,7 @@ import {
   DiskTargetImpl, growthNeeded, inspectBalenaImage, replaceWithWorkCopy, workPathFor,
   type DiskTarget, type DiskTargetOptions, type FileOwnership, type RoomNeeded,
 } from './disk-target.js';
-import { checkInterrupted, onInterrupt } from '../cli/interrupt.js';
+import { checkAborted as checkInterrupted, onAbort as onInterrupt } from '../run/abort.js';
 import { copyImageFile, growExt4 } from './grow.js';
 import { findPartition, growLastPartition, growPartitionInPlace, readPartitionTable, type Partition } from './partition-table.js';
 

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { checkAborted, reportProgress } from '../run/abort.js';
 import { dataRanges } from '../fsx/index.js';
 import { ImageFile } from '../ext4/image-file.js';
 import { growExt4InPlace, imagePartitionIo } from '../ext4/resize.js';
@@ -12,11 +13,15 @@ function isZero(buf: Buffer, length: number): boolean {
 }
 
 /** Copies `length` bytes from `from` at `fromOffset` to `to` at `toOffset`, leaving holes where the source has zeros. */
-async function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number): Promise<void> {
+async function copyRange(fromFd: number, fromOffset: number, toFd: number, toOffset: number, length: number, progress?: (bytes: number) => void): Promise<void> {
   const a = Buffer.allocUnsafe(CHUNK);
   for (let done = 0; done < length; ) {
-    // Every 16 MiB the event loop runs: a signal stops a copy of gigabytes promptly (cli/interrupt.ts).
-    if (done % (16 * CHUNK) === 0 && done > 0) await new Promise((resolve) => setImmediate(resolve));
+    // Every 16 MiB the event loop runs: an abort stops a copy of gigabytes promptly (run/abort.ts).
+    if (done % (16 * CHUNK) === 0 && done > 0) {
+      await new Promise((resolve) => setImmediate(resolve));
+      checkAborted();
+      progress?.(done);
+    }
     const n = Math.min(CHUNK, length - done);
     let got = 0;
     while (got < n) {
@@ -62,7 +67,14 @@ export async function copyImageFile(from: string, to: string): Promise<void> {
     } catch {
       ranges = undefined;
     }
-    for (const [start, end] of ranges ?? [[0, size]]) await copyRange(inFd, start, outFd, start, end - start);
+    const copy = ranges ?? [[0, size]];
+    const total = copy.reduce((n, [start, end]) => n + end - start, 0);
+    let copied = 0;
+    for (const [start, end] of copy) {
+      await copyRange(inFd, start, outFd, start, end - start, (n) => reportProgress('copy', copied + n, total));
+      copied += end - start;
+      reportProgress('copy', copied, total);
+    }
     fs.fsyncSync(outFd);
   } catch (err) {
     if (outFd !== undefined) fs.closeSync(outFd);

@@ -42,10 +42,12 @@ import { serializeRepositories } from '../engine/repositories.js';
 import { contentOrderOf } from '../bundle/write.js';
 import type { InjectPlan, PlannedLayer } from './plan.js';
 import { checked, fileRecords } from './content-check.js';
-import { quietly } from '../cli/interrupt.js';
+import { quietly } from '../run/abort.js';
 import type { TargetStore } from './target-store.js';
 
 export interface InjectProgress {
+  /** The content bytes the run will write, once planned. */
+  planned?(totalBytes: number): void;
   layerStarted(layer: PlannedLayer, index: number, total: number): void;
   entryWritten(entry: LayerEntry): void;
   layerDone(layer: PlannedLayer): void;

@@ -101,6 +101,7 @@ export async function injectImages(
         if (!report.ok) throw new Error(`verification of what was written failed: ${report.problems[0]}${report.problems.length > 1 ? ` (and ${report.problems.length - 1} more problems)` : ''}`);
       }
     : undefined;
+  options.progress?.planned?.(plan.layers.reduce((n, l) => n + (l.action === 'copy' ? (l.source.bytes ?? l.source.size) : 0), 0));
   options.startWriting?.();
   const finish = options.finish;
   await applyPlan(plan, source, store, options.progress, check, finish ? (undo) => finish(writer, undo) : undefined);

@@ -35,6 +35,10 @@ export function resolveSelector(selector: string, images: readonly SourceImage[]
     if (matches.length === 1) return matches[0];
     if (matches.length > 1) throw new SelectionError(`image ID prefix ${hex} is ambiguous in ${sourceName} (${matches.length} images match); give more digits`);
   }
+  // A short hex string is a name as far as the engine goes, but it may have been meant as an ID.
+  if (/^[0-9a-f]{1,11}$/.test(hex) && images.some((img) => img.id.slice(7).startsWith(hex))) {
+    throw new SelectionError(`image ID prefix ${hex} is too short: give at least 12 hex digits (no image is named ${JSON.stringify(selector)} in ${sourceName})`);
+  }
   const hint = key !== undefined && isDigestKey(key) ? ' (digest references resolve only through an exact name@sha256 entry)' : '';
   throw new SelectionError(`no image ${JSON.stringify(selector)} in ${sourceName}${hint}; run \`transplant ls ${sourceName}\` to see what it holds`);
 }

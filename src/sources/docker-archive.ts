@@ -315,7 +315,7 @@ export class DockerArchiveSource implements ImageSource {
 
   /** A docker save / OCI archive file (tar or tar.gz; '-' spools standard input), or an OCI layout / unpacked archive directory. */
   static async open(file: string, options: DockerArchiveOptions = {}): Promise<DockerArchiveSource> {
-    const warn = options.warn ?? ((m: string): void => void process.stderr.write(`warning: ${m}\n`));
+    const warn = options.warn ?? ((): void => undefined);
     const shown = file === '-' ? 'standard input' : file;
     let scratch: string | undefined;
     const scratchDir = async (): Promise<string> => (scratch ??= await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-archive-')));

@@ -19,6 +19,7 @@
  * tar-split and its diff entries (files spooled to a temp dir, as the tar order can differ
  * from the bundle's) and hashed against its DiffID.
  */
+import { checkAborted } from '../run/abort.js';
 import { nameFromBytes } from '../layer/entry.js';
 import { closeSync, createReadStream, createWriteStream, read, promises as fs } from 'node:fs';
 import { promisify } from 'node:util';
@@ -332,6 +333,7 @@ export async function verifyEngineRoot(given: StoreReader, prefix: string, optio
   // Content.
   if (!options.metadataOnly) {
     for (const rec of records.values()) {
+      checkAborted(); // a layer's rebuild can be long: an aborted run stops before the next
       if (!links.has(rec.chainId) && (await reader.kindOf(at(diffDir(rec.cacheId)))) !== 'directory') continue;
       const ts = await reader.readFile(at(`${layerDir(rec.chainId)}/tar-split.json.gz`));
       if (!ts) {
@@ -423,6 +425,7 @@ export async function verifyBundle(bundle: BundleSource, options: VerifyOptions 
       const fileOf = new Map<string, string>();
       let n = 0;
       for await (const { entry, content } of bundle.layerItems(l.chainId)) {
+        checkAborted();
         if (entry.kind === 'file' && content) {
           const f = path.join(dir, String(n++));
           await pipeline(Readable.from(content), createWriteStream(f));

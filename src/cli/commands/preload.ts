@@ -2,39 +2,31 @@
  * transplant preload: extract and inject in one pass, streaming from the source to the
  * target with no intermediate bundle on disk.
  */
-import { selectImages } from '../../selection/select.js';
-import type { SourceImage } from '../../sources/source.js';
-import { imagesForApps, readApps } from '../../preload/apps.js';
-import { openSource } from '../open-source.js';
-import { UsageError } from '../errors.js';
-import type { Output } from '../output.js';
-import { injectFrom, type InjectCommandOptions } from './inject.js';
-import { isRegistrySource, type RegistryCliOptions } from '../registry-options.js';
+import { preload, type PreloadOptions as LibraryPreloadOptions } from '../../api/preload.js';
+import type { RunOptions } from '../../api/options.js';
+import { interruptSignal } from '../interrupt.js';
+import { ProgressLine, progressMode } from '../progress.js';
+import { refuseTerminal, type Output } from '../output.js';
+import { showInjectResult } from './inject.js';
 
-export interface PreloadOptions extends InjectCommandOptions, RegistryCliOptions {
-  from: string;
-  identity?: string;
-  insecureHostKey?: boolean;
+/** The options commander parses: the library's (src/api/preload.ts declares them), plus output. */
+export interface PreloadOptions extends Omit<LibraryPreloadOptions, keyof RunOptions> {
+  image: string[];
+  json?: boolean;
+  /** --progress auto|tty|plain|none, --quiet */
+  progress?: string;
+  quiet?: boolean;
 }
 
 export async function preloadCommand(opts: PreloadOptions, out: Output): Promise<void> {
-  const registry = isRegistrySource(opts.from);
-  if (opts.image.length === 0 && !opts.apps && !/^docker:\/\/[^/]+\/./i.test(opts.from)) throw new UsageError('preload needs --apps <file> or at least one --image');
-  const apps = opts.apps ? await readApps(opts.apps, { pinDevice: opts.pinDevice }) : undefined;
-  // From a registry, a multi-platform image is resolved for the disk image's device type.
-  let deviceArch: string | undefined;
-  if (registry && opts.disk && !opts.platform) {
-    const { readDeviceArch } = await import('../../disk/disk-target.js');
-    deviceArch = (await readDeviceArch(opts.disk)).arch;
-  }
-  const source = await openSource(opts.from, { identity: opts.identity, insecureHostKey: opts.insecureHostKey, registry: { ...opts, images: opts.image, apps, deviceArch }, spoolStdin: opts.disk !== undefined });
+  refuseTerminal({ input: opts.from });
+  const progress = new ProgressLine(progressMode(opts));
+  let result;
   try {
-    const all = await source.images();
-    // A registry source pulled exactly the images named (--image, docker://…/REPO:TAG, --apps).
-    const images: SourceImage[] = registry ? [...all] : selectImages(opts.image, all, opts.from);
-    if (apps) for (const img of imagesForApps(apps, all, opts.from, { inTarget: true })) if (!images.includes(img)) images.push(img);
-    await injectFrom(source, images, opts, out, apps);
+    result = await preload({ ...opts, signal: interruptSignal, onProgress: progress.listener, onWarning: (m) => out.warn(m) });
   } finally {
-    await source.close();
+    // The progress line ends before the result is printed.
+    progress.end();
   }
+  showInjectResult(result, out);
 }

@@ -1,64 +1,29 @@
 /** transplant verify: checks an engine root, resin-data, disk image or bundle without an engine. */
-import { promises as fs } from 'node:fs';
-import { BundleSource } from '../../bundle/read.js';
-import { findEngineRoot } from '../../sources/engine-root.js';
-import { HostReader } from '../../sources/store-reader.js';
-import { verifyBundle, verifyEngineRoot, type VerifyReport } from '../../verify/verify.js';
-import { sniff } from '../open-source.js';
-import type { Output } from '../output.js';
+import { verify, type VerifyResult } from '../../api/verify.js';
+import { TransplantError } from '../../errors.js';
+import { interruptSignal } from '../interrupt.js';
+import { count, type Output } from '../output.js';
 
 export interface VerifyCommandOptions {
   image: string[];
   json?: boolean;
 }
 
-async function verifyDirectory(dir: string, images: string[]): Promise<VerifyReport> {
-  const reader = new HostReader(dir);
-  const prefix = await findEngineRoot(reader);
-  if (prefix === undefined) throw new Error(`${dir} does not hold an engine data root (looked for image/overlay2/ in it, in docker/ and in var/lib/docker/)`);
-  return verifyEngineRoot(reader, prefix, { images });
-}
-
-async function verifyDisk(image: string, images: string[]): Promise<VerifyReport> {
-  // The ext4 reader of the disk target; loaded lazily so that the rest works without it.
-  const { DiskImageReader } = await import('../../disk/read-only.js');
-  const reader = await DiskImageReader.open(image, `${image}:resin-data`);
-  try {
-    const prefix = await findEngineRoot(reader);
-    if (prefix === undefined) throw new Error(`${image}: its resin-data partition holds no engine data root (no docker/image/overlay2)`);
-    return await verifyEngineRoot(reader, prefix, { images });
-  } finally {
-    await reader.close();
-  }
-}
-
-export function formatReport(r: VerifyReport): string {
-  const head = `${r.target}: ${r.images} image(s), ${r.layers} layer(s) checked`;
+export function formatReport(r: VerifyResult): string {
+  const head = `${r.target}: ${count(r.imageCount, 'image')}, ${count(r.layerCount, 'layer')} checked`;
   if (r.ok) return `${head}: OK`;
-  return [`${head}: ${r.problems.length} problem(s)`, ...r.problems.map((p) => `  ${p}`)].join('\n');
+  return [`${head}: ${count(r.problems.length, 'problem')}`, ...r.problems.map((p) => `  ${p}`)].join('\n');
+}
+
+/** A store that does not hold: exit 1 (a check that could not run exits 2, main.ts). */
+export class StoreInvalid extends TransplantError {
+  constructor(r: VerifyResult) {
+    super('VERIFY_FAILED', `verification of ${r.target} failed: ${r.problems[0]}${r.problems.length > 1 ? ` (and ${count(r.problems.length - 1, 'more problem')})` : ''}`);
+  }
 }
 
 export async function verifyCommand(target: string, opts: VerifyCommandOptions, out: Output): Promise<void> {
-  let st;
-  try {
-    st = await fs.stat(target);
-  } catch {
-    throw new Error(`${target}: no such file or directory`);
-  }
-  let report: VerifyReport;
-  if (st.isDirectory()) report = await verifyDirectory(target, opts.image);
-  else {
-    const kind = await sniff(target);
-    if (kind === 'disk-image') report = await verifyDisk(target, opts.image);
-    else if (kind === 'bundle') {
-      const bundle = await BundleSource.open(target);
-      try {
-        report = await verifyBundle(bundle, { images: opts.image });
-      } finally {
-        await bundle.close();
-      }
-    } else throw new Error(`${target} is neither an engine data root, a resin-data directory, a balenaOS disk image nor a transplant bundle`);
-  }
+  const report = await verify(target, { image: opts.image, signal: interruptSignal });
   out.data(report, () => formatReport(report));
-  if (!report.ok) throw new Error(`verification of ${report.target} failed: ${report.problems[0]}${report.problems.length > 1 ? ` (and ${report.problems.length - 1} more)` : ''}`);
+  if (!report.ok) throw new StoreInvalid(report);
 }
