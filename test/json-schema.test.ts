@@ -35,6 +35,7 @@ function validators(): Record<Command, (value: unknown) => string[]> {
 }
 
 /** Measures that are not counts of things (bytes, sizes, an exit status). */
+/** Numbers that measure rather than count: sizes (any key ending in Bytes too) and the exit code. */
 const MEASURES = new Set(['size', 'bytes', 'bundleSize', 'exitCode']);
 
 /** Every key's JSON types, with the path it was seen at, for the cross-command checks. */
@@ -135,7 +136,7 @@ test('every command\'s --json output matches its schema; one type per key everyw
     const kinds = new Set(real.map((t) => t.replace(/<.*>/, '')));
     if (kinds.size > 1) problems.push(`key ${k} has several types: ${[...types].map(([t, at]) => `${t} at ${at}`).join(', ')}`);
     if ((k === 'images' || k === 'layers') && real.some((t) => t !== 'array<object>')) problems.push(`${k} is not always an array of objects: ${[...types].map(([t, at]) => `${t} at ${at}`).join(', ')}`);
-    if (kinds.has('number') && !k.endsWith('Count') && !MEASURES.has(k)) problems.push(`${k} is a number but not named *Count (at ${[...types.values()][0]})`);
+    if (kinds.has('number') && !k.endsWith('Count') && !k.endsWith('Bytes') && !MEASURES.has(k)) problems.push(`${k} is a number but not named *Count (at ${[...types.values()][0]})`);
   }
   assert.deepEqual(problems, [], problems.join('\n'));
 

@@ -152,7 +152,7 @@ function build(run: (work: (out: Output) => Promise<void>, flags: OutputFlags) =
   const inject = program
     .command('inject')
     .description('Write the images of a bundle into a target: a mounted resin-data, an engine data root, or a balenaOS disk image.')
-    .argument('<bundle>', "the bundle file ('-' for standard input), or any source extract takes: an engine data root, a data-root tarball, a docker save / OCI archive, docker://HOST[:PORT][/REPO[:TAG|@DIGEST]] or 'registry'")
+    .argument('<bundle>', "the bundle file ('-' for standard input), or any source extract takes: an engine data root, a data-root tarball, a docker save / OCI archive, a registry image (docker://HOST/REPO:TAG, docker://HOST with --image) or 'registry'")
     .option('--image <ref-or-id>', 'inject only these images of the bundle (with docker://HOST or registry: the images to pull); repeatable', collect, []);
   inject.addHelpText('after', EXAMPLES.inject);
   registryOptions(targetOptions(inject)).action(async (bundle: string, opts: InjectCommandOptions & BalenaFlagNames & RegistryCliOptions) => {
@@ -165,7 +165,7 @@ function build(run: (work: (out: Output) => Promise<void>, flags: OutputFlags) =
     .argument('[image]', 'the balenaOS disk image to write (as balena preload takes it), the same as --disk <image>')
     .addOption(new Option('-f, --fleet <fleet>', 'balena preload\'s; refused with what to give instead').hideHelp())
     .addOption(new Option('-c, --commit <release>', 'balena preload\'s; refused with what to give instead').hideHelp())
-    .requiredOption('--from <source>', "any source extract takes: an engine data root, a data-root tarball, ssh://…, an image archive (docker save, OCI), a bundle, a registry image (docker://HOST[:PORT][/REPO[:TAG|@DIGEST]]) or 'registry'")
+    .requiredOption('--from <source>', "any source extract takes: an engine data root, a data-root tarball, ssh://…, an image archive (docker save, OCI), a bundle, a registry image (docker://HOST/REPO:TAG) or 'registry'")
     .option('--image <ref-or-id>', 'an image to take (as for extract); repeatable', collect, []);
   preload.addHelpText('after', EXAMPLES.preload);
   registryOptions(targetOptions(sshOptions(preload))).action(async (image: string | undefined, opts: PreloadOptions & BalenaFlagNames) => {
