@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildBalenaImage, extractPartition, sfdiskPartitions, type BalenaImageOptions } from './harness/balena-image.js';
+import { buildBalenaImage, buildUserImage, extractPartition, sfdiskPartitions, type BalenaImageOptions } from './harness/balena-image.js';
 import {
   assertOneLineError,
   giveToUser,
@@ -68,12 +68,7 @@ function getSetup(): Promise<Setup> {
  * unprivileged user in its directory.
  */
 function buildImage(s: Setup, name: string, opts: BalenaImageOptions): string {
-  const buildDir = path.join(s.work, `build-${++s.seq}`);
-  const img = buildBalenaImage(buildDir, name, { dataDir: s.fx.targetResinData, ...opts });
-  const dest = path.join(s.userWork, name);
-  fs.renameSync(img.path, dest);
-  fs.rmSync(buildDir, { recursive: true, force: true });
-  return giveToUser(dest);
+  return buildUserImage(s.work, s.userWork, name, { dataDir: s.fx.targetResinData, ...opts });
 }
 
 /** Files in the user's directory that a run left behind (work copies, resize side copies). */

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32, deflateSync } from 'node:zlib';
-import { buildBalenaImage, extractPartition, type BalenaImageOptions } from './harness/balena-image.js';
+import { buildBalenaImage, buildUserImage, extractPartition, type BalenaImageOptions } from './harness/balena-image.js';
 import { assertOneLineError, giveToUser, lsJson, show, spawnTransplant, transplant, userDir } from './harness/cli.js';
 import { assertE2fsckClean, dataPartition, listDir, sha256File, tableProblems } from './harness/disk-judge.js';
 import { requireTools, run, runOk } from './harness/exec.js';
@@ -89,12 +89,7 @@ function getSetup(): Promise<Setup> {
 
 /** A balenaOS-like image in the user's directory, resin-data from the target fixture. */
 function buildImage(s: Setup, name: string, opts: BalenaImageOptions): string {
-  const buildDir = path.join(s.work, `build-${++s.seq}`);
-  const img = buildBalenaImage(buildDir, name, { dataDir: s.fx.targetResinData, ...opts });
-  const dest = path.join(s.userWork, name);
-  fs.renameSync(img.path, dest);
-  fs.rmSync(buildDir, { recursive: true, force: true });
-  return giveToUser(dest);
+  return buildUserImage(s.work, s.userWork, name, { dataDir: s.fx.targetResinData, ...opts });
 }
 
 /** The byte offset and size of the partition with this label (sfdisk + the FAT/ext4 label). */

@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { requireTools, run, runOk } from './exec.js';
+import { giveToUser } from './cli.js';
 
 export interface BalenaImageOptions {
   /** Partition table; default 'mbr'. */
@@ -174,4 +175,17 @@ export function sfdiskPartitions(img: string): Array<{ index: number; offset: nu
   return layout.partitiontable.partitions.map((p) => ({
     index: Number(/(\d+)$/.exec(p.node)![1]), offset: p.start * 512, size: p.size * 512, name: p.name, type: p.type,
   }));
+}
+
+/**
+ * A balenaOS-like image built in a scratch directory below `scratch` (resin-data made from
+ * `opts.dataDir`), then moved to `userDir/name` and given to the unprivileged user.
+ */
+export function buildUserImage(scratch: string, userDir: string, name: string, opts: BalenaImageOptions): string {
+  const buildDir = fs.mkdtempSync(path.join(scratch, 'build-'));
+  const img = buildBalenaImage(buildDir, name, opts);
+  const dest = path.join(userDir, name);
+  fs.renameSync(img.path, dest);
+  fs.rmSync(buildDir, { recursive: true, force: true });
+  return giveToUser(dest);
 }
