@@ -10,10 +10,10 @@ import { describeImages, selectImages } from '../selection/select.js';
 import { openSource } from '../sources/open.js';
 import { isRegistrySource } from '../sources/open-registry.js';
 import { imagesForApps, readApps } from '../preload/apps.js';
-import { abortableSource, onAbort, runAbortable } from '../run/abort.js';
-import { UsageError, toTransplantError } from '../errors.js';
+import { abortableSource, onAbort } from '../run/abort.js';
+import { UsageError } from '../errors.js';
 import { ProgressEvents } from './progress.js';
-import type { RunOptions, SourceOptions } from './options.js';
+import { libraryCall, type RunOptions, type SourceOptions } from './options.js';
 
 export interface ExtractOptions extends RunOptions, SourceOptions {
   /**
@@ -163,9 +163,5 @@ async function extractIn(opts: ExtractOptions): Promise<ExtractResult> {
 
 /** Writes the selected images of a source into a bundle file (what `transplant extract --json` prints). */
 export async function extract(options: ExtractOptions): Promise<ExtractResult> {
-  try {
-    return await runAbortable(options.signal, () => extractIn(options), options.onProgress);
-  } catch (e) {
-    throw toTransplantError(e, options.from);
-  }
+  return libraryCall(options, () => extractIn(options), options.from);
 }

@@ -19,11 +19,11 @@ import { bootDeviceArch } from '../balena/boot-device.js';
 import { isRegistrySource } from '../sources/open-registry.js';
 import type { AppsJson } from '../balena/apps-json.js';
 import { checkAppsTarget, readApps, referencesForApps, writeApps } from '../preload/apps.js';
-import { WritePhase, abortableSource, abortableWriter, checkAborted, quietly, runAbortable } from '../run/abort.js';
-import { UsageError, toTransplantError } from '../errors.js';
+import { WritePhase, abortableSource, abortableWriter, checkAborted, quietly } from '../run/abort.js';
+import { UsageError } from '../errors.js';
 import { openTarget, type TargetOptions } from './target.js';
 import { ProgressEvents } from './progress.js';
-import type { RunOptions, SourceOptions } from './options.js';
+import { libraryCall, type RunOptions, type SourceOptions } from './options.js';
 
 export interface InjectOptions extends RunOptions, TargetOptions {
   /** Inject only these images of the source (references, IDs, ID prefixes). */
@@ -281,9 +281,5 @@ async function injectIn(bundle: string, opts: InjectSourceOptions): Promise<Inje
  * `disk` (what `transplant inject --json` prints).
  */
 export async function inject(bundle: string, options: InjectSourceOptions): Promise<InjectResult> {
-  try {
-    return await runAbortable(options.signal, () => injectIn(bundle, options), options.onProgress);
-  } catch (e) {
-    throw toTransplantError(e);
-  }
+  return libraryCall(options, () => injectIn(bundle, options));
 }

@@ -4,9 +4,7 @@ import { EngineRootSource } from '../sources/engine-root.js';
 import { listImages, type ImageListing } from '../sources/listing.js';
 import { HostReader, type StoreReader } from '../sources/store-reader.js';
 import { openSource, sniff } from '../sources/open.js';
-import { runAbortable } from '../run/abort.js';
-import { toTransplantError } from '../errors.js';
-import type { RunOptions, SourceOptions } from './options.js';
+import { libraryCall, type RunOptions, type SourceOptions } from './options.js';
 
 export interface LsOptions extends RunOptions, SourceOptions {
   /** With docker://HOST: the images on that registry to list. */
@@ -74,9 +72,5 @@ async function lsIn(target: string, opts: LsOptions): Promise<LsResult> {
 
 /** Lists the images of `target` (what `transplant ls --json` prints). */
 export async function ls(target: string, options: LsOptions = {}): Promise<LsResult> {
-  try {
-    return await runAbortable(options.signal, () => lsIn(target, options), options.onProgress);
-  } catch (e) {
-    throw toTransplantError(e, target);
-  }
+  return libraryCall(options, () => lsIn(target, options), target);
 }

@@ -1,6 +1,8 @@
 /** What every library call takes, and the progress events it reports. */
 import type { RegistryOptions } from '../sources/open-registry.js';
 import type { ProgressEvent } from '../run/progress.js';
+import { runAbortable } from '../run/abort.js';
+import { toTransplantError } from '../errors.js';
 
 export type { ProgressEvent, ProgressPhase } from '../run/progress.js';
 
@@ -19,4 +21,16 @@ export interface SourceOptions extends RegistryOptions {
   identity?: string;
   /** ssh://…: do not check the host key against ~/.ssh/known_hosts. */
   insecureHostKey?: boolean;
+}
+
+/**
+ * One library call: `work` run under the options' signal (src/run/abort.ts), any failure
+ * turned into a TransplantError with a stable code (naming `subject`, the path the call was given).
+ */
+export async function libraryCall<T>(options: RunOptions, work: () => Promise<T>, subject?: string): Promise<T> {
+  try {
+    return await runAbortable(options.signal, work, options.onProgress);
+  } catch (e) {
+    throw toTransplantError(e, subject);
+  }
 }

@@ -7,10 +7,9 @@ import type { SourceImage } from '../sources/source.js';
 import { openSource } from '../sources/open.js';
 import { isRegistrySource } from '../sources/open-registry.js';
 import { imagesForApps, readApps } from '../preload/apps.js';
-import { runAbortable } from '../run/abort.js';
-import { UsageError, toTransplantError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import { injectFrom, type InjectOptions, type InjectResult } from './inject.js';
-import type { SourceOptions } from './options.js';
+import { libraryCall, type SourceOptions } from './options.js';
 
 export interface PreloadOptions extends InjectOptions, SourceOptions {
   /** Any source extract takes. */
@@ -50,9 +49,5 @@ async function preloadIn(opts: PreloadOptions): Promise<PreloadResult> {
 
 /** Takes images from a source straight into a target (what `transplant preload --json` prints). */
 export async function preload(options: PreloadOptions): Promise<PreloadResult> {
-  try {
-    return await runAbortable(options.signal, () => preloadIn(options), options.onProgress);
-  } catch (e) {
-    throw toTransplantError(e);
-  }
+  return libraryCall(options, () => preloadIn(options));
 }

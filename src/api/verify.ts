@@ -5,9 +5,8 @@ import { findEngineRoot } from '../sources/engine-root.js';
 import { HostReader } from '../sources/store-reader.js';
 import { verifyBundle, verifyEngineRoot, type VerifyReport } from '../verify/verify.js';
 import { sniff } from '../sources/open.js';
-import { runAbortable } from '../run/abort.js';
-import { TransplantError, toTransplantError } from '../errors.js';
-import type { RunOptions } from './options.js';
+import { TransplantError } from '../errors.js';
+import { libraryCall, type RunOptions } from './options.js';
 
 export interface VerifyOptions extends RunOptions {
   /** Check only these images (references, IDs or ID prefixes) and their layers. */
@@ -75,9 +74,5 @@ async function verifyIn(target: string, images: string[]): Promise<VerifyReport>
 
 /** Checks `target` as the engine would use it (what `transplant verify --json` prints). */
 export async function verify(target: string, options: VerifyOptions = {}): Promise<VerifyResult> {
-  try {
-    return result(await runAbortable(options.signal, () => verifyIn(target, options.image ?? []), options.onProgress));
-  } catch (e) {
-    throw toTransplantError(e, target);
-  }
+  return libraryCall(options, async () => result(await verifyIn(target, options.image ?? [])), target);
 }

@@ -34,6 +34,3 @@ export function installInterruptHandlers(): void {
 export function interruptedBy(): string | undefined {
   return received;
 }
-
-// Kept for code written against the old module (the library's own code uses src/run/abort.ts).
-export { checkAborted as checkInterrupted, onAbort as onInterrupt, quietly, WritePhase } from '../run/abort.js';

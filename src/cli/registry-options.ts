@@ -3,7 +3,6 @@ import type { Command } from 'commander';
 import type { RegistryOptions } from '../sources/open-registry.js';
 
 export type RegistryCliOptions = RegistryOptions;
-export { isRegistrySource } from '../sources/open-registry.js';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 

@@ -212,13 +212,26 @@ export function readRegularBelow(top: OpenDir, rel: string, where: string, limit
   }
 }
 
-/** Reads an fd to its end (`size` is what fstat said), refusing more than the limit. */
-export function readFd(fd: number, size: number, limit: { bytes: number; name: string }, what: string): Buffer {
+/**
+ * Reads an fd to its end (`size` is what fstat said; undefined for a pipe), refusing more
+ * than the limit. A pipe opened without blocking (readNamedFile) may have no data yet: its
+ * EAGAIN is waited out in 10 ms steps.
+ */
+export function readFd(fd: number, size: number | undefined, limit: { bytes: number; name: string }, what: string): Buffer {
   const parts: Buffer[] = [];
   let total = 0;
+  let pause: Int32Array | undefined;
   for (;;) {
-    const buf = Buffer.allocUnsafe(Math.max(1, Math.min(Math.max(size - total, 0) + 1, 1 << 20)));
-    const n = readSync(fd, buf, 0, buf.length, null);
+    const want = size === undefined ? 64 * 1024 : Math.max(1, Math.min(Math.max(size - total, 0) + 1, 1 << 20));
+    const buf = Buffer.allocUnsafe(want);
+    let n: number;
+    try {
+      n = readSync(fd, buf, 0, buf.length, null);
+    } catch (e) {
+      if (errnoCode(e) !== 'EAGAIN') throw e;
+      Atomics.wait((pause ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, 10);
+      continue;
+    }
     if (n === 0) break;
     total += n;
     if (total > limit.bytes) throw new Error(`${what} is more than ${limit.name}`);
@@ -280,7 +293,13 @@ export function readNamedFile(file: string, limit: { bytes: number; name: string
   }
   try {
     const st = fstatSync(fd);
-    if (options.pipe && st.isFIFO()) return readPipe(fd, limit, what);
+    if (options.pipe && st.isFIFO()) {
+      // A pipe (`--apps <(curl …)`), opened without blocking: a named FIFO nobody writes to
+      // reads as empty at once (pipe(7): end of file with no writer) instead of waiting forever.
+      const data = readFd(fd, undefined, limit, what);
+      if (data.length === 0) throw new Error(`${what} is a pipe that gave nothing (a FIFO nobody writes to?)`);
+      return data;
+    }
     if (!st.isFile()) throw new Error(`${what} is ${describeKind(st)}, not a regular file; only regular files are read`);
     if (st.size > limit.bytes) throw new Error(`${what} is ${st.size} bytes, more than ${limit.name}`);
     return readFd(fd, st.size, limit, what);
@@ -289,30 +308,3 @@ export function readNamedFile(file: string, limit: { bytes: number; name: string
   }
 }
 
-/**
- * A pipe to its end (`--apps <(curl …)`): opened without blocking, so a named FIFO nobody
- * writes to reads as empty at once (pipe(7): read sees end of file when no writer is
- * connected) instead of waiting forever; data not there yet is waited for in 10 ms steps.
- */
-function readPipe(fd: number, limit: { bytes: number; name: string }, what: string): Buffer {
-  const parts: Buffer[] = [];
-  let total = 0;
-  const pause = new Int32Array(new SharedArrayBuffer(4));
-  for (;;) {
-    const buf = Buffer.allocUnsafe(64 * 1024);
-    let n: number;
-    try {
-      n = readSync(fd, buf, 0, buf.length, null);
-    } catch (e) {
-      if (errnoCode(e) !== 'EAGAIN') throw e;
-      Atomics.wait(pause, 0, 0, 10);
-      continue;
-    }
-    if (n === 0) break;
-    total += n;
-    if (total > limit.bytes) throw new Error(`${what} is more than ${limit.name}`);
-    parts.push(buf.subarray(0, n));
-  }
-  if (total === 0) throw new Error(`${what} is a pipe that gave nothing (a FIFO nobody writes to?)`);
-  return Buffer.concat(parts, total);
-}
