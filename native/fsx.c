@@ -14,6 +14,12 @@
  *   crc64Update(state: Buffer(8), data)                        CRC-64/ISO step, slicing-by-8 (no system call)
  *   tryLock(fd) -> boolean                                     flock(LOCK_EX|LOCK_NB): false when another holds it
  *   seekDataHole(fd, offset, hole) -> number                   lseek SEEK_DATA/SEEK_HOLE (-1 no more data, -2 unknown)
+ *   listXattrsFd(fd) -> Array<[name, value]>                   flistxattr + fgetxattr
+ *   lstatAt(dirfd, name, out: BigInt64Array(12))               fstatat(AT_SYMLINK_NOFOLLOW)
+ *   fstatInto(fd, out: BigInt64Array(12))                      fstat
+ *   openAt(dirfd, name, flags) -> fd                           openat(O_CLOEXEC)
+ *   closeFd(fd)                                                close (for what openAt gave)
+ *   willNeed(fd)                                               posix_fadvise(WILLNEED): start reading now
  *
  * Paths are strings (UTF-8) or Buffers (raw bytes). Errors are JS Errors shaped like
  * Node's own fs errors: code ('EPERM'), errno (negative), syscall, path, and a message
@@ -224,21 +230,45 @@ static bool not_supported(int err) {
   return err == ENOTSUP;
 }
 
+/* Where xattrs are read from: a path (the file itself, never a final symlink's target) or an open descriptor. */
+typedef struct {
+  const char *path;
+  int fd;
+} xattr_source;
+
+static ssize_t src_list(const xattr_source *src, char *buf, size_t size) {
+  if (src->path) return sys_llistxattr(src->path, buf, size);
+#ifdef __APPLE__
+  return flistxattr(src->fd, buf, size, 0);
+#else
+  return flistxattr(src->fd, buf, size);
+#endif
+}
+
+static ssize_t src_get(const xattr_source *src, const char *name, void *buf, size_t size) {
+  if (src->path) return sys_lgetxattr(src->path, name, buf, size);
+#ifdef __APPLE__
+  return fgetxattr(src->fd, name, buf, size, 0, 0);
+#else
+  return fgetxattr(src->fd, name, buf, size);
+#endif
+}
+
 /*
  * Reads one value. Returns 1 with *out set (malloc'd, may be NULL when empty),
  * 0 when the attribute vanished meanwhile, -1 with errno set on failure.
  * The size can grow between the probe and the read: ERANGE means probe again.
  */
-static int read_value(const char *path, const char *name, char **out, size_t *out_len) {
+static int read_value(const xattr_source *src, const char *name, char **out, size_t *out_len) {
   for (;;) {
-    ssize_t n = sys_lgetxattr(path, name, NULL, 0);
+    ssize_t n = src_get(src, name, NULL, 0);
     if (n < 0) return errno == XATTR_MISSING ? 0 : -1;
     char *buf = n > 0 ? malloc((size_t)n) : NULL;
     if (n > 0 && !buf) {
       errno = ENOMEM;
       return -1;
     }
-    ssize_t m = n > 0 ? sys_lgetxattr(path, name, buf, (size_t)n) : 0;
+    ssize_t m = n > 0 ? src_get(src, name, buf, (size_t)n) : 0;
     if (m < 0) {
       int err = errno;
       free(buf);
@@ -253,40 +283,33 @@ static int read_value(const char *path, const char *name, char **out, size_t *ou
   }
 }
 
-static napi_value ListXattrs(napi_env env, napi_callback_info info) {
-  napi_value argv[1], result;
-  if (!get_args(env, info, 1, argv)) return NULL;
-  char *path = get_cstring(env, argv[0], "path must be a string or Buffer without NUL bytes");
-  if (!path) return NULL;
+/* Every xattr of `src` as [[name, value], …]; NULL after throwing. */
+static napi_value list_xattrs(napi_env env, const xattr_source *src) {
+  const char *shown = src->path;
+  const char *list_call = src->path ? "llistxattr" : "flistxattr";
+  const char *get_call = src->path ? "lgetxattr" : "fgetxattr";
+  napi_value result;
   napi_create_array(env, &result);
-
   char *names = NULL;
   ssize_t total = 0;
   for (;;) {
-    ssize_t n = sys_llistxattr(path, NULL, 0);
+    ssize_t n = src_list(src, NULL, 0);
     if (n < 0) {
       int err = errno;
-      if (not_supported(err)) goto done;
-      napi_value r = throw_errno(env, err, "llistxattr", path);
-      free(path);
-      return r;
+      if (not_supported(err)) return result;
+      return throw_errno(env, err, list_call, shown);
     }
-    if (n == 0) goto done;
+    if (n == 0) return result;
     names = malloc((size_t)n);
-    if (!names) {
-      free(path);
-      return throw_errno(env, ENOMEM, "llistxattr", NULL);
-    }
-    total = sys_llistxattr(path, names, (size_t)n);
+    if (!names) return throw_errno(env, ENOMEM, list_call, NULL);
+    total = src_list(src, names, (size_t)n);
     if (total >= 0) break;
     int err = errno;
     free(names);
     names = NULL;
     if (err == ERANGE) continue; /* the list grew meanwhile */
-    if (not_supported(err)) goto done;
-    napi_value r = throw_errno(env, err, "llistxattr", path);
-    free(path);
-    return r;
+    if (not_supported(err)) return result;
+    return throw_errno(env, err, list_call, shown);
   }
 
   uint32_t index = 0;
@@ -297,13 +320,11 @@ static napi_value ListXattrs(napi_env env, napi_callback_info info) {
     if (name_len == 0) continue;
     char *value = NULL;
     size_t value_len = 0;
-    int got = read_value(path, name, &value, &value_len);
+    int got = read_value(src, name, &value, &value_len);
     if (got < 0) {
       int err = errno;
       free(names);
-      napi_value r = throw_errno(env, err, "lgetxattr", path);
-      free(path);
-      return r;
+      return throw_errno(env, err, get_call, shown);
     }
     if (got == 0) continue;
     napi_value pair, jname, jvalue;
@@ -317,8 +338,119 @@ static napi_value ListXattrs(napi_env env, napi_callback_info info) {
     napi_set_element(env, result, index++, pair);
   }
   free(names);
-done:
+  return result;
+}
+
+static napi_value ListXattrs(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_cstring(env, argv[0], "path must be a string or Buffer without NUL bytes");
+  if (!path) return NULL;
+  xattr_source src = {path, -1};
+  napi_value result = list_xattrs(env, &src);
   free(path);
+  return result;
+}
+
+/* listXattrsFd(fd): the xattrs of an open file or directory (flistxattr + fgetxattr). */
+static napi_value ListXattrsFd(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  double fd;
+  if (!get_integer(env, argv[0], 0, 2147483647, &fd, "fd must be a descriptor")) return NULL;
+  xattr_source src = {NULL, (int)fd};
+  return list_xattrs(env, &src);
+}
+
+/* ---- lookups relative to an open directory --------------------------------- */
+
+/*
+ * The stat fields the layer walkers use, as int64 into a BigInt64Array of 12:
+ * dev, ino, mode, nlink, uid, gid, rdev, size, atime s, atime ns, mtime s, mtime ns.
+ */
+static bool fill_stat(napi_env env, napi_value array, const struct stat *st) {
+  bool ok = false;
+  napi_is_typedarray(env, array, &ok);
+  napi_typedarray_type tt;
+  size_t n = 0;
+  void *data = NULL;
+  napi_value ab;
+  size_t off = 0;
+  if (ok) napi_get_typedarray_info(env, array, &tt, &n, &data, &ab, &off);
+  if (!ok || tt != napi_bigint64_array || n < 12) {
+    throw_type(env, "out must be a BigInt64Array of 12");
+    return false;
+  }
+  int64_t *o = data;
+#ifdef __APPLE__
+  const struct timespec *at = &st->st_atimespec, *mt = &st->st_mtimespec;
+#else
+  const struct timespec *at = &st->st_atim, *mt = &st->st_mtim;
+#endif
+  o[0] = (int64_t)st->st_dev;
+  o[1] = (int64_t)st->st_ino;
+  o[2] = (int64_t)st->st_mode;
+  o[3] = (int64_t)st->st_nlink;
+  o[4] = (int64_t)st->st_uid;
+  o[5] = (int64_t)st->st_gid;
+  o[6] = (int64_t)st->st_rdev;
+  o[7] = (int64_t)st->st_size;
+  o[8] = (int64_t)at->tv_sec;
+  o[9] = (int64_t)at->tv_nsec;
+  o[10] = (int64_t)mt->tv_sec;
+  o[11] = (int64_t)mt->tv_nsec;
+  return true;
+}
+
+/* lstatAt(dirfd, name, out): fstatat(AT_SYMLINK_NOFOLLOW), no path walk through /proc. */
+static napi_value LstatAt(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  double dirfd;
+  if (!get_integer(env, argv[0], 0, 2147483647, &dirfd, "dirfd must be a descriptor")) return NULL;
+  char *name = get_cstring(env, argv[1], "name must be a string or Buffer without NUL bytes");
+  if (!name) return NULL;
+  struct stat st;
+  if (fstatat((int)dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    napi_value r = throw_errno(env, errno, "lstat", name);
+    free(name);
+    return r;
+  }
+  free(name);
+  fill_stat(env, argv[2], &st);
+  return NULL;
+}
+
+/* fstatInto(fd, out): fstat into the same 12 fields. */
+static napi_value FstatInto(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  double fd;
+  if (!get_integer(env, argv[0], 0, 2147483647, &fd, "fd must be a descriptor")) return NULL;
+  struct stat st;
+  if (fstat((int)fd, &st) != 0) return throw_errno(env, errno, "fstat", NULL);
+  fill_stat(env, argv[1], &st);
+  return NULL;
+}
+
+/* openAt(dirfd, name, flags) -> fd: openat(2), always close-on-exec. */
+static napi_value OpenAt(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  double dirfd, flags;
+  if (!get_integer(env, argv[0], 0, 2147483647, &dirfd, "dirfd must be a descriptor")) return NULL;
+  if (!get_integer(env, argv[2], 0, 2147483647, &flags, "flags must be open(2) flags")) return NULL;
+  char *name = get_cstring(env, argv[1], "name must be a string or Buffer without NUL bytes");
+  if (!name) return NULL;
+  int fd = openat((int)dirfd, name, (int)flags | O_CLOEXEC);
+  if (fd < 0) {
+    napi_value r = throw_errno(env, errno, "open", name);
+    free(name);
+    return r;
+  }
+  free(name);
+  napi_value result;
+  napi_create_int32(env, fd, &result);
   return result;
 }
 
@@ -796,6 +928,37 @@ static napi_value BoundMalloc(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* closeFd(fd): close(2) of a descriptor openAt gave (node:fs warns when it closes one it did not open). */
+static napi_value CloseFd(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  double fd;
+  if (!get_integer(env, argv[0], 0, 2147483647, &fd, "fd must be a descriptor")) return NULL;
+  if (close((int)fd) != 0 && errno != EINTR) return throw_errno(env, errno, "close", NULL);
+  return NULL;
+}
+
+/*
+ * willNeed(fd): asks the kernel to start reading the file's data now (posix_fadvise
+ * POSIX_FADV_WILLNEED on Linux, fcntl F_RDADVISE on macOS), so that many small files' reads
+ * are in flight at once instead of one after another. Advice only: failures are ignored.
+ */
+static napi_value WillNeed(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  double fd;
+  if (!get_integer(env, argv[0], 0, 2147483647, &fd, "fd must be a descriptor")) return NULL;
+#ifdef __APPLE__
+  struct radvisory ra = {0, 0};
+  ra.ra_offset = 0;
+  ra.ra_count = 1 << 20;
+  (void)fcntl((int)fd, F_RDADVISE, &ra);
+#else
+  (void)posix_fadvise((int)fd, 0, 0, POSIX_FADV_WILLNEED);
+#endif
+  return NULL;
+}
+
 /* ---- module ----------------------------------------------------------------- */
 
 static napi_value Init(napi_env env, napi_value exports) {
@@ -811,6 +974,12 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"tryLock", NULL, TryLock, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekDataHole", NULL, SeekDataHole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"boundMalloc", NULL, BoundMalloc, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"listXattrsFd", NULL, ListXattrsFd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lstatAt", NULL, LstatAt, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"fstatInto", NULL, FstatInto, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"openAt", NULL, OpenAt, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"willNeed", NULL, WillNeed, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"closeFd", NULL, CloseFd, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -9,10 +9,13 @@
  * kernel resolves the fd's magic link to the open directory itself (fs/proc/base.c
  * proc_fd_link), never by its path again, then looks `name` up in it. Elsewhere (macOS) the
  * path is joined as text: every component is still opened with O_NOFOLLOW and checked,
- * but a component swapped between two calls is not noticed.
+ * but a component swapped between two calls is not noticed. The layer walkers' calls per
+ * entry (openSubdir, openRegularChecked, and lstatAt in fsx/index.ts) use openat(2) and
+ * fstatat(2) themselves through the native helper: the same lookup without a walk through
+ * /proc for every name, which cost more than the call (sources/diff-tree.ts).
  */
 import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, readdirSync, type BigIntStats } from 'node:fs';
-import { errnoCode } from './index.js';
+import { closeFd, errnoCode, fstatOf, openAt } from './index.js';
 
 const PROC_FD = process.platform === 'linux' ? '/proc/self/fd' : undefined;
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
@@ -23,6 +26,8 @@ const FILE_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBL
 export interface OpenDir {
   fd: number;
   path: string;
+  /** Opened by fsx's openAt (openSubdir): closed by closeFd, not node:fs. */
+  byOpenAt?: boolean;
 }
 
 /** Something under a source tree that is not what it must be: a symlink, or not a regular file where one is read. */
@@ -49,7 +54,9 @@ export function childPath(dir: OpenDir, name: Name): string | Buffer {
 const text = (n: Name): string => (typeof n === 'string' ? n : n.toString('utf8'));
 
 export function closeDir(dir: OpenDir | undefined): void {
-  if (dir) closeSync(dir.fd);
+  if (!dir) return;
+  if (dir.byOpenAt) closeFd(dir.fd);
+  else closeSync(dir.fd);
 }
 
 /** What an lstat says, in a message's words. */
@@ -185,6 +192,28 @@ export function openRegularIn(dir: OpenDir, name: Name, relName: Name, where: st
   return { fd, size: Number(now.size) };
 }
 
+/**
+ * The regular file `name` in `dir` that lstatAt saw as `expect`, opened without following a
+ * symlink and without blocking on a FIFO swapped in; undefined when it vanished. Throws when
+ * what opened is another inode or not a regular file. Close it with closeFd.
+ */
+export function openRegularChecked(dir: OpenDir, name: Name, expect: { ino: bigint; dev: bigint }, where: string): number | undefined {
+  let fd: number;
+  try {
+    fd = openAt(dir.fd, name, FILE_FLAGS);
+  } catch (e) {
+    if (errnoCode(e) === 'ENOENT') return undefined;
+    if (errnoCode(e) === 'ELOOP') throw new UnsafeSourcePath(`${where}: ${dir.path}/${text(name)} became a symlink while being read: is something writing to this layer?`, text(name));
+    throw e;
+  }
+  const st = fstatOf(fd);
+  if (!st.isFile() || st.ino !== expect.ino || st.dev !== expect.dev) {
+    closeFd(fd);
+    throw new UnsafeSourcePath(`${where}: ${dir.path}/${text(name)} changed while being read: is something writing to this layer?`, text(name));
+  }
+  return fd;
+}
+
 /** openRegularIn for a path below `top`. */
 export function openRegularBelow(top: OpenDir, rel: Name, where: string): { fd: number; size: number } | undefined {
   const { parent, name } = split(rel);
@@ -265,14 +294,14 @@ export function withTop<T>(root: string, fn: (top: OpenDir) => T): T {
  * Opens the subdirectory `name` of `dir` that lstat showed as `expect`: without following a
  * symlink, and refused if what was opened is not that directory any more (dev and inode).
  */
-export function openSubdir(dir: OpenDir, name: Name, expect: BigIntStats, where: string): OpenDir {
-  const fd = openSync(childPath(dir, name), DIR_FLAGS);
-  const st = fstatSync(fd, { bigint: true });
+export function openSubdir(dir: OpenDir, name: Name, expect: { ino: bigint; dev: bigint }, where: string): OpenDir {
+  const fd = openAt(dir.fd, name, DIR_FLAGS);
+  const st = fstatOf(fd);
   if (st.ino !== expect.ino || st.dev !== expect.dev) {
-    closeSync(fd);
+    closeFd(fd);
     throw new UnsafeSourcePath(`${where}: ${dir.path}/${text(name)} changed while it was read; is something writing to this data root?`, text(name));
   }
-  return { fd, path: `${dir.path}/${text(name)}` };
+  return { fd, path: `${dir.path}/${text(name)}`, byOpenAt: true };
 }
 
 /** `top`'s path below the user's directory, opened: openTop and openDirBelow together (undefined when missing). */

@@ -21,6 +21,12 @@ interface FsxAddon {
   seekDataHole(fd: number, offset: number, hole: 0 | 1): number;
   boundMalloc(): boolean;
   createFile(path: PathLike, data: Buffer, uid: number, gid: number, mode: number, names: string[], values: Buffer[], aSec: number, aNsec: number, mSec: number, mNsec: number): void;
+  listXattrsFd(fd: number): Array<[string, Buffer]>;
+  lstatAt(dirfd: number, name: PathLike, out: BigInt64Array): void;
+  fstatInto(fd: number, out: BigInt64Array): void;
+  openAt(dirfd: number, name: PathLike, flags: number): number;
+  willNeed(fd: number): void;
+  closeFd(fd: number): void;
 }
 
 /** build/Release/fsx.node relative to the package root (this file is dist/src/fsx/index.js). */
@@ -51,6 +57,102 @@ export function errnoCode(err: unknown): string | undefined {
 /** Every extended attribute of the file itself (a symlink's own), in the order the kernel lists them; [] where unsupported. */
 export function listXattrs(file: PathLike): Xattr[] {
   return load().listXattrs(file).map(([name, value]) => ({ name, value }));
+}
+
+/** Every extended attribute of an open file or directory (flistxattr). */
+export function listXattrsFd(fd: number): Xattr[] {
+  return load().listXattrsFd(fd).map(([name, value]) => ({ name, value }));
+}
+
+// File type bits of st_mode (Linux and macOS agree: <sys/stat.h>).
+const S_IFMT = 0o170000n;
+
+/**
+ * What lstat/fstat say about a layer entry: the fields of node:fs BigIntStats the walkers
+ * use, with the same names and types, from one system call and no path walk.
+ */
+export class EntryStat {
+  readonly dev: bigint;
+  readonly ino: bigint;
+  readonly mode: bigint;
+  readonly nlink: bigint;
+  readonly uid: bigint;
+  readonly gid: bigint;
+  readonly rdev: bigint;
+  readonly size: bigint;
+  readonly atimeNs: bigint;
+  readonly mtimeNs: bigint;
+
+  constructor(f: BigInt64Array) {
+    this.dev = f[0] as bigint;
+    this.ino = BigInt.asUintN(64, f[1] as bigint);
+    this.mode = f[2] as bigint;
+    this.nlink = f[3] as bigint;
+    this.uid = f[4] as bigint;
+    this.gid = f[5] as bigint;
+    this.rdev = f[6] as bigint;
+    this.size = f[7] as bigint;
+    this.atimeNs = (f[8] as bigint) * NS + (f[9] as bigint);
+    this.mtimeNs = (f[10] as bigint) * NS + (f[11] as bigint);
+  }
+
+  private type(): bigint {
+    return this.mode & S_IFMT;
+  }
+  isFile(): boolean {
+    return this.type() === 0o100000n;
+  }
+  isDirectory(): boolean {
+    return this.type() === 0o040000n;
+  }
+  isSymbolicLink(): boolean {
+    return this.type() === 0o120000n;
+  }
+  isCharacterDevice(): boolean {
+    return this.type() === 0o020000n;
+  }
+  isBlockDevice(): boolean {
+    return this.type() === 0o060000n;
+  }
+  isFIFO(): boolean {
+    return this.type() === 0o010000n;
+  }
+  isSocket(): boolean {
+    return this.type() === 0o140000n;
+  }
+}
+
+const statFields = new BigInt64Array(12);
+
+/** lstat of `name` in the directory open as `dirfd` (fstatat, AT_SYMLINK_NOFOLLOW). Throws like node:fs. */
+export function lstatAt(dirfd: number, name: PathLike): EntryStat {
+  load().lstatAt(dirfd, name, statFields);
+  return new EntryStat(statFields);
+}
+
+/** fstat as an EntryStat. */
+export function fstatOf(fd: number): EntryStat {
+  load().fstatInto(fd, statFields);
+  return new EntryStat(statFields);
+}
+
+/**
+ * openat(2) of `name` in the directory open as `dirfd` (close-on-exec). Throws like node:fs.
+ * Close the descriptor with closeFd: node:fs tracks the descriptors it opened, and warns on
+ * stderr when it closes one it did not.
+ */
+export function openAt(dirfd: number, name: PathLike, flags: number): number {
+  return load().openAt(dirfd, name, flags);
+}
+
+/** Closes a descriptor openAt gave. */
+export function closeFd(fd: number): void {
+  load().closeFd(fd);
+}
+
+/** Advice: start reading the file's data now (posix_fadvise WILLNEED); never fails. */
+export function willNeed(fd: number): void {
+  load().willNeed(fd);
 }
 
 /** Sets one extended attribute on the file itself (lsetxattr). */

@@ -7,14 +7,13 @@
  * Order: '.' first, then pre-order (a directory before its contents), names of each
  * directory sorted by byte order. Reading `trusted.*` xattrs needs root.
  */
-import { closeSync, fstatSync, lstatSync, read, readSync, readdirSync, readlinkSync } from 'node:fs';
-import type { BigIntStats } from 'node:fs';
+import { closeSync, read, readSync, readdirSync, readlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { fsName, nameFromBytes, type EntryKind, type LayerEntry, type LayerItem } from '../layer/entry.js';
-import { listXattrs } from '../fsx/index.js';
-import { childPath, closeDir, openBelowRoot, openRegularBelow, openRegularIn, openSubdir, type OpenDir } from '../fsx/beneath.js';
+import { closeFd, fstatOf, listXattrs, listXattrsFd, lstatAt, willNeed, type EntryStat } from '../fsx/index.js';
+import { childPath, closeDir, openBelowRoot, openRegularBelow, openRegularChecked, openSubdir, type OpenDir } from '../fsx/beneath.js';
 
 const readAsync = promisify(read);
 
@@ -41,7 +40,7 @@ export function deviceNumbers(rdev: bigint): { major: number; minor: number } {
   return { major: Number(major & 0xffffffffn), minor: Number(minor & 0xffffffffn) };
 }
 
-function kindOf(st: BigIntStats, file: string): Exclude<EntryKind, 'hardlink'> {
+function kindOf(st: EntryStat, file: string): Exclude<EntryKind, 'hardlink'> {
   if (st.isFile()) return 'file';
   if (st.isDirectory()) return 'directory';
   if (st.isSymbolicLink()) return 'symlink';
@@ -150,6 +149,11 @@ export interface WalkedItem {
   data?: Uint8Array;
 }
 
+/** An entry between the walker's two passes: a regular file is open, not yet read. */
+interface Walking extends WalkedItem {
+  opened?: { fd: number; shown: string };
+}
+
 /**
  * The synchronous walk behind readDiffTree, in batches: pre-order, names in byte order,
  * hard links resolved to the first name seen. Runs in a worker thread (diff-tree-worker.ts),
@@ -179,8 +183,11 @@ export class DiffTreeWalker {
     return this.rel ? `${this.root}/${this.rel}` : this.root;
   }
 
-  private item(dir: OpenDir, name: string, rel: string, st: BigIntStats): WalkedItem {
-    const at = childPath(dir, fsName(name));
+  /**
+   * One entry; `opened` is the entry itself when it is a directory the walk has opened. A
+   * regular file comes back open (its xattrs and content are read by readOpened).
+   */
+  private item(dir: OpenDir, name: string, rel: string, st: EntryStat, opened?: OpenDir): Walking {
     const shown = `${dir.path}/${name}`;
     const kind = kindOf(st, shown);
     const base = {
@@ -198,11 +205,19 @@ export class DiffTreeWalker {
       if (first !== undefined) return { entry: { ...base, kind: 'hardlink', size: 0, linkTarget: first, xattrs: [] } };
       this.firstPath.set(key, rel);
     }
-    const entry: LayerEntry = { ...base, kind, size: 0, xattrs: listXattrs(at) };
+    if (kind === 'file') {
+      // Opened here, finished by readOpened once the batch's other files are opened too.
+      const fd = openRegularChecked(dir, fsName(name), st, this.where);
+      if (fd === undefined) throw new Error(`${shown} disappeared while being read: is something writing to this layer?`);
+      const size = Number(st.size);
+      // The kernel starts reading a small file's data now; with a whole batch asked for
+      // before the first is read, a cold disk serves many reads at once (not one by one).
+      if (size > 0 && size <= SMALL_FILE) willNeed(fd);
+      return { entry: { ...base, kind, size, xattrs: [] }, opened: { fd, shown } };
+    }
+    const at = childPath(dir, fsName(name));
+    const entry: LayerEntry = { ...base, kind, size: 0, xattrs: kind === 'directory' && opened ? listXattrsFd(opened.fd) : listXattrs(at) };
     switch (kind) {
-      case 'file':
-        entry.size = Number(st.size);
-        return entry.size > 0 && entry.size <= SMALL_FILE ? { entry, data: readWhole(dir, name, rel, entry.size, st, this.space(entry.size)) } : { entry };
       case 'symlink':
         entry.linkTarget = readlinkName(at);
         return { entry };
@@ -231,9 +246,37 @@ export class DiffTreeWalker {
     return this.arena?.buf.buffer as ArrayBuffer | undefined;
   }
 
-  /** The next entries (at most maxEntries, and stopping once maxBytes of content are held); [] at the end. */
+  /** A regular file's xattrs and (when small) content, from the descriptor item() opened; closes it. */
+  private readOpened(w: Walking): WalkedItem {
+    if (!w.opened) return w;
+    const { fd, shown } = w.opened;
+    w.opened = undefined;
+    try {
+      w.entry.xattrs = listXattrsFd(fd);
+      const size = w.entry.size;
+      return size > 0 && size <= SMALL_FILE ? { entry: w.entry, data: readWhole(fd, shown, size, this.space(size)) } : { entry: w.entry };
+    } finally {
+      closeFd(fd);
+    }
+  }
+
+  /**
+   * The next entries (at most maxEntries, and stopping once maxBytes of content are held); [] at
+   * the end. Two passes: the tree walked and every file opened (and its reading started), then
+   * each file read in order.
+   */
   next(maxEntries: number, maxBytes: number): WalkedItem[] {
-    const out: WalkedItem[] = [];
+    const walked: Walking[] = [];
+    try {
+      this.walk(walked, maxEntries, maxBytes);
+      return walked.map((w) => this.readOpened(w));
+    } finally {
+      // A failure midway: close what was opened and not read.
+      for (const w of walked) if (w.opened) closeFd(w.opened.fd);
+    }
+  }
+
+  private walk(out: Walking[], maxEntries: number, maxBytes: number): void {
     let bytes = 0;
     // The loop stops once maxBytes are held, so the last file read fits in what is past them.
     // (Pages of it never written are never touched: a batch of few small files costs little.)
@@ -248,11 +291,12 @@ export class DiffTreeWalker {
       }
       if (!dir) throw new Error(`${this.where} is not a directory (expected a layer's diff/ directory)`);
       this.stack = [{ dir, rel: '', names: [], next: 0 }];
-      out.push(this.item(dir, '.', '.', fstatSync(dir.fd, { bigint: true })));
+      out.push(this.item(dir, '.', '.', fstatOf(dir.fd), dir));
       this.stack[0].names = sortedNames(dir);
     }
     const stack = this.stack;
-    while (stack.length > 0 && out.length < maxEntries && bytes < maxBytes) {
+    let open = 0;
+    while (stack.length > 0 && out.length < maxEntries && bytes < maxBytes && open < MAX_OPEN_FILES) {
       const frame = stack[stack.length - 1];
       if (frame.next >= frame.names.length) {
         stack.pop();
@@ -261,17 +305,21 @@ export class DiffTreeWalker {
       }
       const name = frame.names[frame.next++];
       const rel = frame.rel === '' ? name : `${frame.rel}/${name}`;
-      const st = lstatSync(childPath(frame.dir, fsName(name)), { bigint: true });
-      const it = this.item(frame.dir, name, rel, st);
-      out.push(it);
-      bytes += it.data?.length ?? 0;
-      if (it.entry.kind === 'directory') {
+      const st = lstatAt(frame.dir.fd, fsName(name));
+      if (st.isDirectory()) {
         const dir = openSubdir(frame.dir, fsName(name), st, this.where);
         stack.push({ dir, rel, names: [], next: 0 });
+        out.push(this.item(frame.dir, name, rel, st, dir));
         stack[stack.length - 1].names = sortedNames(dir);
+        continue;
+      }
+      const it = this.item(frame.dir, name, rel, st);
+      out.push(it);
+      if (it.opened) {
+        open++;
+        if (it.entry.size <= SMALL_FILE) bytes += it.entry.size;
       }
     }
-    return out;
   }
 
   /** Closes the directories still open (a walk stopped midway, or failed). */
@@ -280,21 +328,13 @@ export class DiffTreeWalker {
   }
 }
 
-/** A small regular file whole: opened without following a symlink, never a FIFO or device, and the inode lstat saw. */
-function readWhole(dir: OpenDir, name: string, rel: string, size: number, expect: BigIntStats, buf: Buffer): Buffer {
-  const opened = openRegularIn(dir, fsName(name), fsName(rel), dir.path);
-  if (!opened) throw new Error(`${dir.path}/${name} disappeared while being read: is something writing to this layer?`);
-  try {
-    const st = fstatSync(opened.fd, { bigint: true });
-    if (st.ino !== expect.ino || st.dev !== expect.dev) throw new Error(`${dir.path}/${name} changed while being read: is something writing to this layer?`);
-    let done = 0;
-    while (done < size) {
-      const n = readSync(opened.fd, buf, done, size - done, null);
-      if (n === 0) throw new Error(`${dir.path}/${name} shrank while being read (${done} of ${size} bytes): is something writing to this layer?`);
-      done += n;
-    }
-  } finally {
-    closeSync(opened.fd);
+/** A small regular file whole, from its descriptor (openRegularChecked). */
+function readWhole(fd: number, shown: string, size: number, buf: Buffer): Buffer {
+  let done = 0;
+  while (done < size) {
+    const n = readSync(fd, buf, done, size - done, null);
+    if (n === 0) throw new Error(`${shown} shrank while being read (${done} of ${size} bytes): is something writing to this layer?`);
+    done += n;
   }
   return buf;
 }
@@ -317,7 +357,7 @@ export function countDiffTree(root: string, rel: string): { entries: number; byt
       try {
         for (const name of readdirSync(childPath(d, '.'), { encoding: 'buffer' })) {
           entries++;
-          const st = lstatSync(childPath(d, name), { bigint: true });
+          const st = lstatAt(d.fd, name);
           if (st.isDirectory()) stack.push(openSubdir(d, name, st, root));
           else if (st.isFile()) {
             if (st.nlink > 1n) {
@@ -336,6 +376,9 @@ export function countDiffTree(root: string, rel: string): { entries: number; byt
   }
   return { entries, bytes };
 }
+
+/** Files a batch holds open between the walker's two passes (well below any descriptor limit). */
+const MAX_OPEN_FILES = 256;
 
 /** Entries and content bytes per batch a worker sends; two batches are asked for ahead. */
 const BATCH_ENTRIES = 512;

@@ -5,7 +5,7 @@ import { ImageFile } from '../ext4/image-file.js';
 import { Ext4Volume } from '../ext4/volume.js';
 import { Ext4Tree, ROOT_INO, keyName, nameKey } from '../ext4/tree.js';
 import { FT_DIR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../ext4/inode.js';
-import { encodeXattr, type EncodedXattr } from '../ext4/xattr.js';
+import { blockXattrBytes, encodeXattr, inodeXattrBytes, type EncodedXattr } from '../ext4/xattr.js';
 import { ext4FileAccess } from '../ext4/file-access.js';
 import type { LayerFileAccess } from '../verify/verify.js';
 
@@ -29,6 +29,9 @@ const FILE_TYPE: Record<LayerEntry['kind'], number> = {
   file: 1, directory: 2, 'char-device': 3, 'block-device': 4, fifo: 5, symlink: 7, hardlink: 0,
 };
 
+/** Directory paths remembered at most (a few hundred KB). */
+const DIR_CACHE_MAX = 8192;
+
 /**
  * A TreeWriter over the ext4 file system at byte `fsOffset` of an image file, written
  * in-process by transplant's own engine (src/ext4/volume.ts, tree.ts): blocks and inodes
@@ -39,16 +42,12 @@ const FILE_TYPE: Record<LayerEntry['kind'], number> = {
  * partition), the next call opens it again. The first open checks the bitmaps against the
  * inodes in use and refuses a file system that lies.
  */
-/** Directory paths remembered at most (a few hundred KB). */
-const DIR_CACHE_MAX = 8192;
-
 export class Ext4TreeWriter implements TreeWriter {
   readonly description: string;
   private session: Session | undefined;
   private closed = false;
   private checked = false;
   private readonly limit: number | undefined;
-  /** The directory dirAt found last (forgotten whenever anything is removed or renamed). */
   /**
    * Directories found by path (pre-order writing comes back to a parent after each
    * subdirectory); dropped whenever an entry is removed or replaced, and with the session.
@@ -388,7 +387,6 @@ export class Ext4TreeWriter implements TreeWriter {
     }
     const isRoot = entry.path === '.' || entry.path === '';
     if (isRoot && entry.kind !== 'directory') throw new Error(`${where}: the root of a tree must be a directory, not a ${entry.kind}`);
-    const { blockXattrBytes, inodeXattrBytes } = await import('../ext4/xattr.js');
     const { tree, vol } = this.open();
     if (inodeXattrBytes(xattrs) > Math.max(0, vol.sb.inodeSize - 160) && blockXattrBytes(xattrs) > vol.bs) {
       throw new Error(`${where}: its extended attributes need ${blockXattrBytes(xattrs)} bytes, more than one ${vol.bs}-byte block holds (values on their own inodes are not supported)`);
