@@ -25,6 +25,7 @@ import {
   resolveLikeSupervisor,
   type ImageStoreView,
 } from '../src/balena/image-lookup.js';
+import { loadsV3AppsJson, supervisorVersionOf } from '../src/balena/supervisor.js';
 import { checkKeyfile, keyfileName, parseStaticIp, staticIpKeyfile } from '../src/balena/network.js';
 import { FLASHER_BOOT_LABELS, bootLocation, findBootPartition, readBootFile, readBootInfo, writeBootFile, writeSystemConnection } from '../src/balena/boot-partition.js';
 import { mergeReferences, type Repositories } from '../src/engine/repositories.js';
@@ -296,6 +297,25 @@ const LOOKUP_CASES: Array<[string, string | undefined, string | undefined]> = [
   ['BusyBox', undefined, undefined], // upper case: the engine refuses the name
   ['balena/aarch64-supervisor:v16.7.8', ID('supervisor'), 'exact'],
 ];
+
+test('supervisor version: from the tag of a supervisor repository, else the VERSION its image sets; other images have none', () => {
+  const env = (v: string): string => JSON.stringify({ config: { Env: ['PATH=/usr/bin', `VERSION=${v}`] } });
+  const cases: [string[], string | undefined, string | undefined][] = [
+    [['balena/amd64-supervisor:v14.11.4'], undefined, '14.11.4'],
+    [['resin/armv7hf-supervisor:v7.4.3'], undefined, '7.4.3'],
+    [['balena/aarch64-supervisor:v17'], undefined, '17'],
+    [['balena_supervisor:v16.1.0'], undefined, '16.1.0'],
+    [['balena_supervisor:latest'], env('v15.2.0'), '15.2.0'],
+    [['registry2.balena-cloud.com/v2/abc/amd64-supervisor@sha256:' + 'a'.repeat(64)], env('14.0.1'), '14.0.1'],
+    [['balena_supervisor:latest'], undefined, undefined],
+    [['myapp:v14.1.0'], env('14.1.0'), undefined],
+    [['supervisorish/app:v1.0.0'], undefined, undefined],
+  ];
+  for (const [refs, config, want] of cases) assert.equal(supervisorVersionOf(refs, config)?.version, want, refs.join(' '));
+  const old = supervisorVersionOf(['balena/amd64-supervisor:v12.11.0'], undefined);
+  assert.ok(old && !loadsV3AppsJson(old), '12.11.0 cannot load a v3 apps.json');
+  for (const v of ['v13.0.0', 'v14.11.4', 'v17']) assert.ok(loadsV3AppsJson(supervisorVersionOf([`balena/amd64-supervisor:${v}`], undefined)!), v);
+});
 
 test('image lookup: the supervisor\'s normalisation', () => {
   assert.equal(normaliseLikeSupervisor('busybox'), 'busybox:latest');

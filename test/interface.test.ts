@@ -89,7 +89,7 @@ test('every command\'s --help has examples and fits in 80 columns', T, () => {
   }
 });
 
-test('--progress plain prints progress lines for logs, tty redraws one line on a terminal, none and --quiet print nothing; a bad mode is bad usage', T, () => {
+test('--progress plain prints progress lines for logs (the default on a pipe, with copy, growth and verify), tty redraws one line on a terminal, none and --quiet print nothing; a bad mode is bad usage', T, () => {
   requireTools('script');
   const work = tempDir('tp-iface-');
   const args = (mode: string[]): string[] => ['extract', '--from', TARBALL, '--image', 'sample/hello:2.0', '-o', path.join(work, 'p.bundle'), ...mode];
@@ -103,14 +103,35 @@ test('--progress plain prints progress lines for logs, tty redraws one line on a
   // Into a disk image: the work copy is reported too (a copy of data ranges; /tmp does not reflink).
   const img = path.join(work, 'balena.img');
   fs.writeFileSync(img, runOk('gzip', ['-dc', path.join(SAMPLE, 'balena-sample.img.gz')], { timeoutMs: 120_000 }).stdoutBytes);
-  const disk = transplant(['inject', path.join(work, 'p.bundle'), '--disk', img, '--output', path.join(work, 'out.img'), '--progress', 'plain']);
+  const disk = transplant(['inject', path.join(work, 'p.bundle'), '--disk', img, '--output', path.join(work, 'out.img'), '--additional-space', String(64 << 20), '--progress', 'plain']);
   assert.equal(disk.code, 0, show(disk));
+  assert.match(disk.stdout, /the image grew by/, disk.stdout);
   assert.match(disk.stderr, /^copying the disk image: \S+ [kMG]?B of \S+ [kMG]?B \(100%\)/m, disk.stderr);
+  assert.match(disk.stderr, /^growing resin-data: \S+ [kMG]?B of \S+ [kMG]?B \(100%\)/m, disk.stderr);
   assert.match(disk.stderr, /^inject layer 2\/2 [0-9a-f]{12}: 112 B of 112 B \(100%\), 15 files/m, disk.stderr);
   assert.match(disk.stdout, /^injected 1 image into /, disk.stdout);
-  // A pipe (auto): nothing but the result.
-  const auto = transplant(args([]));
-  assert.equal(auto.stderr, '', 'auto on a pipe prints no progress');
+  // verify goes layer by layer, in a bundle and in a disk image.
+  const vb = transplant(['verify', path.join(work, 'p.bundle'), '--progress', 'plain']);
+  assert.equal(vb.code, 0, show(vb));
+  assert.match(vb.stderr, /^verify layer 2\/2 [0-9a-f]{12}: 112 B of 112 B \(100%\)/m, vb.stderr);
+  const vd = transplant(['verify', path.join(work, 'out.img'), '--progress', 'plain']);
+  assert.equal(vd.code, 0, show(vd));
+  assert.match(vd.stderr, /^verify layer \d+\/\d+ [0-9a-f]{12}: \S+ [kMG]?B of \S+ [kMG]?B \(100%\)/m, vd.stderr);
+  // auto, the default, on a pipe (a CI log): plain lines, as buildx does; none with --json,
+  // whose stderr carries only a JSON error. TRANSPLANT_PROGRESS sets the default.
+  const noEnv = { env: { TRANSPLANT_PROGRESS: '' } };
+  const auto = transplant(args([]), noEnv);
+  assert.equal(auto.code, 0, show(auto));
+  assert.match(auto.stderr, /^extract layer 2\/2 [0-9a-f]{12}: 112 B of 112 B \(100%\)/m, 'auto on a pipe prints plain lines');
+  assert.doesNotMatch(auto.stderr, /\r|\x1b/, 'no terminal control on a pipe');
+  const autoJson = transplant(args(['--json']), noEnv);
+  assert.equal(autoJson.code, 0, show(autoJson));
+  assert.equal(autoJson.stderr, '', 'auto with --json prints no progress');
+  assert.equal(transplant(args([]), { env: { TRANSPLANT_PROGRESS: 'none' } }).stderr, '', 'TRANSPLANT_PROGRESS=none');
+  assert.match(transplant(args(['--json']), { env: { TRANSPLANT_PROGRESS: 'plain' } }).stderr, /^extract layer 1\/2 /m, 'TRANSPLANT_PROGRESS=plain, even with --json');
+  const badEnv = transplant(args([]), { env: { TRANSPLANT_PROGRESS: 'fancy' } });
+  assert.equal(badEnv.code, 2, show(badEnv));
+  assert.match(badEnv.stderr, /TRANSPLANT_PROGRESS=fancy: give one of auto, tty, plain, none/);
   for (const quiet of [['--quiet'], ['-q'], ['--progress', 'none', '-q']]) {
     const q = transplant(args(quiet));
     assert.equal(q.code, 0, show(q));
@@ -123,7 +144,7 @@ test('--progress plain prints progress lines for logs, tty redraws one line on a
   assert.match(bad.stderr, /--progress fancy: give one of auto, tty, plain, none/);
   // On a terminal (script(1) gives one): one line redrawn in place, ending at 100%.
   const cli = path.join(repoRoot(), 'bin', 'transplant');
-  const tty = runOk('script', ['-qec', [process.execPath, cli, ...args([])].map((a) => `'${a}'`).join(' '), '/dev/null'], { timeoutMs: 120_000 });
+  const tty = runOk('script', ['-qec', [process.execPath, cli, ...args([])].map((a) => `'${a}'`).join(' '), '/dev/null'], { timeoutMs: 120_000, env: { TRANSPLANT_PROGRESS: '' } });
   assert.match(tty.stdout, /\r\x1b\[Kextract layer 1\/2 /, tty.stdout);
   assert.match(tty.stdout, /\r\x1b\[Kextract layer 2\/2 [0-9a-f]{12}: 112 B of 112 B \(100%\)[^\n]*\r?\n/, tty.stdout);
 });

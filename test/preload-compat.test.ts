@@ -493,8 +493,8 @@ function decompressWithTool(file: string, to: string): string {
   return to;
 }
 
-test('compressed images: --disk balena.img.gz|.xz|.zst|.zip (deflate, stored, zip64) decompressed into the work copy, the result under the decompressed name or --output, compressed on the way out for .gz/.xz/.zst; the input is never written', T, async () => {
-  requireTools('gzip', 'xz', 'zstd', 'python3');
+test('compressed images: --disk balena.img.gz|.xz|.zst|.bz2|.zip (deflate, stored, zip64) decompressed into the work copy, the result under the decompressed name or --output, compressed on the way out for .gz/.xz/.zst; the input is never written', T, async () => {
+  requireTools('gzip', 'xz', 'zstd', 'bzip2', 'python3');
   const s = await getSetup();
   const base = buildImage(s, 'comp-base.img', { table: 'mbr', dataMiB: 8, deviceType: AMD64 });
   const baseSha = sha256File(base);
@@ -504,6 +504,8 @@ test('compressed images: --disk balena.img.gz|.xz|.zst|.zip (deflate, stored, zi
     { name: 'c3.img.zst', make: (to) => runOk('sh', ['-c', `zstd -q -c "${base}" > "${to}"`]), output: 'c3-out.img.gz' },
     { name: 'c4.zip', make: (to) => makeZip(to, [base], 'deflate'), output: 'c4-out.img.xz' },
     { name: 'c5.img.zip', make: (to) => makeZip(to, [base], 'stored', true) },
+    // bzip2: older release pages and hand-made archives; decompressed through the bzip2 tool.
+    { name: 'c6.img.bz2', make: (to) => runOk('sh', ['-c', `bzip2 -c "${base}" > "${to}"`]) },
   ];
   for (const c of inputs) {
     const input = path.join(s.userWork, c.name);
@@ -517,7 +519,7 @@ test('compressed images: --disk balena.img.gz|.xz|.zst|.zip (deflate, stored, zi
     assert.equal(r.code, 0, `${c.name}\n${show(r)}`);
     assert.equal(sha256File(input), inSha, `${c.name}: the input is unchanged`);
     assert.equal(sha256File(base), baseSha);
-    const resultName = c.output ?? (c.name === 'c4.zip' ? 'c4' : c.name.replace(/\.(gz|xz|zst|zip)$/, ''));
+    const resultName = c.output ?? (c.name === 'c4.zip' ? 'c4' : c.name.replace(/\.(gz|xz|zst|zip|bz2)$/, ''));
     assert.deepEqual(leftovers(s.userWork, dirBefore), [resultName], `${c.name}: only the result was added (no work copy left)`);
     const result = path.join(s.userWork, resultName);
     const plain = c.output ? decompressWithTool(result, path.join(s.work, `${resultName}.plain`)) : result;

@@ -118,10 +118,10 @@ function resinDataCopy(s: Setup, name: string): string {
   return dir;
 }
 
-function buildImage(s: Setup, name: string): string {
+function buildImage(s: Setup, name: string, dataDir = s.fx.targetResinData): string {
   const buildDir = path.join(s.work, `build-${++s.seq}`);
   // resin-data from the target fixture, 4 MiB: too few inodes for the apps, so it must grow.
-  const img = buildBalenaImage(buildDir, name, { table: 'mbr', dataMiB: 4, dataDir: s.fx.targetResinData, deviceType: AMD64 });
+  const img = buildBalenaImage(buildDir, name, { table: 'mbr', dataMiB: 4, dataDir, deviceType: AMD64 });
   const dest = path.join(s.userWork, name);
   fs.renameSync(img.path, dest);
   fs.rmSync(buildDir, { recursive: true, force: true });
@@ -280,6 +280,56 @@ test('preload --apps with malformed states: each its own clear error, exit 1, ta
   assertOneLineError(transplant(['preload', '--from', s.fx.sourceRoot, '--apps', notJson, '--resin-data', root]), 'not JSON');
   assertOneLineError(transplant(['preload', '--from', s.fx.sourceRoot, '--apps', path.join(s.work, 'nope.json'), '--resin-data', root]), 'missing --apps file');
   assert.equal(treeDigest(root), before, 'resin-data is unchanged');
+});
+
+/** Gives the target's supervisor image another tag (as an older balenaOS release would ship it). */
+function retagSupervisor(s: Setup, root: string, tag: string): string {
+  const file = path.join(root, 'docker', 'image', 'overlay2', 'repositories.json');
+  const json = JSON.parse(fs.readFileSync(file, 'utf8')) as { Repositories: Record<string, Record<string, string>> };
+  const [old] = s.fx.supervisor.refs as [string];
+  const repo = old.slice(0, old.lastIndexOf(':'));
+  const id = json.Repositories[repo]?.[old];
+  assert.ok(id, `${old} is in the fixture's repositories.json`);
+  json.Repositories[repo] = { [`${repo}:${tag}`]: id };
+  fs.writeFileSync(file, JSON.stringify(json));
+  return `${repo}:${tag}`;
+}
+
+test('the target\'s supervisor version is read from its image and reported; one older than 13 refuses --apps by name before any write (directory and disk)', T, async () => {
+  const s = await getSetup();
+  // The fixture's supervisor is tagged v17: the state goes in, and --json says which supervisor will load it.
+  const ok = resinDataCopy(s, 'supervisor-17');
+  const r = transplant(['preload', '--from', s.fx.sourceRoot, '--apps', s.forms.v3, '--resin-data', ok, '--json']);
+  assert.equal(r.code, 0, show(r));
+  assert.equal((JSON.parse(r.stdout) as { supervisorVersion: unknown }).supervisorVersion, '17', show(r));
+  const line = transplant(['preload', '--from', s.fx.sourceRoot, '--apps', s.forms.v3, '--resin-data', resinDataCopy(s, 'supervisor-17-line')]);
+  assert.match(line.stdout, /apps\.json written \(for supervisor v17\)/, show(line));
+
+  // A supervisor of 12.x loads only the v2 form: refused, naming the supervisor, nothing changed.
+  const old = resinDataCopy(s, 'supervisor-12');
+  const ref = retagSupervisor(s, old, 'v12.11.0');
+  const before = treeDigest(old);
+  const o = transplant(['preload', '--from', s.fx.sourceRoot, '--apps', s.forms.v3, '--resin-data', old]);
+  assertOneLineError(o, 'preload --apps into a target with supervisor 12');
+  assert.ok(o.stderr.includes(`supervisor is v12.11.0 (${ref})`) && o.stderr.includes('13.0.0 or later'), show(o));
+  assert.equal(treeDigest(old), before, 'resin-data is unchanged');
+  // Without --apps there is nothing for the supervisor to load: the images go in, and the version is reported.
+  const images = s.needed.flatMap((i) => ['--image', i.refs[0] ?? i.id]);
+  const plain = transplant(['preload', '--from', s.fx.sourceRoot, ...images, '--resin-data', old, '--json']);
+  assert.equal(plain.code, 0, show(plain));
+  assert.equal((JSON.parse(plain.stdout) as { supervisorVersion: unknown }).supervisorVersion, '12.11.0');
+
+  // The same refusal inside a disk image, which stays byte-for-byte unchanged.
+  const oldData = resinDataCopy(s, 'supervisor-12-disk');
+  retagSupervisor(s, oldData, 'v12.11.0');
+  const img = buildImage(s, 'supervisor-12.img', oldData);
+  const sha = sha256File(img);
+  const dir = listDir(s.userWork);
+  const d = transplant(['preload', '--from', s.fx.sourceRoot, '--apps', s.forms.v3, '--disk', img]);
+  assertOneLineError(d, 'preload --apps --disk with supervisor 12');
+  assert.ok(d.stderr.includes('supervisor is v12.11.0'), show(d));
+  assert.equal(sha256File(img), sha, 'the image is byte-for-byte unchanged');
+  assert.deepEqual(listDir(s.userWork), dir, 'nothing left beside the image');
 });
 
 test('preload --static-ip with --resin-boot: the keyfile lands in system-connections/ and NetworkManager accepts it', T, async () => {

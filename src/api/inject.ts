@@ -18,7 +18,8 @@ import { refuseSecureBoot } from '../balena/secure-boot.js';
 import { bootDeviceArch } from '../balena/boot-device.js';
 import { isRegistrySource } from '../sources/open-registry.js';
 import type { AppsJson } from '../balena/apps-json.js';
-import { checkAppsTarget, readApps, referencesForApps, writeApps } from '../preload/apps.js';
+import { checkAppsTarget, checkSupervisorLoadsApps, readApps, referencesForApps, targetSupervisor, writeApps } from '../preload/apps.js';
+import type { SupervisorVersion } from '../balena/supervisor.js';
 import { WritePhase, abortableSource, abortableWriter, checkAborted, quietly } from '../run/abort.js';
 import { UsageError } from '../errors.js';
 import { openTarget, type TargetOptions } from './target.js';
@@ -96,9 +97,14 @@ export interface InjectResult {
   splash: string[];
   /** With a disk image: the bytes it grew by (0 when it did not need to); null for other targets. */
   imageGrowthBytes: number | null;
+  /**
+   * The balena supervisor the target will run (its image's tag, or the VERSION it sets), e.g.
+   * `14.11.4`; null when the target holds no supervisor image that states a version.
+   */
+  supervisorVersion: string | null;
 }
 
-function result(plan: InjectPlan, target: string, extra: Pick<InjectResult, 'dryRun' | 'room' | 'changed' | 'appsJsonWritten' | 'network' | 'splash' | 'imageGrowthBytes'>): InjectResult {
+function result(plan: InjectPlan, target: string, extra: Pick<InjectResult, 'dryRun' | 'room' | 'changed' | 'appsJsonWritten' | 'network' | 'splash' | 'imageGrowthBytes' | 'supervisorVersion'>): InjectResult {
   const copied = plan.layers.filter((l) => l.action === 'copy').length;
   return {
     dryRun: extra.dryRun,
@@ -119,6 +125,7 @@ function result(plan: InjectPlan, target: string, extra: Pick<InjectResult, 'dry
     network: extra.network,
     splash: extra.splash,
     imageGrowthBytes: extra.imageGrowthBytes,
+    supervisorVersion: extra.supervisorVersion,
   };
 }
 
@@ -194,6 +201,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
     if (apps) await checkAppsTarget(target.writer);
     if (keyfile && boot) await checkSystemConnection(boot, keyfile);
     let network: string | undefined;
+    let supervisor: SupervisorVersion | undefined;
     const splashWritten: string[] = [];
     const finish = async (writer: TreeWriter, undo: UndoSteps): Promise<void> => {
       if (apps) await writeApps(writer, apps, undo);
@@ -221,7 +229,12 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       progress: opts.onProgress ? new ProgressEvents('inject', opts.onProgress) : undefined,
       warn,
       beforeWrite: target.beforeWrite,
-      extraReferences: apps ? (store) => referencesForApps(apps, images, store) : undefined,
+      withTarget: async (store) => {
+        supervisor = await targetSupervisor(store, images);
+        if (!apps) return [];
+        checkSupervisorLoadsApps(supervisor, target.writer.description);
+        return referencesForApps(apps, images, store);
+      },
       finish: apps || keyfile || splashPlans.length > 0 ? finish : undefined,
       startWriting: () => phase.enter(),
     });
@@ -229,7 +242,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
       await target.abort();
       done = true;
       const room = target.room?.(run.plan) ?? null;
-      return result(run.plan, target.writer.description, { dryRun: true, room, changed: false, appsJsonWritten: false, network: null, splash: [], imageGrowthBytes: null });
+      return result(run.plan, target.writer.description, { dryRun: true, room, changed: false, appsJsonWritten: false, network: null, splash: [], imageGrowthBytes: null, supervisorVersion: supervisor?.version ?? null });
     }
     checkAborted();
     await target.ensureAdditionalSpace?.();
@@ -237,7 +250,7 @@ export async function injectFrom(source: ImageSource, images: SourceImage[], opt
     done = true;
     phase.leave(true);
     const imageGrowthBytes = target.grewBy ? target.grewBy() : null;
-    return result(run.plan, target.writer.description, { dryRun: false, room: null, changed: run.changed, appsJsonWritten: apps !== undefined, network: network ?? null, splash: splashWritten, imageGrowthBytes });
+    return result(run.plan, target.writer.description, { dryRun: false, room: null, changed: run.changed, appsJsonWritten: apps !== undefined, network: network ?? null, splash: splashWritten, imageGrowthBytes, supervisorVersion: supervisor?.version ?? null });
   } finally {
     if (!done) await quietly(() => target.abort());
     phase.leave(false);

@@ -60,7 +60,7 @@ function targetOptions(command: Command): Command {
 function outputOptions(command: Command): Command {
   return command
     .option('--json', 'print the result as JSON (schemas/<command>.schema.json); errors as JSON on stderr')
-    .option('--progress <mode>', 'progress on stderr: auto (tty on a terminal, else none), tty, plain (lines for logs) or none', 'auto')
+    .option('--progress <mode>', 'progress on stderr: auto (the default: tty on a terminal, else plain, none with --json), tty, plain (lines for logs) or none; TRANSPLANT_PROGRESS sets the default')
     .option('-q, --quiet', 'print no progress, warnings or result line (errors still; --json output still)');
 }
 
@@ -183,14 +183,14 @@ function build(run: (work: (out: Output) => Promise<void>, flags: OutputFlags) =
     await run((out) => lsCommand(target, opts, out), opts);
   });
 
-  program
+  const verify = program
     .command('verify')
     .description('Check an engine data root, resin-data, balenaOS disk image or bundle as the engine would use it: configs, layer metadata, links, and every layer rebuilt and hashed against its DiffID.')
     .argument('<target>', 'an engine data root or resin-data directory, a disk image, or a bundle')
-    .option('--image <ref-or-id>', 'check only these images and their layers; repeatable', collect, [])
-    .option('--json', 'print the report as JSON (schemas/verify.schema.json)')
+    .option('--image <ref-or-id>', 'check only these images and their layers; repeatable', collect, []);
+  outputOptions(verify)
     .addHelpText('after', EXAMPLES.verify)
-    .action(async (target: string, opts: { image: string[]; json?: boolean }) => {
+    .action(async (target: string, opts: { image: string[]; json?: boolean; progress?: string; quiet?: boolean }) => {
       await run((out) => verifyCommand(target, opts, out), opts);
     });
 

@@ -2,8 +2,10 @@
  * Progress on stderr, drawn from the library's ProgressEvents, in the modes docker buildx
  * names: `tty` one line redrawn in place (bytes done of the plan's total, percentage, time
  * left, files, rate, the current layer); `plain` a line per layer and every few seconds,
- * for logs; `none`. `auto` (the default) is `tty` when stderr is a terminal, else `none`,
- * so scripts reading stderr get only errors and warnings.
+ * for logs (CI); `none`. `auto` (the default) is `tty` when stderr is a terminal, else
+ * `plain`, as buildx does, but `none` with --json (stderr then carries only a JSON error).
+ * TRANSPLANT_PROGRESS sets the mode where --progress is not given (as BUILDKIT_PROGRESS
+ * does for buildx).
  */
 import { formatBytes } from '../inject/inject.js';
 import type { ProgressEvent } from '../api/options.js';
@@ -13,17 +15,28 @@ export type ProgressMode = 'tty' | 'plain' | 'none';
 
 export const PROGRESS_MODES = ['auto', 'tty', 'plain', 'none'] as const;
 
-/** The mode of `--progress` and `--quiet`. */
-export function progressMode(opts: { progress?: string; quiet?: boolean }): ProgressMode {
-  const given = opts.progress ?? 'auto';
-  if (!(PROGRESS_MODES as readonly string[]).includes(given)) throw new UsageError(`--progress ${given}: give one of ${PROGRESS_MODES.join(', ')}`);
+/** The mode of `--progress` (else TRANSPLANT_PROGRESS), `--quiet` and `--json`. */
+export function progressMode(opts: { progress?: string; quiet?: boolean; json?: boolean }, env: NodeJS.ProcessEnv = process.env): ProgressMode {
+  const fromEnv = opts.progress === undefined && env.TRANSPLANT_PROGRESS !== undefined && env.TRANSPLANT_PROGRESS !== '';
+  const given = opts.progress ?? (fromEnv ? (env.TRANSPLANT_PROGRESS as string) : 'auto');
+  if (!(PROGRESS_MODES as readonly string[]).includes(given)) {
+    throw new UsageError(`${fromEnv ? 'TRANSPLANT_PROGRESS=' : '--progress '}${given}: give one of ${PROGRESS_MODES.join(', ')}`);
+  }
   if (opts.quiet) {
     if (opts.progress !== undefined && opts.progress !== 'auto' && opts.progress !== 'none') throw new UsageError(`--quiet and --progress ${opts.progress} contradict each other`);
     return 'none';
   }
-  if (given === 'auto') return process.stderr.isTTY === true ? 'tty' : 'none';
+  if (given === 'auto') return process.stderr.isTTY === true ? 'tty' : opts.json ? 'none' : 'plain';
   return given as ProgressMode;
 }
+
+const PHASE_NAMES: Record<ProgressEvent['phase'], string> = {
+  copy: 'copying the disk image',
+  grow: 'growing resin-data',
+  extract: 'extract',
+  inject: 'inject',
+  verify: 'verify',
+};
 
 const PLAIN_EVERY_MS = 5000;
 
@@ -52,8 +65,8 @@ export class ProgressLine {
       done = `${done} of ${formatBytes(e.totalBytes)} (${Math.min(100, Math.floor((e.bytes / e.totalBytes) * 100))}%)${eta}`;
     }
     const layer = e.layer ? ` layer ${e.layerIndex + 1}/${e.layerCount} ${e.layer.slice(7, 19)}` : '';
-    const files = e.phase === 'copy' ? '' : `, ${e.fileCount} ${e.fileCount === 1 ? 'file' : 'files'}`;
-    return `${e.phase === 'copy' ? 'copying the disk image' : e.phase}${layer}: ${done}${files}, ${formatBytes(Math.round(rate))}/s`;
+    const files = e.phase === 'extract' || e.phase === 'inject' ? `, ${e.fileCount} ${e.fileCount === 1 ? 'file' : 'files'}` : '';
+    return `${PHASE_NAMES[e.phase]}${layer}: ${done}${files}, ${formatBytes(Math.round(rate))}/s`;
   }
 
   update(e: ProgressEvent): void {

@@ -101,8 +101,12 @@ export async function growExt4(imagePath: string, offset: number, newSize: numbe
   const image = ImageFile.open(imagePath, true);
   try {
     const zeroFrom = Number.isFinite(oldImageSize) ? Math.max(0, oldImageSize - offset) : Infinity;
-    growExt4InPlace(imagePartitionIo(image, offset), newSize, where, { zeroFrom });
+    // Growth writes only metadata (the new groups' bitmaps, descriptors, backups): reported as it starts and ends.
+    reportProgress('grow', 0, null);
+    const grown = growExt4InPlace(imagePartitionIo(image, offset), newSize, where, { zeroFrom });
     image.sync();
+    const bytes = (grown.newBlocks - grown.oldBlocks) * grown.blockSize;
+    reportProgress('grow', bytes, bytes);
   } finally {
     image.close();
   }

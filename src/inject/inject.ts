@@ -14,8 +14,11 @@ export interface InjectOptions {
   warn?: (message: string) => void;
   /** Called with the plan before anything is written (disk targets grow here). */
   beforeWrite?: (plan: InjectPlan) => Promise<void>;
-  /** References to add beyond the images' own, decided with the target in view (apps.json names). */
-  extraReferences?: (store: TargetStore) => { key: string; imageId: string }[];
+  /**
+   * Called with what the target holds, before the plan is made: may refuse (throw), and
+   * returns the references to add beyond the images' own (apps.json names).
+   */
+  withTarget?: (store: TargetStore) => Promise<{ key: string; imageId: string }[]>;
   /**
    * Writes what goes beside the engine root once the images are complete (apps.json,
    * keyfiles), registering how to undo each write: a failure undoes the whole run.
@@ -40,7 +43,7 @@ export async function planFor(
   images: readonly SourceImage[],
   writer: TreeWriter,
   prefix: string,
-  extraReferences?: InjectOptions['extraReferences'],
+  withTarget?: InjectOptions['withTarget'],
   /** Counts are wanted only as estimates; size and tar-split may come after the items (no disk to grow, no dry run). */
   streamed = false,
 ): Promise<{ plan: InjectPlan; store: TargetStore }> {
@@ -54,8 +57,9 @@ export async function planFor(
   source.prefetch?.(contentOrderOf(source, copies), { streamed });
   for (const chainId of all) layers.push(await source.layer(chainId, store.layers.has(chainId) ? {} : { counts: true, streamed }));
   checkChains(images, layers, source.description);
+  const extraReferences = (await withTarget?.(store)) ?? [];
   try {
-    return { plan: planInjection(images, layers, store, extraReferences?.(store) ?? [], source), store };
+    return { plan: planInjection(images, layers, store, extraReferences, source), store };
   } catch (e) {
     // An invalid reference or a digest reference the target gives to another image: name the input.
     throw new Error(`${source.description}: ${(e as Error).message}`);
@@ -69,7 +73,7 @@ export async function injectImages(
   prefix: string,
   options: InjectOptions = {},
 ): Promise<InjectResult> {
-  const { plan, store } = await planFor(source, images, writer, prefix, options.extraReferences, !options.dryRun && !options.beforeWrite);
+  const { plan, store } = await planFor(source, images, writer, prefix, options.withTarget, !options.dryRun && !options.beforeWrite);
   for (const m of plan.references.moved) options.warn?.(`tag ${m.key} moved from ${m.from.slice(7, 19)} to ${m.to.slice(7, 19)} (as docker tag would)`);
   if (options.dryRun) return { plan, changed: false };
   if (planChangesNothing(plan)) {

@@ -9,6 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { normalizeTargetState, serializeAppsJson, serviceImages, type AppsJson } from '../balena/apps-json.js';
 import { lookupLikeSupervisor, planReferences, type ImageStoreView } from '../balena/image-lookup.js';
 import { parseReference } from '../engine/reference.js';
+import { IMAGEDB_CONTENT } from '../engine/layout.js';
+import { compareVersions, loadsV3AppsJson, supervisorReferences, supervisorVersionOf, V3_APPS_JSON_SUPERVISOR, type SupervisorVersion } from '../balena/supervisor.js';
 import type { SourceImage } from '../sources/source.js';
 import type { TargetStore } from '../inject/target-store.js';
 import type { UndoSteps } from '../inject/apply.js';
@@ -165,4 +167,37 @@ export function formatAppsStatus(status: AppsStatus): string {
     lines.push(`  ${s.service}: ${s.image} -> ${s.imageId ? `${s.imageId.slice(7, 19)} (${s.via})` : 'DOES NOT RESOLVE: the supervisor would abandon the preload'}`);
   }
   return lines.join('\n');
+}
+
+/**
+ * The balena supervisor the target will run: the newest supervisor image among what the
+ * target holds and what is injected, read from its tag or its VERSION (balena/supervisor.ts).
+ */
+export async function targetSupervisor(store: TargetStore, injected: readonly SourceImage[]): Promise<SupervisorVersion | undefined> {
+  const found: SupervisorVersion[] = [];
+  const byImage = new Map<string, string[]>();
+  for (const keys of Object.values(store.repositories)) {
+    for (const [key, id] of Object.entries(keys)) if (store.imageIds.has(id)) byImage.set(id, [...(byImage.get(id) ?? []), key]);
+  }
+  for (const [id, references] of byImage) {
+    if (supervisorReferences(references).length === 0) continue;
+    const config = await store.writer.readFile(store.path(`${IMAGEDB_CONTENT}/${id.slice('sha256:'.length)}`));
+    const v = supervisorVersionOf(references, config?.toString('utf8'));
+    if (v) found.push(v);
+  }
+  for (const img of injected) {
+    const v = supervisorVersionOf(img.references, img.config.toString('utf8'));
+    if (v) found.push(v);
+  }
+  return found.sort((a, b) => compareVersions(b, a))[0];
+}
+
+/** Refuses, before anything is written, a target whose supervisor cannot load the v3 apps.json. */
+export function checkSupervisorLoadsApps(supervisor: SupervisorVersion | undefined, target: string): void {
+  if (supervisor === undefined || loadsV3AppsJson(supervisor)) return;
+  const min = V3_APPS_JSON_SUPERVISOR;
+  throw new Error(
+    `${target}: its balena supervisor is v${supervisor.version} (${supervisor.reference}), which cannot load the v3 apps.json that --apps writes ` +
+      `(supervisor ${min.major}.${min.minor}.${min.patch} or later); use a newer balenaOS image, or inject without --apps (nothing was changed)`,
+  );
 }

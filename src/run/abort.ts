@@ -103,9 +103,17 @@ export function onAbort(cleanup: () => void): () => void {
   };
 }
 
-/** Reports progress of a phase that is not about layers (a disk image's work copy) to the run's listener. */
-export function reportProgress(phase: ProgressPhase, bytes: number, totalBytes: number | null): void {
-  current.getStore()?.onProgress?.({ phase, bytes, totalBytes, layer: null, layerIndex: 0, layerCount: 0, fileCount: 0 });
+/**
+ * Reports progress to the run's listener from code deep in the pipeline (a disk image's work
+ * copy and growth, verify's layers); `layer` when the phase goes layer by layer.
+ */
+export function reportProgress(
+  phase: ProgressPhase,
+  bytes: number,
+  totalBytes: number | null,
+  layer?: { chainId: string; index: number; count: number },
+): void {
+  current.getStore()?.onProgress?.({ phase, bytes, totalBytes, layer: layer?.chainId ?? null, layerIndex: layer?.index ?? 0, layerCount: layer?.count ?? 0, fileCount: 0 });
 }
 
 /** A checkpoint: throws once the run's signal is aborted (not while undoing `quietly`). */

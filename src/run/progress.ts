@@ -4,14 +4,16 @@
  * (run/abort.ts), so code deep in the pipeline (a disk image's work copy) needs no parameter.
  */
 /**
- * Where a run is: `copy` makes the work copy of a disk image, `extract` writes a bundle,
- * `inject` writes a target.
+ * Where a run is: `copy` makes the work copy of a disk image, `grow` grows its resin-data
+ * file system, `extract` writes a bundle, `inject` writes a target, `verify` rebuilds and
+ * hashes layers.
  */
-export type ProgressPhase = 'copy' | 'extract' | 'inject';
+export type ProgressPhase = 'copy' | 'grow' | 'extract' | 'inject' | 'verify';
 
 /**
  * One progress report. `bytes` is the content written so far in this phase, `totalBytes` the
- * plan's total (null while unknown); `layer` the ChainID being written (null while copying).
+ * plan's total (null while unknown); `layer` the ChainID being written or verified (null
+ * while copying or growing).
  */
 export interface ProgressEvent {
   phase: ProgressPhase;

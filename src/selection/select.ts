@@ -5,10 +5,11 @@
  */
 import { isDigestKey, normalizeReference, parseReference, ReferenceError } from '../engine/reference.js';
 import type { SourceImage } from '../sources/source.js';
+import { isSupervisorRepository } from '../balena/supervisor.js';
 
-/** The balena supervisor's repositories (balena/<arch>-supervisor, resin/…, registry names). */
+/** Whether an image is the balena supervisor (by its repository). */
 export function isSupervisorImage(image: SourceImage): boolean {
-  return image.references.some((key) => /(^|[/_-])supervisor$/.test(parseReference(key).repository));
+  return image.references.some((key) => isSupervisorRepository(parseReference(key).repository));
 }
 
 export class SelectionError extends Error {}

@@ -19,7 +19,7 @@
  * tar-split and its diff entries (files spooled to a temp dir, as the tar order can differ
  * from the bundle's) and hashed against its DiffID.
  */
-import { checkAborted } from '../run/abort.js';
+import { checkAborted, reportProgress } from '../run/abort.js';
 import { nameFromBytes } from '../layer/entry.js';
 import { closeSync, createReadStream, createWriteStream, read, promises as fs } from 'node:fs';
 import { promisify } from 'node:util';
@@ -73,8 +73,6 @@ export interface VerifyOptions {
   files?: LayerFileAccess;
   /** Skip rebuilding layer content (metadata only). */
   metadataOnly?: boolean;
-  /** Called before each layer's content is rebuilt. */
-  progress?: (message: string) => void;
 }
 
 const MAX_PROBLEMS_PER_LAYER = 5;
@@ -332,18 +330,24 @@ export async function verifyEngineRoot(given: StoreReader, prefix: string, optio
 
   // Content.
   if (!options.metadataOnly) {
+    // Progress: the layers' content sizes (layerdb `size`), reported as each layer is done.
+    const total = [...records.values()].reduce((n, r) => n + r.size, 0);
+    let done = 0;
+    let index = 0;
     for (const rec of records.values()) {
       checkAborted(); // a layer's rebuild can be long: an aborted run stops before the next
+      reportProgress('verify', done, total, { chainId: rec.chainId, index: index++, count: records.size });
+      done += rec.size;
       if (!links.has(rec.chainId) && (await reader.kindOf(at(diffDir(rec.cacheId)))) !== 'directory') continue;
       const ts = await reader.readFile(at(`${layerDir(rec.chainId)}/tar-split.json.gz`));
       if (!ts) {
         problems.push(`layer ${rec.chainId}: no tar-split.json.gz (docker save, push and balena deltas of it would fail)`);
         continue;
       }
-      options.progress?.(`rebuilding layer ${rec.chainId}`);
       const diff = at(diffDir(rec.cacheId));
       problems.push(...(await checkLayerContent(rec.chainId, rec.diffId, ts, diff, files)));
     }
+    if (records.size > 0) reportProgress('verify', done, total, { chainId: [...records.keys()].at(-1) as string, index: records.size - 1, count: records.size });
   }
   return { target: where, images: selected.length, layers: records.size, problems, ok: problems.length === 0 };
 }
@@ -411,9 +415,13 @@ export async function verifyBundle(bundle: BundleSource, options: VerifyOptions 
   const wanted = new Set(selected.flatMap((i) => i.chainIds));
   const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'transplant-verify-'));
   let layers = 0;
+  const chosen = manifest.layers.filter((l) => wanted.has(l.chainId));
+  const total = chosen.reduce((n, l) => n + l.bytes, 0);
+  let done = 0;
   try {
-    for (const l of manifest.layers) {
-      if (!wanted.has(l.chainId)) continue;
+    for (const l of chosen) {
+      reportProgress('verify', done, total, { chainId: l.chainId, index: layers, count: chosen.length });
+      done += l.bytes;
       layers++;
       const expect = l.parent ? sha256Digest(`${l.parent} ${l.diffId}`) : l.diffId;
       if (expect !== l.chainId) problems.push(`layer ${l.chainId}: its DiffID and parent make the ChainID ${expect}`);
@@ -455,11 +463,12 @@ export async function verifyBundle(bundle: BundleSource, options: VerifyOptions 
           },
           inspect: async (rel) => kinds.get(rel.toString('utf8').replace(/^diff\/?/, '') || '.') ?? { kind: 'missing' },
         };
-        options.progress?.(`rebuilding layer ${l.chainId}`);
         problems.push(...(await checkLayerContent(l.chainId, l.diffId, meta.tarSplit, 'diff', access)));
       }
       await fs.rm(dir, { recursive: true, force: true });
     }
+    const last = chosen.at(-1);
+    if (last) reportProgress('verify', done, total, { chainId: last.chainId, index: chosen.length - 1, count: chosen.length });
     await bundle.drain();
   } catch (e) {
     problems.push((e as Error).message);

@@ -17,6 +17,8 @@ export interface CliOptions {
   /** Run as the unprivileged user USER_UID:USER_GID (no supplementary groups). */
   asUser?: boolean;
   timeoutMs?: number;
+  /** Added to the environment ('' clears a variable for the CLI). */
+  env?: Record<string, string>;
 }
 
 function command(args: readonly string[], opts: CliOptions): [string, string[]] {
@@ -29,7 +31,7 @@ function command(args: readonly string[], opts: CliOptions): [string, string[]] 
 
 export function transplant(args: readonly string[], opts: CliOptions = {}): RunResult {
   const [cmd, argv] = command(args, opts);
-  return run(cmd, argv, { timeoutMs: opts.timeoutMs ?? 300_000 });
+  return run(cmd, argv, { timeoutMs: opts.timeoutMs ?? 300_000, env: opts.env });
 }
 
 /** Starts the CLI without waiting (setpriv execs node: the child's pid is the CLI's). */

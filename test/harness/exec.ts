@@ -6,6 +6,12 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
+// The CLI prints progress lines on stderr by default when stderr is not a terminal (plain, as
+// buildx does). Tests read stderr for errors and warnings, so every CLI they start (directly,
+// through a shell, through setpriv) inherits TRANSPLANT_PROGRESS=none; the tests of progress
+// itself pass --progress or clear it (test/interface.test.ts).
+process.env.TRANSPLANT_PROGRESS ??= 'none';
+
 export interface RunOptions {
   /** Written to the child's stdin. */
   input?: string | Buffer;

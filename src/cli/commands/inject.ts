@@ -44,7 +44,7 @@ export function showInjectResult(r: InjectResult, out: Output): void {
     return;
   }
   const extras = [
-    r.appsJsonWritten ? 'apps.json written' : '',
+    r.appsJsonWritten ? `apps.json written${r.supervisorVersion ? ` (for supervisor v${r.supervisorVersion})` : ''}` : '',
     r.network ? `network settings in ${r.network}` : '',
     r.splash.length > 0 ? `splash logo in ${r.splash.join(' and ')}` : '',
     r.imageGrowthBytes === null ? '' : r.imageGrowthBytes > 0 ? `the image grew by ${formatBytes(r.imageGrowthBytes)}` : 'the image did not need to grow',

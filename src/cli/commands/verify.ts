@@ -3,10 +3,14 @@ import { verify, type VerifyResult } from '../../api/verify.js';
 import { TransplantError } from '../../errors.js';
 import { interruptSignal } from '../interrupt.js';
 import { count, type Output } from '../output.js';
+import { ProgressLine, progressMode } from '../progress.js';
 
 export interface VerifyCommandOptions {
   image: string[];
   json?: boolean;
+  /** --progress auto|tty|plain|none, --quiet */
+  progress?: string;
+  quiet?: boolean;
 }
 
 export function formatReport(r: VerifyResult): string {
@@ -23,7 +27,13 @@ export class StoreInvalid extends TransplantError {
 }
 
 export async function verifyCommand(target: string, opts: VerifyCommandOptions, out: Output): Promise<void> {
-  const report = await verify(target, { image: opts.image, signal: interruptSignal });
+  const progress = new ProgressLine(progressMode(opts));
+  let report;
+  try {
+    report = await verify(target, { image: opts.image, signal: interruptSignal, onProgress: progress.listener });
+  } finally {
+    progress.end();
+  }
   out.data(report, () => formatReport(report));
   if (!report.ok) throw new StoreInvalid(report);
 }
