@@ -19,7 +19,7 @@
  *   fstatInto(fd, out: BigInt64Array(12))                      fstat
  *   openAt(dirfd, name, flags) -> fd                           openat(O_CLOEXEC)
  *   closeFd(fd)                                                close (for what openAt gave)
- *   willNeed(fd)                                               posix_fadvise(WILLNEED): start reading now
+ *   willNeed(fd, offset, length)                               posix_fadvise(WILLNEED): start reading now
  *
  * Paths are strings (UTF-8) or Buffers (raw bytes). Errors are JS Errors shaped like
  * Node's own fs errors: code ('EPERM'), errno (negative), syscall, path, and a message
@@ -184,6 +184,14 @@ static bool get_integer(napi_env env, napi_value value, double min, double max, 
     return false;
   }
   *out = d;
+  return true;
+}
+
+/* A file descriptor argument; false after throwing. */
+static bool get_fd(napi_env env, napi_value value, int *fd) {
+  double d;
+  if (!get_integer(env, value, 0, 2147483647, &d, "fd must be a descriptor")) return false;
+  *fd = (int)d;
   return true;
 }
 
@@ -356,9 +364,9 @@ static napi_value ListXattrs(napi_env env, napi_callback_info info) {
 static napi_value ListXattrsFd(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv)) return NULL;
-  double fd;
-  if (!get_integer(env, argv[0], 0, 2147483647, &fd, "fd must be a descriptor")) return NULL;
-  xattr_source src = {NULL, (int)fd};
+  int fd;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  xattr_source src = {NULL, fd};
   return list_xattrs(env, &src);
 }
 
@@ -425,10 +433,10 @@ static napi_value LstatAt(napi_env env, napi_callback_info info) {
 static napi_value FstatInto(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
-  double fd;
-  if (!get_integer(env, argv[0], 0, 2147483647, &fd, "fd must be a descriptor")) return NULL;
+  int fd;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
   struct stat st;
-  if (fstat((int)fd, &st) != 0) return throw_errno(env, errno, "fstat", NULL);
+  if (fstat(fd, &st) != 0) return throw_errno(env, errno, "fstat", NULL);
   fill_stat(env, argv[1], &st);
   return NULL;
 }
@@ -932,29 +940,33 @@ static napi_value BoundMalloc(napi_env env, napi_callback_info info) {
 static napi_value CloseFd(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv)) return NULL;
-  double fd;
-  if (!get_integer(env, argv[0], 0, 2147483647, &fd, "fd must be a descriptor")) return NULL;
-  if (close((int)fd) != 0 && errno != EINTR) return throw_errno(env, errno, "close", NULL);
+  int fd;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (close(fd) != 0 && errno != EINTR) return throw_errno(env, errno, "close", NULL);
   return NULL;
 }
 
 /*
- * willNeed(fd): asks the kernel to start reading the file's data now (posix_fadvise
- * POSIX_FADV_WILLNEED on Linux, fcntl F_RDADVISE on macOS), so that many small files' reads
- * are in flight at once instead of one after another. Advice only: failures are ignored.
+ * willNeed(fd, offset, length): asks the kernel to start reading that range of the file now
+ * (length 0: to the end; posix_fadvise POSIX_FADV_WILLNEED on Linux, fcntl F_RDADVISE on
+ * macOS), so that many reads are in flight at once instead of one after another. Advice
+ * only: failures are ignored.
  */
 static napi_value WillNeed(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!get_args(env, info, 1, argv)) return NULL;
-  double fd;
-  if (!get_integer(env, argv[0], 0, 2147483647, &fd, "fd must be a descriptor")) return NULL;
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int fd;
+  double offset, length;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!get_integer(env, argv[1], 0, 9007199254740991.0, &offset, "offset must be a non-negative integer")) return NULL;
+  if (!get_integer(env, argv[2], 0, 9007199254740991.0, &length, "length must be a non-negative integer")) return NULL;
 #ifdef __APPLE__
-  struct radvisory ra = {0, 0};
-  ra.ra_offset = 0;
-  ra.ra_count = 1 << 20;
-  (void)fcntl((int)fd, F_RDADVISE, &ra);
+  struct radvisory ra;
+  ra.ra_offset = (off_t)offset;
+  ra.ra_count = length > 0 && length < 2147483647.0 ? (int)length : 2147483647;
+  (void)fcntl(fd, F_RDADVISE, &ra);
 #else
-  (void)posix_fadvise((int)fd, 0, 0, POSIX_FADV_WILLNEED);
+  (void)posix_fadvise(fd, (off_t)offset, (off_t)length, POSIX_FADV_WILLNEED);
 #endif
   return NULL;
 }

@@ -25,7 +25,7 @@ interface FsxAddon {
   lstatAt(dirfd: number, name: PathLike, out: BigInt64Array): void;
   fstatInto(fd: number, out: BigInt64Array): void;
   openAt(dirfd: number, name: PathLike, flags: number): number;
-  willNeed(fd: number): void;
+  willNeed(fd: number, offset: number, length: number): void;
   closeFd(fd: number): void;
 }
 
@@ -150,9 +150,9 @@ export function closeFd(fd: number): void {
   load().closeFd(fd);
 }
 
-/** Advice: start reading the file's data now (posix_fadvise WILLNEED); never fails. */
-export function willNeed(fd: number): void {
-  load().willNeed(fd);
+/** Advice: start reading this range of the file now (posix_fadvise WILLNEED; length 0: to the end); never fails. */
+export function willNeed(fd: number, offset = 0, length = 0): void {
+  load().willNeed(fd, offset, length);
 }
 
 /** Sets one extended attribute on the file itself (lsetxattr). */
